@@ -1,0 +1,64 @@
+/* Fully connected layer: forward is one GEMM with bias + activation fused
+ * into its write-back; backward is one pass for dz and db, then two GEMMs
+ * that read x and W transposed through strides (no transposed copies). */
+#include "retroprop/dense.h"
+#include "retroprop/gemm.h"
+#include "retroprop/runtime.h"
+#include "act_internal.h"
+#include "act_scalar.h"
+
+void rp_dense_forward_f32(int n_batch, int n_in, int n_out, const float *x,
+                          const float *w, const float *b, rp_act act, float *y)
+{
+    rp_gemm_f32(0, 0, n_batch, n_out, n_in, 1.0f, x, n_in, w, n_out, 0.0f, y, n_out, b, act);
+}
+
+void rp_dense_forward_f64(int n_batch, int n_in, int n_out, const double *x,
+                          const double *w, const double *b, rp_act act, double *y)
+{
+    rp_gemm_f64(0, 0, n_batch, n_out, n_in, 1.0, x, n_in, w, n_out, 0.0, y, n_out, b, act);
+}
+
+/* dz = dy * act'(y) and db = sum over rows of dz, in one sweep. Threads own
+ * disjoint column ranges, so each db[j] is summed by one thread in row order
+ * and the result does not depend on the thread count. */
+#define DENSE_DZ_DB(REAL, GRAD_FROM_OUTPUT)                                              \
+    {                                                                                    \
+        const int nt = (long)n_batch * n_out < RP_ELEMENTWISE_PARALLEL_MIN || n_out < 64 \
+                           ? 1 : rp_get_num_threads();                                   \
+        const int n_blocks = (n_out + 15) / 16;                                          \
+        (void)nt;                                                                        \
+        _Pragma("omp parallel for schedule(static) num_threads(nt)")                     \
+        for (int blk = 0; blk < n_blocks; ++blk) {                                       \
+            const int j0 = blk * 16, j1 = j0 + 16 < n_out ? j0 + 16 : n_out;             \
+            if (db) for (int j = j0; j < j1; ++j) db[j] = 0;                             \
+            for (int i = 0; i < n_batch; ++i) {                                          \
+                const long row = (long)i * n_out;                                        \
+                for (int j = j0; j < j1; ++j) {                                          \
+                    REAL g = dy[row + j] * GRAD_FROM_OUTPUT(act, y[row + j]);            \
+                    dz[row + j] = g;                                                     \
+                    if (db) db[j] += g;                                                  \
+                }                                                                        \
+            }                                                                            \
+        }                                                                                \
+    }
+
+void rp_dense_backward_f32(int n_batch, int n_in, int n_out, const float *x,
+                           const float *w, const float *y, const float *dy, rp_act act,
+                           float *dz, float *dw, float *db, float *dx)
+{
+    DENSE_DZ_DB(float, rp_act_grad_from_output_f32)
+    rp_gemm_f32(1, 0, n_in, n_out, n_batch, 1.0f, x, n_in, dz, n_out, 0.0f, dw, n_out, NULL, RP_ACT_LINEAR);
+    if (dx)
+        rp_gemm_f32(0, 1, n_batch, n_in, n_out, 1.0f, dz, n_out, w, n_out, 0.0f, dx, n_in, NULL, RP_ACT_LINEAR);
+}
+
+void rp_dense_backward_f64(int n_batch, int n_in, int n_out, const double *x,
+                           const double *w, const double *y, const double *dy, rp_act act,
+                           double *dz, double *dw, double *db, double *dx)
+{
+    DENSE_DZ_DB(double, rp_act_grad_from_output_f64)
+    rp_gemm_f64(1, 0, n_in, n_out, n_batch, 1.0, x, n_in, dz, n_out, 0.0, dw, n_out, NULL, RP_ACT_LINEAR);
+    if (dx)
+        rp_gemm_f64(0, 1, n_batch, n_in, n_out, 1.0, dz, n_out, w, n_out, 0.0, dx, n_in, NULL, RP_ACT_LINEAR);
+}

@@ -1,0 +1,44 @@
+/* GEMM entry points: the driver in gemm_driver.inc instantiated for float32
+ * and float64, with runtime choice of the AVX2 or portable microkernel. */
+#include <stdlib.h>
+#include "retroprop/gemm.h"
+#include "retroprop/runtime.h"
+#include "gemm_internal.h"
+#include "act_scalar.h"
+
+#define REAL float
+#define FN(name) name##_f32
+#define MR RP_MR_F32
+#define NR RP_NR_F32
+#define MC 240
+#define KC 256
+#define NC 3072
+#define ACT_SCALAR rp_act_scalar_f32
+#define UKERNEL_TYPE rp_ukernel_f32_fn
+#define UKERNEL_GENERIC rp_ukernel_f32_generic
+#define UKERNEL_AVX2 rp_ukernel_f32_avx2
+#include "gemm_driver.inc"
+#undef REAL
+#undef FN
+#undef MR
+#undef NR
+#undef MC
+#undef KC
+#undef NC
+#undef ACT_SCALAR
+#undef UKERNEL_TYPE
+#undef UKERNEL_GENERIC
+#undef UKERNEL_AVX2
+
+#define REAL double
+#define FN(name) name##_f64
+#define MR RP_MR_F64
+#define NR RP_NR_F64
+#define MC 120
+#define KC 256
+#define NC 3072
+#define ACT_SCALAR rp_act_scalar_f64
+#define UKERNEL_TYPE rp_ukernel_f64_fn
+#define UKERNEL_GENERIC rp_ukernel_f64_generic
+#define UKERNEL_AVX2 rp_ukernel_f64_avx2
+#include "gemm_driver.inc"

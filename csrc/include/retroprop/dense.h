@@ -1,0 +1,32 @@
+/* Fully connected layer, y = act(x @ W + b), forward and backward.
+ * x is (n_batch, n_in), W is (n_in, n_out), b is (n_out) or NULL,
+ * y is (n_batch, n_out). All row-major and contiguous. */
+#ifndef RETROPROP_DENSE_H
+#define RETROPROP_DENSE_H
+
+#include "retroprop/act.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* y = act(x W + b): one GEMM with bias and activation applied in its write-back. */
+void rp_dense_forward_f32(int n_batch, int n_in, int n_out, const float *x,
+                          const float *w, const float *b, rp_act act, float *y);
+void rp_dense_forward_f64(int n_batch, int n_in, int n_out, const double *x,
+                          const double *w, const double *b, rp_act act, double *y);
+
+/* dz = dy * act'(y) (into the caller's workspace dz, n_batch x n_out, which may
+ * alias dy), db = column sums of dz (skipped when db is NULL), dW = x^T dz,
+ * dx = dz W^T (skipped when dx is NULL). Outputs are overwritten. */
+void rp_dense_backward_f32(int n_batch, int n_in, int n_out, const float *x,
+                           const float *w, const float *y, const float *dy, rp_act act,
+                           float *dz, float *dw, float *db, float *dx);
+void rp_dense_backward_f64(int n_batch, int n_in, int n_out, const double *x,
+                           const double *w, const double *y, const double *dy, rp_act act,
+                           double *dz, double *dw, double *db, double *dx);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

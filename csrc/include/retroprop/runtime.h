@@ -1,0 +1,32 @@
+/* Run-time facts and knobs shared by every kernel: threads and the SIMD level. */
+#ifndef RETROPROP_RUNTIME_H
+#define RETROPROP_RUNTIME_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum {
+    RP_SIMD_GENERIC = 0, /* portable C, any CPU */
+    RP_SIMD_AVX2 = 1     /* AVX2 + FMA microkernels */
+} rp_simd_level;
+
+/* Threads used by the OpenMP kernels (1 when built without OpenMP). */
+int rp_get_num_threads(void);
+void rp_set_num_threads(int n);
+
+/* The best level this CPU and this build support, and the one in use. */
+rp_simd_level rp_simd_best(void);
+rp_simd_level rp_simd_in_use(void);
+/* Use a lower level than the best (tests compare both paths); a request
+ * above rp_simd_best() is clamped to it. Returns the level now in use. */
+rp_simd_level rp_simd_set(rp_simd_level level);
+const char *rp_simd_name(rp_simd_level level);
+
+int rp_have_openmp(void);
+const char *rp_compiler(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,39 @@
+"""Backends: the only place compute kernels are called.
+
+``get_backend()`` returns a module implementing the functions listed in
+docs/BACKEND.md. The default is the C backend (``cpu``); ``numpy`` is the
+plain NumPy reference used by the tests, selectable with the environment
+variable ``RETROPROP_BACKEND`` for debugging.
+"""
+import importlib
+import os
+
+_BACKEND_MODULES = {"cpu": ".cpu", "numpy": ".numpy_ref"}
+_loaded = {}
+
+
+def get_backend(name=None):
+    """Return the backend module called ``name`` (default: $RETROPROP_BACKEND or "cpu")."""
+    if name is None:
+        name = os.environ.get("RETROPROP_BACKEND", "cpu")
+    if not isinstance(name, str) or name not in _BACKEND_MODULES:
+        raise ValueError(
+            f"unknown backend {name!r}; expected one of {sorted(_BACKEND_MODULES)}")
+    if name not in _loaded:
+        _loaded[name] = importlib.import_module(_BACKEND_MODULES[name], __name__)
+    return _loaded[name]
+
+
+def set_num_threads(n):
+    """Set the number of OpenMP threads the C kernels use (n >= 1)."""
+    get_backend("cpu").set_num_threads(n)
+
+
+def get_num_threads():
+    """Number of threads the C kernels use."""
+    return get_backend("cpu").get_num_threads()
+
+
+def backend_info():
+    """Dict describing the compiled kernels: SIMD level, threads, compiler, OpenMP, CUDA."""
+    return get_backend("cpu").backend_info()
