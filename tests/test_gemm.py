@@ -1,0 +1,158 @@
+"""The C GEMM against a float64 NumPy reference on awkward shapes, every
+transpose variant, both dtypes, both SIMD levels and 1 and 2 threads.
+
+Tolerances are the classic error bound of a k-term dot product,
+|fl(C) - C| <= k * eps * (|A| |B|), applied element by element, so a test
+fails on a real indexing or packing error but not on rounding."""
+import numpy as np
+import pytest
+
+from retroprop.backend import cpu
+
+SHAPES = [  # (m, n, k)
+    (1, 1, 1), (2, 3, 5), (7, 13, 11), (6, 16, 1), (5, 17, 29), (37, 41, 43),
+    (97, 101, 103), (1000, 3, 17), (3, 1000, 17), (255, 257, 259), (61, 300, 600),
+]
+ACTIVATIONS = {
+    "linear": lambda z: z,
+    "relu": lambda z: np.maximum(z, 0),
+    "sigmoid": lambda z: 1 / (1 + np.exp(-z)),
+    "tanh": np.tanh,
+}
+
+
+@pytest.fixture(params=["avx2+fma", "generic"])
+def simd(request):
+    best = cpu.backend_info()["simd_best"]
+    if request.param != "generic" and best == "generic":
+        pytest.skip("this CPU has no AVX2+FMA; the generic path is tested")
+    previous = cpu.backend_info()["simd"]
+    cpu.set_simd(request.param)
+    yield request.param
+    cpu.set_simd(previous)
+
+
+@pytest.fixture(params=[1, 2])
+def threads(request):
+    previous = cpu.get_num_threads()
+    cpu.set_num_threads(request.param)
+    yield request.param
+    cpu.set_num_threads(previous)
+
+
+def reference(a, b, c, trans_a, trans_b, alpha, beta, bias, act):
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    opa, opb = (a64.T if trans_a else a64), (b64.T if trans_b else b64)
+    z = alpha * opa @ opb
+    bound = abs(alpha) * np.abs(opa) @ np.abs(opb)
+    if c is not None and beta != 0:
+        z += beta * c
+        bound += abs(beta * c)
+    if bias is not None:
+        z += bias
+        bound += np.abs(bias)
+    return ACTIVATIONS[act](z), bound
+
+
+def assert_close(out, ref, bound, k):
+    eps = np.finfo(out.dtype).eps
+    # k*eps for the sums, a few eps for the activation itself.
+    tol = (k + 4) * eps * bound + 8 * eps * np.maximum(np.abs(ref), 1e-30)
+    err = np.abs(out.astype(np.float64) - ref)
+    worst = np.unravel_index(np.argmax(err - tol), err.shape)
+    assert np.all(err <= tol), f"max excess at {worst}: err {err[worst]:.3g} > tol {tol[worst]:.3g}"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("m,n,k", SHAPES)
+def test_gemm_matches_reference(simd, threads, dtype, trans_a, trans_b, m, n, k):
+    rng = np.random.default_rng(m * 10007 + n * 101 + k)
+    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
+    c = rng.standard_normal((m, n)).astype(dtype)
+    ref, bound = reference(a, b, c, trans_a, trans_b, 0.75, -0.5, None, "linear")
+    out = cpu.gemm(a, b, c.copy(), trans_a=trans_a, trans_b=trans_b, alpha=0.75, beta=-0.5)
+    assert out.dtype == dtype
+    assert_close(out, ref, bound, k)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("act", list(ACTIVATIONS))
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (5, 17, 29), (97, 101, 103), (300, 131, 257)])
+def test_fused_bias_activation_in_writeback(simd, threads, dtype, act, m, n, k):
+    from retroprop import _core
+    rng = np.random.default_rng(k)
+    a = rng.standard_normal((m, k)).astype(dtype)
+    b = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(dtype)
+    bias = rng.standard_normal(n).astype(dtype)
+    out = np.full((m, n), np.nan, dtype=dtype)  # beta = 0 must never read C
+    _core.gemm(a, b, out, False, False, 1.0, 0.0, bias, act)
+    ref, bound = reference(a, b, None, False, False, 1.0, 0.0, bias, act)
+    assert_close(out, ref, bound, k)
+
+
+def test_large_square_2048(threads):
+    rng = np.random.default_rng(2048)
+    for dtype in (np.float32, np.float64):
+        a = rng.standard_normal((2048, 2048)).astype(dtype)
+        b = rng.standard_normal((2048, 2048)).astype(dtype)
+        out = cpu.gemm(a, b)
+        # a sample of rows keeps the float64 reference cheap
+        rows = rng.choice(2048, 64, replace=False)
+        ref = a[rows].astype(np.float64) @ b.astype(np.float64)
+        bound = np.abs(a[rows]).astype(np.float64) @ np.abs(b).astype(np.float64)
+        assert_close(out[rows], ref, bound, 2048)
+
+
+def test_deterministic_for_fixed_thread_count_and_across_counts():
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((301, 517)).astype(np.float32)
+    b = rng.standard_normal((517, 263)).astype(np.float32)
+    previous = cpu.get_num_threads()
+    try:
+        results = []
+        for nt in (1, 2, 2, 1):
+            cpu.set_num_threads(nt)
+            results.append(cpu.gemm(a, b))
+    finally:
+        cpu.set_num_threads(previous)
+    for r in results[1:]:
+        assert np.array_equal(r, results[0])
+
+
+def test_zero_sized_dimensions():
+    a = np.ones((0, 3), np.float32)
+    assert cpu.gemm(a, np.ones((3, 4), np.float32)).shape == (0, 4)
+    # k == 0: the product is all zeros, plus beta * C
+    out = cpu.gemm(np.ones((2, 0)), np.ones((0, 3)), np.full((2, 3), 2.0), beta=0.5)
+    assert np.array_equal(out, np.ones((2, 3)))
+
+
+def test_non_contiguous_inputs_are_copied():
+    rng = np.random.default_rng(4)
+    big = rng.standard_normal((40, 60)).astype(np.float32)
+    a = big[::2, ::3]            # (20, 20), strided
+    b = big[1::2, 1::3].T        # (20, 20), transposed view
+    out = cpu.gemm(a, b)
+    np.testing.assert_allclose(out, a.astype(np.float64) @ b, rtol=1e-5, atol=1e-4)
+
+
+def test_binding_refuses_non_contiguous_and_bad_dtypes():
+    from retroprop import _core
+    a = np.ones((4, 6), np.float32)
+    c = np.zeros((4, 4), np.float32)
+    with pytest.raises(TypeError, match="C-contiguous"):
+        _core.gemm(a[:, ::2], np.ones((3, 4), np.float32), c)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        cpu.gemm(a.astype(np.int32), np.ones((6, 4), np.int32))
+    with pytest.raises(TypeError, match="expected dtype float32"):
+        cpu.gemm(a, np.ones((6, 4), np.float64))
+    with pytest.raises(ValueError, match="inner dimensions"):
+        _core.gemm(a, np.ones((5, 4), np.float32), c)
+    with pytest.raises(ValueError, match="expected shape"):
+        cpu.gemm(a, np.ones((6, 4), np.float32), np.zeros((4, 5), np.float32))
+    with pytest.raises(TypeError, match="C-contiguous"):
+        cpu.gemm(a, np.ones((6, 8), np.float32), np.zeros((8, 4), np.float32).T)
+    with pytest.raises(ValueError, match="activation"):
+        _core.gemm(a, np.ones((6, 4), np.float32), c, False, False, 1.0, 0.0, None, "softplus")
