@@ -1,0 +1,163 @@
+"""Gradient checking: backprop against central finite differences.
+
+For every checked scalar θ (a parameter entry or an input entry)::
+
+    numeric  = (L(θ + eps) - L(θ - eps)) / (2 eps)
+    rel_err  = |analytic - numeric| / max(|analytic| + |numeric|, denom_floor)
+
+where L is the data loss plus the regularisation penalties, computed exactly
+as the Trainer does (including the fused softmax + cross-entropy path).
+
+Why eps = 1e-5: the finite difference has a truncation error of about
+eps**2 * |L'''| / 6 and a rounding error of about machine_eps * |L| / eps.
+In float64 the sum is smallest near eps = cbrt(machine_eps) ~ 6e-6; with
+eps = 1e-6 the rounding noise alone is ~1e-10, ten times more than at 1e-5.
+
+Why the floors: even then a component whose true gradient is 1e-7 would
+show a large "relative error" made only of that noise. So below a combined
+magnitude of ``denom_floor`` (1e-4) the error is measured against the floor
+instead, which still flags any absolute discrepancy above 1e-10 at the 1e-6
+level. Entries where both gradients are below ``abs_floor`` (1e-8) count as 0.
+
+The check runs in float64; float32 rounding (1e-7 relative) would swamp the
+differences. A float32 model is rejected with a ValueError asking for a
+model built with ``dtype="float64"`` (same architecture and seed give the
+same starting weights, see initializers).
+
+Layers are run with ``training=False`` so that stochastic layers are
+deterministic during the check.
+"""
+import numpy as np
+
+from . import losses as losses_module
+from .backend import get_backend
+from .trainer import backpropagate, forward_loss
+
+
+def relative_error(analytic, numeric, abs_floor=1e-8, denom_floor=1e-4):
+    """Max over entries of |a - n| / max(|a| + |n|, denom_floor).
+
+    Entries where both |a| and |n| are below ``abs_floor`` count as 0.
+    """
+    analytic = np.asarray(analytic, dtype=np.float64)
+    numeric = np.asarray(numeric, dtype=np.float64)
+    err = np.abs(analytic - numeric) / np.maximum(np.abs(analytic) + np.abs(numeric), denom_floor)
+    flat = (np.abs(analytic) < abs_floor) & (np.abs(numeric) < abs_floor)
+    err[flat] = 0.0
+    return float(err.max()) if err.size else 0.0
+
+
+def _indices(size, max_count, rng):
+    """All flat indices, or a seeded sample of ``max_count`` of them."""
+    if max_count is None or max_count >= size:
+        return np.arange(size)
+    return np.sort(rng.choice(size, size=max_count, replace=False))
+
+
+def _numeric_gradient(array, indices, objective, eps):
+    """Central differences of ``objective()`` w.r.t. array.flat[indices].
+
+    The array is modified in place and each entry restored exactly afterwards.
+    """
+    flat = array.reshape(-1)  # a view: array is C-contiguous
+    out = np.empty(len(indices))
+    for j, i in enumerate(indices):
+        original = flat[i]
+        flat[i] = original + eps
+        plus = objective()
+        flat[i] = original - eps
+        minus = objective()
+        flat[i] = original  # exact restore, not original + eps - eps
+        out[j] = (plus - minus) / (2.0 * eps)
+    return out
+
+
+def gradcheck(model, x, y, loss="categorical_crossentropy", eps=1e-5,
+              max_params_per_tensor=None, seed=0, abs_floor=1e-8, denom_floor=1e-4,
+              return_details=False):
+    """Maximum relative error between backprop and finite-difference gradients.
+
+    Checks every parameter tensor of ``model`` (at most
+    ``max_params_per_tensor`` randomly chosen entries of each, seeded by
+    ``seed``) and the input x. ``model`` must be float64. With
+    ``return_details=True`` returns ``(max_error, {"layer/param" or "input": error})``.
+    """
+    if not model.built:
+        model.build(np.asarray(x).shape[1:])
+    if model.dtype != np.float64:
+        raise ValueError(f"gradcheck needs a float64 model, got {model.dtype}: build it with "
+                         f"Sequential(..., dtype='float64')")
+    loss = losses_module.get(loss)
+    rng = np.random.default_rng(seed)
+    x = model.prepare_input(x).copy()  # our own copy: it is perturbed in place
+    pred_shape = (x.shape[0],) + tuple(model.output_shape)
+    targets = loss.prepare_targets(y, pred_shape, model.dtype, argname="y")
+
+    def objective():
+        value, _, _ = forward_loss(model, loss, x, targets, training=False)
+        return value + model.regularization_loss()
+
+    # Analytic gradients (copied: the numeric passes reuse the layers' buffers).
+    _, _, seed_grad = forward_loss(model, loss, x, targets, training=False, with_grad=True)
+    dx = backpropagate(model, loss, seed_grad, input_grad=True)
+    analytic = {f"{layer.name}/{name}": grad.copy() for layer, name, _, grad in model.parameters()}
+    analytic_dx = np.array(dx, dtype=np.float64, copy=True)
+
+    errors = {}
+    for layer, name, param, _ in model.parameters():
+        key = f"{layer.name}/{name}"
+        idx = _indices(param.size, max_params_per_tensor, rng)
+        numeric = _numeric_gradient(param, idx, objective, eps)
+        errors[key] = relative_error(analytic[key].reshape(-1)[idx], numeric,
+                                     abs_floor, denom_floor)
+    idx = _indices(x.size, max_params_per_tensor, rng)
+    numeric = _numeric_gradient(x, idx, objective, eps)
+    errors["input"] = relative_error(analytic_dx.reshape(-1)[idx], numeric,
+                                     abs_floor, denom_floor)
+
+    worst = max(errors.values())
+    return (worst, errors) if return_details else worst
+
+
+def check_layer_gradients(layer, input_shape, batch_size=3, eps=1e-5, seed=0, x=None,
+                          backend=None, abs_floor=1e-8, denom_floor=1e-4,
+                          return_details=False):
+    """Gradient check of one layer on its own, in float64.
+
+    Builds ``layer`` for per-sample ``input_shape`` (float64, seeded) unless it
+    is already built, and uses the loss L = sum(y * R) with a fixed random R,
+    so dL/dy = R exercises every output. ``x`` defaults to standard normal
+    data of shape (batch_size, *input_shape). Returns the maximum relative
+    error over the layer's parameters and its input (see :func:`gradcheck`).
+    """
+    rng = np.random.default_rng(seed)
+    if not layer.built:
+        layer.build(tuple(input_shape), np.float64, rng,
+                    backend=backend if backend is not None else get_backend())
+    if layer.dtype != np.float64:
+        raise ValueError(f"check_layer_gradients needs a float64 layer, got {layer.dtype}")
+    if x is None:
+        x = rng.standard_normal((batch_size,) + tuple(input_shape))
+    x = np.array(x, dtype=np.float64, copy=True)
+    y = layer.forward(x, training=False)
+    weights = rng.standard_normal(y.shape)
+
+    def objective():
+        out = layer.forward(x, training=False)
+        return float(np.sum(out * weights)) + layer.regularization_loss()
+
+    dx = layer.backward(weights.copy(), need_dx=True)
+    analytic_dx = np.array(dx, dtype=np.float64, copy=True)
+    analytic = {name: grad.copy() for name, grad in layer.grads.items()}
+
+    errors = {}
+    for name, param in layer.params.items():
+        idx = np.arange(param.size)
+        numeric = _numeric_gradient(param, idx, objective, eps)
+        errors[name] = relative_error(analytic[name].reshape(-1), numeric,
+                                      abs_floor, denom_floor)
+    numeric = _numeric_gradient(x, np.arange(x.size), objective, eps)
+    errors["input"] = relative_error(analytic_dx.reshape(-1), numeric,
+                                     abs_floor, denom_floor)
+    worst = max(errors.values())
+    return (worst, errors) if return_details else worst

@@ -1,0 +1,186 @@
+"""The Layer base class and the layer registry used for (de)serialisation.
+
+Contract (see DESIGN.md):
+
+* ``build(input_shape, dtype, rng) -> output_shape`` allocates ``params``
+  (name -> array) and zeroed ``grads`` of the same shapes. Shapes exclude
+  the batch dimension.
+* ``forward(x, training=False) -> y`` caches only what backward needs.
+* ``backward(dy, need_dx=True) -> dx`` OVERWRITES ``grads`` (never
+  accumulates) and returns dL/dx. ``need_dx=False`` lets the model skip the
+  input gradient of its first layer during training; layers may then return
+  None.
+* ``get_config()`` is JSON-serialisable and enough to rebuild the layer.
+
+Layers call ``self.backend.<op>`` (docs/BACKEND.md), never ``_core``.
+
+Output and gradient buffers belong to the layer and are reused while the
+batch size stays the same: the array returned by ``forward`` is overwritten
+by the next ``forward`` call. Copy it if you need to keep it.
+"""
+import re
+
+import numpy as np
+
+from ..backend import get_backend
+
+_REGISTRY = {}
+
+
+def registered_layers():
+    """Dict of class name -> layer class, for every Layer subclass defined."""
+    return dict(_REGISTRY)
+
+
+def default_name(cls):
+    """snake_case default name of a layer class: Dense -> dense, MaxPool2D -> max_pool2d."""
+    return re.sub(r"(?<=[a-z])(?=[A-Z])", "_", cls.__name__).lower()
+
+
+def format_shape(shape):
+    """(784,) -> "(N, 784)": a per-sample shape shown with its batch dimension."""
+    return "(" + ", ".join(["N"] + [str(s) for s in shape]) + ")"
+
+
+class Layer:
+    """Base class of all layers."""
+
+    def __init_subclass__(cls, **kwargs):
+        # Every concrete layer class becomes deserialisable by its class name.
+        super().__init_subclass__(**kwargs)
+        _REGISTRY[cls.__name__] = cls
+
+    def __init__(self, name=None):
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ValueError(f"layer name must be a non-empty string, got {name!r}")
+        self.name = name
+        self.params = {}
+        self.grads = {}
+        self.built = False
+        self.trainable = True
+        self.backend = None
+        self.dtype = None
+        self.input_shape = None
+        self.output_shape = None
+
+    # -- identification -------------------------------------------------------
+
+    @property
+    def display_name(self):
+        """The layer's name, or its default name while it has none."""
+        return self.name if self.name is not None else default_name(type(self))
+
+    def _describe(self):
+        return f"{type(self).__name__} '{self.display_name}'"
+
+    # -- building -------------------------------------------------------------
+
+    def build(self, input_shape, dtype, rng, backend=None):
+        """Record shape/dtype/backend; subclasses create params and return the output shape."""
+        dtype = np.dtype(dtype)
+        if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise TypeError(f"{self._describe()}: dtype must be float32 or float64, got {dtype}")
+        if self.name is None:
+            self.name = default_name(type(self))
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.dtype = dtype
+        self.backend = backend if backend is not None else get_backend()
+        self.output_shape = self.compute_output_shape(self.input_shape)
+        self.built = True
+        return self.output_shape
+
+    def compute_output_shape(self, input_shape):
+        """Per-sample output shape for a per-sample input shape (default: unchanged)."""
+        return tuple(input_shape)
+
+    def add_param(self, name, value):
+        """Register a trainable parameter and its zeroed gradient."""
+        self.params[name] = np.ascontiguousarray(value, dtype=self.dtype)
+        self.grads[name] = np.zeros_like(self.params[name])
+        return self.params[name]
+
+    # -- computation ----------------------------------------------------------
+
+    def forward(self, x, training=False):
+        raise NotImplementedError
+
+    def backward(self, dy, need_dx=True):
+        raise NotImplementedError
+
+    def __call__(self, x, training=False):
+        return self.forward(x, training=training)
+
+    def check_input(self, x):
+        """Raise TypeError/ValueError unless x is a (N, *input_shape) array of the layer's dtype."""
+        if not self.built:
+            raise RuntimeError(f"{self._describe()} is not built; call build() first")
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"{self._describe()} expects a numpy.ndarray, got {type(x).__name__}")
+        if x.dtype != self.dtype:
+            raise TypeError(f"{self._describe()} expects {self.dtype} input, got {x.dtype}")
+        if x.ndim != len(self.input_shape) + 1 or x.shape[1:] != self.input_shape:
+            raise ValueError(f"{self._describe()} expects input of shape "
+                             f"{format_shape(self.input_shape)}, got {x.shape}")
+        if x.shape[0] == 0:
+            raise ValueError(f"{self._describe()} got an empty batch (0 samples)")
+
+    def check_output_grad(self, dy, n):
+        """Raise unless dy matches the output of the last forward (batch n)."""
+        if not isinstance(dy, np.ndarray):
+            raise TypeError(f"{self._describe()}: dy must be a numpy.ndarray, "
+                            f"got {type(dy).__name__}")
+        if dy.dtype != self.dtype:
+            raise TypeError(f"{self._describe()}: dy must be {self.dtype}, got {dy.dtype}")
+        expected = (n,) + tuple(self.output_shape)
+        if dy.shape != expected:
+            raise ValueError(f"{self._describe()}: dy must have shape {expected}, got {dy.shape}")
+
+    # -- regularisation (layers with regularizers override) ------------------
+
+    def regularization_loss(self):
+        """Sum of the layer's weight penalties (0.0 without regularizers)."""
+        return 0.0
+
+    # -- bookkeeping ----------------------------------------------------------
+
+    def count_params(self):
+        """Number of scalars in the layer's parameters."""
+        return int(sum(p.size for p in self.params.values()))
+
+    def get_config(self):
+        """JSON-serialisable constructor arguments."""
+        return {"name": self.name}
+
+    def serialize(self):
+        """``{"class_name": ..., "config": ...}``, the inverse of ``layers.deserialize``."""
+        return {"class_name": type(self).__name__, "config": self.get_config()}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        return f"<{type(self).__name__} name={self.name!r} built={self.built}>"
+
+
+class BufferCache:
+    """Per-layer arrays reused across calls while their shape and dtype stay the same.
+
+    ``get(key, shape, dtype)`` returns the stored array when it matches and
+    allocates (and stores) a new one otherwise, so steady-state training with
+    a fixed batch size allocates nothing.
+    """
+
+    def __init__(self):
+        self._arrays = {}
+
+    def get(self, key, shape, dtype):
+        shape = tuple(shape)
+        arr = self._arrays.get(key)
+        if arr is None or arr.shape != shape or arr.dtype != dtype:
+            arr = np.empty(shape, dtype=dtype)
+            self._arrays[key] = arr
+        return arr
+
+    def clear(self):
+        self._arrays.clear()

@@ -1,0 +1,160 @@
+"""Fully connected layer: y = act(x @ W + b), W of shape (in, out)."""
+import numpy as np
+
+from .. import activations, initializers, regularizers
+from .base import BufferCache, Layer
+
+
+def _spec_name(spec):
+    """Config value for an initializer given as a name or a function."""
+    return spec if isinstance(spec, str) else getattr(spec, "__name__", repr(spec))
+
+
+class Dense(Layer):
+    """Dense (fully connected) layer.
+
+    Parameters
+    ----------
+    units : int
+        Number of outputs.
+    activation : str, Activation or None
+        Applied to x @ W + b. linear/relu/sigmoid/tanh run fused inside the
+        backend's ``dense_forward``/``dense_backward``; other activations
+        (softmax) are applied after a linear ``dense_forward`` whose result is
+        kept as ``self.logits``.
+    use_bias : bool
+    kernel_initializer, bias_initializer : str or callable(shape, rng, dtype)
+    kernel_regularizer, bias_regularizer : Regularizer or None
+        Penalties added to the model's loss and to ``grads`` in backward.
+    name : str or None
+        Assigned by the model ("dense", "dense_1", ...) when None.
+    """
+
+    def __init__(self, units, activation=None, use_bias=True,
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros",
+                 kernel_regularizer=None, bias_regularizer=None, name=None):
+        super().__init__(name=name)
+        if isinstance(units, bool) or not isinstance(units, (int, np.integer)) or units < 1:
+            raise ValueError(f"Dense units must be a positive integer, got {units!r}")
+        self.units = int(units)
+        self.activation = activations.get(activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = kernel_initializer
+        self.bias_initializer = bias_initializer
+        # Resolve now so a bad name fails at construction, not at build.
+        self._kernel_init = initializers.get(kernel_initializer)
+        self._bias_init = initializers.get(bias_initializer)
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
+        self._buffers = BufferCache()
+        self._x = None        # input of the last forward (a reference, not a copy)
+        self._y = None        # output of the last forward
+        self.logits = None    # pre-activation of the last forward (non-fused activations)
+
+    # -- building -------------------------------------------------------------
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) != 1:
+            raise ValueError(
+                f"{self._describe()} expects input of shape (N, features), got per-sample "
+                f"shape {tuple(input_shape)}; add a Flatten layer before it")
+        return (self.units,)
+
+    def build(self, input_shape, dtype, rng, backend=None):
+        """Create the kernel (in, units) and bias (units,) parameters."""
+        output_shape = super().build(input_shape, dtype, rng, backend)
+        fan_in = self.input_shape[0]
+        self.add_param("kernel", self._kernel_init((fan_in, self.units), rng, self.dtype))
+        if self.use_bias:
+            self.add_param("bias", self._bias_init((self.units,), rng, self.dtype))
+        self._buffers.clear()
+        return output_shape
+
+    # -- forward / backward ---------------------------------------------------
+
+    @property
+    def _bias(self):
+        return self.params["bias"] if self.use_bias else None
+
+    def forward(self, x, training=False):
+        """act(x @ W + b) for x of shape (N, in); returns a reused buffer."""
+        self.check_input(x)
+        n = x.shape[0]
+        out = self._buffers.get("out", (n, self.units), self.dtype)
+        kernel = self.params["kernel"]
+        if self.activation.fused:
+            self.backend.dense_forward(x, kernel, self._bias, self.activation.name, out=out)
+            self.logits = out if self.activation.name == "linear" else None
+        else:
+            logits = self._buffers.get("logits", (n, self.units), self.dtype)
+            self.backend.dense_forward(x, kernel, self._bias, "linear", out=logits)
+            self.activation.forward(logits, self.backend, out=out)
+            self.logits = logits
+        self._x = x
+        self._y = out
+        return out
+
+    def backward(self, dy, need_dx=True):
+        """Write dL/dW, dL/db into ``grads`` (overwriting) and return dL/dx."""
+        self._check_backward_ready()
+        self.check_output_grad(dy, self._x.shape[0])
+        if self.activation.fused:
+            return self._dense_backward(self._y, dy, self.activation.name, need_dx)
+        dz = self._buffers.get("dz", dy.shape, self.dtype)
+        self.activation.backward(self._y, dy, self.backend, x=self.logits, out=dz)
+        return self._dense_backward(self.logits, dz, "linear", need_dx)
+
+    def backward_from_logits(self, dz, need_dx=True):
+        """Backward given dL/dz for the pre-activation z = x @ W + b.
+
+        Used by the Trainer's fused softmax + cross-entropy path, where the
+        gradient w.r.t. the logits comes straight from the loss.
+        """
+        self._check_backward_ready()
+        self.check_output_grad(dz, self._x.shape[0])
+        logits = self.logits if self.logits is not None else self._y
+        return self._dense_backward(logits, dz, "linear", need_dx)
+
+    def _check_backward_ready(self):
+        if self._x is None:
+            raise RuntimeError(f"{self._describe()}: backward called before forward")
+
+    def _dense_backward(self, y, dz, activation, need_dx):
+        dx = self._buffers.get("dx", self._x.shape, self.dtype) if need_dx else None
+        db = self.grads["bias"] if self.use_bias else None
+        self.backend.dense_backward(self._x, self.params["kernel"], y, dz, activation,
+                                    self.grads["kernel"], db=db, dx=dx)
+        self._add_regularization_gradients()
+        return dx
+
+    # -- regularisation -------------------------------------------------------
+
+    def _add_regularization_gradients(self):
+        if self.kernel_regularizer is not None:
+            self.grads["kernel"] += self.kernel_regularizer.gradient(self.params["kernel"])
+        if self.use_bias and self.bias_regularizer is not None:
+            self.grads["bias"] += self.bias_regularizer.gradient(self.params["bias"])
+
+    def regularization_loss(self):
+        penalty = 0.0
+        if self.kernel_regularizer is not None:
+            penalty += self.kernel_regularizer(self.params["kernel"])
+        if self.use_bias and self.bias_regularizer is not None:
+            penalty += self.bias_regularizer(self.params["bias"])
+        return penalty
+
+    # -- config -----------------------------------------------------------------
+
+    def get_config(self):
+        def reg(r):
+            return None if r is None else r.serialize()
+        return {
+            "units": self.units,
+            "activation": self.activation.get_config(),
+            "use_bias": self.use_bias,
+            "kernel_initializer": _spec_name(self.kernel_initializer),
+            "bias_initializer": _spec_name(self.bias_initializer),
+            "kernel_regularizer": reg(self.kernel_regularizer),
+            "bias_regularizer": reg(self.bias_regularizer),
+            "name": self.name,
+        }

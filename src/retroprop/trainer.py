@@ -1,0 +1,375 @@
+"""Trainer: batching, shuffling, epochs, validation, callbacks and History.
+
+One training step is::
+
+    y_pred = model.forward(xb, training=True)
+    loss, seed = loss and its gradient (fused softmax + cross-entropy when possible)
+    check the loss (plus regularisation) is finite       -> NonFiniteError otherwise
+    model.backward(seed)  /  model.backward_from_logits(seed)
+    check every gradient is finite                       -> NonFiniteError otherwise
+    optimizer.step(model.named_parameters())
+    check every parameter is finite                      -> restore, NonFiniteError
+
+so a NaN/Inf never reaches the weights: when a step is refused, the weights
+are exactly those from before that step. (``check_finite=False`` keeps only
+the loss check, which is free, and skips the other two and their copies.)
+
+Fused path: when the last layer's activation is softmax and the loss is
+categorical cross-entropy on probabilities, the loss and its gradient
+w.r.t. the logits come from the backend's ``softmax_cross_entropy`` and
+backprop starts with ``model.backward_from_logits``.
+"""
+import math
+import time
+
+import numpy as np
+
+from . import losses as losses_module
+from . import metrics as metrics_module
+from . import optim as optim_module
+from .callbacks import Callback, History
+
+
+class NonFiniteError(ValueError, FloatingPointError):
+    """A loss, gradient or parameter became NaN/Inf during training.
+
+    ``epoch`` and ``batch`` (ints, 1-based as in the message) locate the
+    step; the weights are those from before that step.
+    """
+
+    def __init__(self, message, epoch=None, batch=None):
+        super().__init__(message)
+        self.epoch = epoch
+        self.batch = batch
+
+
+# --------------------------------------------------------------------------
+# loss + gradient of a model, shared with gradcheck
+# --------------------------------------------------------------------------
+
+def uses_fused_softmax(model, loss):
+    """True when the model ends in softmax and the loss is cross-entropy on probabilities."""
+    last = model.layers[-1]
+    activation = getattr(last, "activation", None)
+    return (isinstance(loss, losses_module.CategoricalCrossentropy)
+            and not loss.from_logits
+            and getattr(activation, "name", None) == "softmax"
+            and hasattr(last, "backward_from_logits"))
+
+
+def forward_loss(model, loss, x, targets, training=False, with_grad=False):
+    """Forward x and return (data loss, y_pred, gradient seed or None).
+
+    ``targets`` must come from ``loss.prepare_targets``. With ``with_grad`` the
+    seed is dL/dlogits on the fused path and dL/dy_pred otherwise; pass it to
+    :func:`backpropagate`. The regularisation penalty is not included.
+    """
+    y_pred = model.forward(x, training=training)
+    backend = model.backend
+    if uses_fused_softmax(model, loss):
+        value, seed = loss._softmax_cross_entropy(model.layers[-1].logits, targets, backend)
+    elif with_grad:
+        value, seed = loss.value_and_grad(targets, y_pred, backend)
+    else:
+        value, seed = loss.value(targets, y_pred), None
+    return float(value), y_pred, (seed if with_grad else None)
+
+
+def backpropagate(model, loss, seed, input_grad=False):
+    """Backward pass from the seed of :func:`forward_loss`; returns dL/dx (or None)."""
+    if uses_fused_softmax(model, loss):
+        return model.backward_from_logits(seed, input_grad=input_grad)
+    return model.backward(seed, input_grad=input_grad)
+
+
+# --------------------------------------------------------------------------
+# input validation
+# --------------------------------------------------------------------------
+
+def _first_nonfinite_index(arr):
+    bad = ~np.isfinite(arr)
+    if not bad.any():
+        return None
+    index = tuple(int(i) for i in np.argwhere(bad)[0])
+    return index[0] if len(index) == 1 else index
+
+
+def _all_finite(arr):
+    """True when arr has no NaN/Inf.
+
+    A finite sum of squares implies finite entries (NaN and Inf propagate),
+    and ``dot`` is a fast, allocation-free BLAS reduction; only when it is not
+    finite (a NaN, an Inf, or a sum that overflowed) is the exact elementwise
+    test needed.
+    """
+    flat = arr.reshape(-1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(np.dot(flat, flat)):
+            return True
+    return bool(np.isfinite(arr).all())
+
+
+def _copy_into(backups, arrays):
+    """Copy every array of ``arrays`` into ``backups[key]``, reusing the backup buffers."""
+    for key, arr in arrays.items():
+        backup = backups.get(key)
+        if backup is None or backup.shape != arr.shape or backup.dtype != arr.dtype:
+            backup = backups[key] = np.empty_like(arr)
+        np.copyto(backup, arr)
+
+
+def _check_positive_int(value, argname, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{argname} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+class Trainer:
+    """Fits a model with a loss and an optimizer.
+
+    Parameters
+    ----------
+    model : Sequential
+    loss : str or Loss ("categorical_crossentropy", "mse", ...)
+    optimizer : str or Optimizer
+    metrics : iterable of names or callables ``f(y_true, y_pred) -> float``
+    callbacks : list of Callback
+    check_finite : bool (default True)
+        Before each optimizer step check that the gradients are finite, and
+        after it that the parameters are; a step that makes them non-finite
+        is undone (weights and optimizer state restored from copies taken
+        before the step). This costs about two copies of the parameters per
+        step. With False only the loss is checked (which is free), so an
+        overflowing step is reported one step later, with the weights already
+        non-finite.
+    """
+
+    def __init__(self, model, loss, optimizer, metrics=("accuracy",), callbacks=None,
+                 check_finite=True):
+        self.model = model
+        self.loss = losses_module.get(loss)
+        self.optimizer = optim_module.get(optimizer)
+        self.metric_names = []
+        self.metric_fns = []
+        for m in metrics or ():
+            fn = metrics_module.get(m)
+            name = "accuracy" if fn is metrics_module.accuracy else getattr(fn, "__name__", str(m))
+            self.metric_names.append(name)
+            self.metric_fns.append(fn)
+        self.callbacks = list(callbacks or [])
+        for cb in self.callbacks:
+            if not isinstance(cb, Callback):
+                raise TypeError(f"callbacks must be Callback instances, got {type(cb).__name__}")
+        self.check_finite = bool(check_finite)
+        self.stop_training = False
+        self.history = None
+        self._backup = {}        # parameter copies taken before each step
+        self._state_backup = {}  # optimizer state copies taken before each step
+
+    # -- validation -----------------------------------------------------------
+
+    def _check_x(self, x, argname):
+        """x as an array of the model's dtype; finite; model built."""
+        x = self.model.prepare_input(x, argname=argname)
+        bad = _first_nonfinite_index(x)
+        if bad is not None:
+            raise ValueError(f"{argname} contains NaN or Inf at index {bad}")
+        return x
+
+    def _check_xy(self, x, y, xname="x", yname="y"):
+        x = self._check_x(x, xname)
+        y_arr = np.asarray(y)
+        if y_arr.ndim == 0:
+            raise ValueError(f"{yname} must have one entry per sample, got a scalar")
+        if y_arr.shape[0] != x.shape[0]:
+            raise ValueError(f"{xname} and {yname} have different lengths: "
+                             f"{x.shape[0]} samples in {xname}, {y_arr.shape[0]} in {yname}")
+        # Check that x fits the model before the targets are checked against its output.
+        self.model.layers[0].check_input(x)
+        pred_shape = (x.shape[0],) + tuple(self.model.output_shape)
+        targets = self.loss.prepare_targets(y_arr, pred_shape, self.model.dtype, argname=yname)
+        return x, targets
+
+    # -- steps --------------------------------------------------------------------
+
+    def _train_step(self, xb, yb, epoch, batch, epochs, n_batches):
+        """One optimizer step on a batch; ``epoch``/``batch`` are 1-based (for messages)."""
+        model = self.model
+        loss_value, y_pred, seed = forward_loss(model, self.loss, xb, yb, training=True,
+                                                with_grad=True)
+        total = loss_value + model.regularization_loss()
+        where = f"at epoch {epoch}/{epochs}, batch {batch}/{n_batches}"
+        if not math.isfinite(total):
+            raise NonFiniteError(f"loss is {total} {where}; the step was not applied "
+                                 f"(try a lower learning rate)", epoch, batch)
+        # Metrics before backward: they only read y_pred.
+        metric_values = [fn(yb, y_pred) for fn in self.metric_fns]
+        backpropagate(model, self.loss, seed, input_grad=False)
+        params = list(model.named_parameters())
+        if not self.check_finite:
+            self.optimizer.step(params)
+            return total, metric_values
+        for key, _, grad in params:
+            if not _all_finite(grad):
+                raise NonFiniteError(f"gradient of {key} contains NaN or Inf {where}; "
+                                     f"the step was not applied", epoch, batch)
+        # Copies of the weights and the optimizer state, so that a step which
+        # overflows them can be undone.
+        param_arrays = {key: param for key, param, _ in params}
+        state_before = dict(self.optimizer.state_arrays())
+        _copy_into(self._backup, param_arrays)
+        _copy_into(self._state_backup, state_before)
+        self.optimizer.step(params)
+        for key, param in param_arrays.items():
+            if not _all_finite(param):
+                self._undo_step(param_arrays, state_before)
+                raise NonFiniteError(f"parameter {key} became NaN or Inf after the optimizer "
+                                     f"step {where}; the weights were restored (try a lower "
+                                     f"learning rate)", epoch, batch)
+        return total, metric_values
+
+    def _undo_step(self, param_arrays, state_before):
+        """Put back the parameters and optimizer state copied before the last step."""
+        for key, param in param_arrays.items():
+            np.copyto(param, self._backup[key])
+        for key, arr in self.optimizer.state_arrays().items():
+            if key in state_before:
+                np.copyto(arr, self._state_backup[key])
+            else:
+                arr[...] = 0  # created by this step: back to its initial value
+        self.optimizer.iterations -= 1
+
+    def _evaluate_arrays(self, x, targets, batch_size):
+        n = x.shape[0]
+        loss_sum = 0.0
+        metric_sums = [0.0] * len(self.metric_fns)
+        for start in range(0, n, batch_size):
+            xb = x[start:start + batch_size]
+            tb = targets[start:start + batch_size]
+            value, y_pred, _ = forward_loss(self.model, self.loss, xb, tb, training=False)
+            nb = xb.shape[0]
+            loss_sum += value * nb
+            for i, fn in enumerate(self.metric_fns):
+                metric_sums[i] += fn(tb, y_pred) * nb
+        logs = {"loss": loss_sum / n + self.model.regularization_loss()}
+        for name, s in zip(self.metric_names, metric_sums):
+            logs[name] = s / n
+        return logs
+
+    # -- public API -----------------------------------------------------------------
+
+    def fit(self, x, y, epochs=1, batch_size=32, validation_data=None, validation_split=0.0,
+            shuffle=True, verbose=1, seed=None):
+        """Train for ``epochs`` passes over (x, y); returns a :class:`History`.
+
+        ``validation_data`` is an (x_val, y_val) pair; otherwise
+        ``validation_split`` holds out that fraction of the *last* samples
+        (before shuffling). ``seed`` fixes the shuffling order (default: derived
+        from the model's seed). ``verbose=1`` prints one line per epoch.
+        """
+        epochs = _check_positive_int(epochs, "epochs", minimum=0)
+        batch_size = _check_positive_int(batch_size, "batch_size")
+        x, targets = self._check_xy(x, y)
+
+        val = None
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise ValueError("validation_data must be an (x_val, y_val) pair")
+            val = self._check_xy(validation_data[0], validation_data[1],
+                                 "validation_data x", "validation_data y")
+        elif validation_split:
+            split = float(validation_split)
+            if not 0.0 < split < 1.0:
+                raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
+            n_val = int(x.shape[0] * split)
+            if n_val == 0 or n_val == x.shape[0]:
+                raise ValueError(f"validation_split={validation_split} of {x.shape[0]} samples "
+                                 f"leaves an empty training or validation set")
+            val = (x[-n_val:], targets[-n_val:])
+            x, targets = x[:-n_val], targets[:-n_val]
+
+        if seed is None and self.model.seed is not None:
+            seed = self.model.seed
+        rng = np.random.default_rng(seed)
+        self.optimizer.backend = self.model.backend
+
+        history = History()
+        history.params = {"epochs": epochs, "batch_size": batch_size, "samples": x.shape[0]}
+        callbacks = self.callbacks + [history]
+        for cb in callbacks:
+            cb.set_trainer(self)
+        self.history = history
+        self.stop_training = False
+
+        n = x.shape[0]
+        n_batches = (n + batch_size - 1) // batch_size
+        for cb in callbacks:
+            cb.on_train_begin({})
+        for epoch in range(epochs):
+            for cb in callbacks:
+                cb.on_epoch_begin(epoch, {})
+            start_time = time.perf_counter()
+            order = rng.permutation(n) if shuffle else None
+            loss_sum = 0.0
+            metric_sums = [0.0] * len(self.metric_fns)
+            seen = 0
+            for b in range(n_batches):
+                lo, hi = b * batch_size, min((b + 1) * batch_size, n)
+                if order is not None:
+                    idx = order[lo:hi]
+                    xb, tb = x[idx], targets[idx]
+                else:
+                    xb, tb = x[lo:hi], targets[lo:hi]
+                # Overflow is detected explicitly (NonFiniteError), so NumPy's
+                # floating-point warnings would only be noise here.
+                with np.errstate(over="ignore", invalid="ignore", divide="ignore",
+                                 under="ignore"):
+                    total, metric_values = self._train_step(
+                        xb, tb, epoch + 1, b + 1, epochs, n_batches)
+                nb = hi - lo
+                seen += nb
+                loss_sum += total * nb
+                for i, v in enumerate(metric_values):
+                    metric_sums[i] += v * nb
+                batch_logs = {"loss": total, "size": nb}
+                batch_logs.update(zip(self.metric_names, metric_values))
+                for cb in callbacks:
+                    cb.on_batch_end(b, batch_logs)
+                if self.stop_training:
+                    break
+            train_time = time.perf_counter() - start_time
+
+            logs = {"loss": loss_sum / seen}
+            for name, s in zip(self.metric_names, metric_sums):
+                logs[name] = s / seen
+            if val is not None:
+                val_logs = self._evaluate_arrays(val[0], val[1], max(batch_size, 256))
+                logs.update({f"val_{k}": v for k, v in val_logs.items()})
+            elapsed = time.perf_counter() - start_time
+            if verbose:
+                self._print_epoch(epoch, epochs, logs, seen / max(train_time, 1e-12), elapsed)
+            for cb in callbacks:
+                cb.on_epoch_end(epoch, logs)
+            if self.stop_training:
+                break
+        for cb in callbacks:
+            cb.on_train_end({})
+        return history
+
+    @staticmethod
+    def _print_epoch(epoch, epochs, logs, samples_per_s, seconds):
+        parts = [f"Epoch {epoch + 1}/{epochs}"]
+        parts += [f"{k}: {v:.4f}" for k, v in logs.items()]
+        parts.append(f"{samples_per_s:,.0f} samples/s")
+        parts.append(f"{seconds:.2f}s")
+        print(" - ".join(parts), flush=True)
+
+    def evaluate(self, x, y, batch_size=256):
+        """Mean loss (including regularisation) and metrics over (x, y), in batches."""
+        batch_size = _check_positive_int(batch_size, "batch_size")
+        x, targets = self._check_xy(x, y)
+        return self._evaluate_arrays(x, targets, batch_size)
+
+    def predict(self, x, batch_size=None):
+        """Model output for x (see Sequential.predict)."""
+        return self.model.predict(x, batch_size=batch_size)
