@@ -1,0 +1,138 @@
+"""Save/load: round trip, optimizer state, refusal of damaged or foreign
+files, and atomicity (a save killed half-way leaves the old file intact)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import zipfile
+
+import numpy as np
+import pytest
+
+import retroprop as rp
+
+
+def small_model(seed=0):
+    return rp.Sequential([rp.layers.Dense(7, activation="tanh"),
+                          rp.layers.Dense(3, activation="softmax")], input_shape=(5,), seed=seed)
+
+
+def test_round_trip_predicts_identically(tmp_path):
+    model = small_model()
+    x = np.random.default_rng(0).standard_normal((11, 5)).astype(np.float32)
+    path = tmp_path / "m.rpz"
+    model.save(path)
+    loaded = rp.load_model(path)
+    assert loaded.get_config() == model.get_config()
+    np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
+
+
+def test_optimizer_state_round_trip(tmp_path):
+    from retroprop import io
+    model = small_model()
+    opt = rp.optim.SGD(lr=0.1, momentum=0.9)
+    trainer = rp.Trainer(model, "categorical_crossentropy", opt)
+    x = np.random.default_rng(1).standard_normal((32, 5)).astype(np.float32)
+    y = np.arange(32) % 3
+    trainer.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    io.save_model(model, tmp_path / "ckpt.rpz", optimizer=opt, extra={"epoch": 2})
+    model2, opt2, extra = io.load_model(tmp_path / "ckpt.rpz", return_optimizer=True)
+    assert extra == {"epoch": 2}
+    assert opt2.iterations == opt.iterations and opt2.momentum == 0.9
+    assert set(opt2.velocity) == set(opt.velocity)
+    for k in opt.velocity:
+        np.testing.assert_array_equal(opt2.velocity[k], opt.velocity[k])
+
+
+def test_no_pickle_in_file(tmp_path):
+    small_model().save(tmp_path / "m.rpz")
+    with zipfile.ZipFile(tmp_path / "m.rpz") as zf:
+        meta = json.loads(zf.read("retroprop.json"))
+        assert meta["format"] == "retroprop-model" and meta["version"] == 1
+        for name in zf.namelist():
+            if name.endswith(".npy"):
+                arr = np.lib.format.read_array(zf.open(name), allow_pickle=False)
+                assert arr.dtype != object
+
+
+def test_truncated_file_is_refused(tmp_path):
+    path = tmp_path / "m.rpz"
+    small_model().save(path)
+    data = path.read_bytes()
+    for cut in (10, len(data) // 2, len(data) - 30):
+        bad = tmp_path / f"cut{cut}.rpz"
+        bad.write_bytes(data[:cut])
+        with pytest.raises(ValueError, match=str(bad.name)):
+            rp.load_model(bad)
+
+
+def test_tampered_weights_are_refused(tmp_path):
+    path = tmp_path / "m.rpz"
+    small_model().save(path)
+    # Rewrite one array with different values but keep the metadata.
+    tampered = tmp_path / "t.rpz"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(tampered, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename == "arrays/0.npy":
+                arr = np.lib.format.read_array(src.open(item.filename)) + 1
+                import io as stdio
+                buf = stdio.BytesIO()
+                np.lib.format.write_array(buf, arr)
+                data = buf.getvalue()
+            dst.writestr(item, data)
+    with pytest.raises(ValueError, match="tampered"):
+        rp.load_model(tampered)
+
+
+def test_foreign_and_missing_files(tmp_path):
+    foreign = tmp_path / "x.rpz"
+    foreign.write_bytes(b"not a zip at all")
+    with pytest.raises(ValueError, match="not a retroprop model file"):
+        rp.load_model(foreign)
+    other_zip = tmp_path / "y.rpz"
+    with zipfile.ZipFile(other_zip, "w") as zf:
+        zf.writestr("hello.txt", "hi")
+    with pytest.raises(ValueError, match="not a retroprop model file"):
+        rp.load_model(other_zip)
+    with pytest.raises(FileNotFoundError):
+        rp.load_model(tmp_path / "absent.rpz")
+    future = tmp_path / "z.rpz"
+    with zipfile.ZipFile(future, "w") as zf:
+        zf.writestr("retroprop.json", json.dumps({"format": "retroprop-model", "version": 99}))
+    with pytest.raises(ValueError, match="version 99"):
+        rp.load_model(future)
+
+
+def test_killed_save_leaves_previous_file_intact(tmp_path):
+    """A child process starts saving a large model over an existing file and
+    is killed with SIGKILL mid-write: the old file must still load."""
+    path = tmp_path / "m.rpz"
+    small_model(seed=3).save(path)
+    before = path.read_bytes()
+    script = textwrap.dedent(f"""
+        import os, sys, zipfile
+        import retroprop as rp
+        from retroprop import io
+        real_writestr = zipfile.ZipFile.writestr
+        count = [0]
+        def slow_writestr(self, *a, **k):
+            count[0] += 1
+            if count[0] == 2:
+                print("writing", flush=True)
+                os.kill(os.getpid(), 9)   # die in the middle of the archive
+            return real_writestr(self, *a, **k)
+        zipfile.ZipFile.writestr = slow_writestr
+        m = rp.Sequential([rp.layers.Dense(300), rp.layers.Dense(300)], input_shape=(300,), seed=1)
+        m.save({str(path)!r})
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert "writing" in proc.stdout
+    assert path.read_bytes() == before
+    rp.load_model(path)  # still a valid model
+    leftovers = [p for p in os.listdir(tmp_path) if p != "m.rpz"]
+    # the dead process's temporary file may remain, but never under the real name
+    assert all(name.startswith(".tmp-") for name in leftovers)
