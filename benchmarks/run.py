@@ -1,0 +1,406 @@
+"""retroprop against its peers, on the same workloads, in the same run.
+
+    python benchmarks/run.py [--threads 2] [--repeats 3] [--quick] [--json out.json]
+
+Peers: PyTorch on the CPU (when importable), NumPy (OpenBLAS matmul; a plain
+NumPy backprop loop for the MLP) and scikit-learn's MLPClassifier (when
+importable). Every framework gets the same thread count. Micro workloads run
+in this process, interleaved; each training workload runs in a fresh child
+process per framework and repetition (so peak RSS is the child's own), also
+interleaved. The table shows medians and ratio = retroprop time / peer time
+(below 1 means retroprop is faster).
+"""
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def set_thread_env(threads):
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+
+
+def median(values):
+    values = sorted(values)
+    return values[len(values) // 2]
+
+
+def time_call(fn, min_seconds=0.05):
+    """Median seconds per call of fn, over batches of calls lasting >= min_seconds."""
+    fn()
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < min_seconds:
+        fn()
+        reps += 1
+    per_batch = max(1, reps)
+    samples = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(per_batch):
+            fn()
+        samples.append((time.perf_counter() - t0) / per_batch)
+    return median(samples)
+
+
+# ----------------------------------------------------------------------------- data
+
+def fashion_subset(n_train):
+    import numpy as np
+    import retroprop as rp
+    try:
+        (x, y), _ = rp.datasets.load_fashion_mnist(download=False)
+        return x[:n_train], y[:n_train]
+    except FileNotFoundError:
+        rng = np.random.default_rng(0)  # same shapes, synthetic values
+        return rng.random((n_train, 28, 28, 1), dtype=np.float32), rng.integers(0, 10, n_train)
+
+
+# ----------------------------------------------------------------------------- training children
+
+def child_mlp_epoch(framework, batch, threads, n_train):
+    """Train MLP 784-256-128-10 (ReLU, softmax CE, SGD momentum 0.9) for one epoch."""
+    import numpy as np
+    x, y = fashion_subset(n_train)
+    x = x.reshape(len(x), -1)
+    if framework == "retroprop":
+        import retroprop as rp
+        rp.set_num_threads(threads)
+        L = rp.layers
+        model = rp.Sequential([L.Dense(256, activation="relu"), L.Dense(128, activation="relu"),
+                               L.Dense(10, activation="softmax")], input_shape=(784,), seed=0)
+        trainer = rp.Trainer(model, "categorical_crossentropy", rp.optim.SGD(lr=0.01, momentum=0.9),
+                             metrics=[])
+        trainer.fit(x[:batch * 4], y[:batch * 4], epochs=1, batch_size=batch, verbose=0)
+        t0 = time.perf_counter()
+        trainer.fit(x, y, epochs=1, batch_size=batch, verbose=0, shuffle=True)
+        return time.perf_counter() - t0
+    if framework == "torch":
+        import torch
+        torch.set_num_threads(threads)
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(784, 256), torch.nn.ReLU(), torch.nn.Linear(256, 128),
+                                    torch.nn.ReLU(), torch.nn.Linear(128, 10))
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        lossf = torch.nn.CrossEntropyLoss()
+        xt, yt = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
+
+        def epoch(n):
+            perm = torch.randperm(n)
+            for s in range(0, n, batch):
+                idx = perm[s:s + batch]
+                opt.zero_grad()
+                loss = lossf(model(xt[idx]), yt[idx])
+                loss.backward()
+                opt.step()
+        epoch(batch * 4)
+        t0 = time.perf_counter()
+        epoch(len(x))
+        return time.perf_counter() - t0
+    if framework == "numpy":
+        rng = np.random.default_rng(0)
+        sizes = [784, 256, 128, 10]
+        W = [(rng.standard_normal((a, b)) * np.sqrt(2 / a)).astype(np.float32) for a, b in zip(sizes, sizes[1:])]
+        B = [np.zeros(b, np.float32) for b in sizes[1:]]
+        VW = [np.zeros_like(w) for w in W]
+        VB = [np.zeros_like(b) for b in B]
+
+        def step(xb, yb):
+            acts = [xb]
+            for i in range(3):
+                z = acts[-1] @ W[i] + B[i]
+                acts.append(np.maximum(z, 0) if i < 2 else z)
+            z = acts[-1]
+            p = np.exp(z - z.max(1, keepdims=True))
+            p /= p.sum(1, keepdims=True)
+            p[np.arange(len(yb)), yb] -= 1
+            d = p / len(yb)
+            for i in (2, 1, 0):
+                gw, gb = acts[i].T @ d, d.sum(0)
+                if i:
+                    d = (d @ W[i].T) * (acts[i] > 0)
+                VW[i] *= 0.9; VW[i] += gw; W[i] -= 0.01 * VW[i]
+                VB[i] *= 0.9; VB[i] += gb; B[i] -= 0.01 * VB[i]
+
+        def epoch(n):
+            perm = rng.permutation(n)
+            for s in range(0, n, batch):
+                idx = perm[s:s + batch]
+                step(x[idx], y[idx])
+        epoch(batch * 4)
+        t0 = time.perf_counter()
+        epoch(len(x))
+        return time.perf_counter() - t0
+    if framework == "sklearn":
+        import warnings
+        from sklearn.neural_network import MLPClassifier
+        clf = MLPClassifier(hidden_layer_sizes=(256, 128), solver="sgd", learning_rate_init=0.01,
+                            momentum=0.9, nesterovs_momentum=False, batch_size=batch, max_iter=1,
+                            shuffle=True, random_state=0)
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            clf.fit(x, y)
+        return time.perf_counter() - t0
+    raise ValueError(framework)
+
+
+def child_lenet_epoch(framework, batch, threads, n_train):
+    """LeNet-5 (conv 6@5x5 same + relu, pool 2, conv 16@5x5 + relu, pool 2, 120, 84, 10), one epoch."""
+    import numpy as np
+    x, y = fashion_subset(n_train)
+    if framework == "retroprop":
+        import retroprop as rp
+        rp.set_num_threads(threads)
+        L = rp.layers
+        model = rp.Sequential([L.Conv2D(6, 5, padding="same", activation="relu"), L.MaxPool2D(2),
+                               L.Conv2D(16, 5, activation="relu"), L.MaxPool2D(2), L.Flatten(),
+                               L.Dense(120, activation="relu"), L.Dense(84, activation="relu"),
+                               L.Dense(10, activation="softmax")], input_shape=(28, 28, 1), seed=0)
+        trainer = rp.Trainer(model, "categorical_crossentropy", rp.optim.SGD(lr=0.02, momentum=0.9),
+                             metrics=[])
+        trainer.fit(x[:batch * 4], y[:batch * 4], epochs=1, batch_size=batch, verbose=0)
+        t0 = time.perf_counter()
+        trainer.fit(x, y, epochs=1, batch_size=batch, verbose=0)
+        return time.perf_counter() - t0
+    if framework == "torch":
+        import torch
+        import torch.nn as nn
+        torch.set_num_threads(threads)
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                              nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                              nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
+                              nn.Linear(84, 10))
+        opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
+        lossf = nn.CrossEntropyLoss()
+        xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+        yt = torch.from_numpy(y.astype(np.int64))
+
+        def epoch(n):
+            perm = torch.randperm(n)
+            for s in range(0, n, batch):
+                idx = perm[s:s + batch]
+                opt.zero_grad()
+                lossf(model(xt[idx]), yt[idx]).backward()
+                opt.step()
+        epoch(batch * 4)
+        t0 = time.perf_counter()
+        epoch(len(x))
+        return time.perf_counter() - t0
+    raise ValueError(framework)
+
+
+CHILDREN = {"mlp": child_mlp_epoch, "lenet": child_lenet_epoch}
+
+
+def run_child(workload, framework, batch, threads, n_train):
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", workload, "--framework", framework,
+           "--batch", str(batch), "--threads", str(threads), "--n-train", str(n_train)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    if out.returncode != 0:
+        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def child_main(args):
+    import resource
+    seconds = CHILDREN[args.child](args.framework, args.batch, args.threads, args.n_train)
+    rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    print(json.dumps({"seconds": seconds, "peak_rss_mib": rss_mib}))
+
+
+# ----------------------------------------------------------------------------- micro workloads
+
+def micro_dense(threads, shapes, frameworks):
+    """Fused dense forward (x W + b, ReLU) and backward (dW, db, dx) per framework."""
+    import numpy as np
+    from retroprop.backend import cpu
+    results = []
+    for n, k, m in shapes:
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((n, k)).astype(np.float32)
+        w = (rng.standard_normal((k, m)) / np.sqrt(k)).astype(np.float32)
+        b = rng.standard_normal(m).astype(np.float32)
+        dy = rng.standard_normal((n, m)).astype(np.float32)
+        y = np.empty((n, m), np.float32)
+        dw, db, dx = np.empty_like(w), np.empty_like(b), np.empty_like(x)
+        fns = {}
+        fns["retroprop"] = (lambda: cpu.dense_forward(x, w, b, "relu", y),
+                            lambda: cpu.dense_backward(x, w, y, dy, "relu", dw, db, dx))
+        yn = np.empty((n, m), np.float32)
+
+        def np_fwd():
+            np.matmul(x, w, out=yn)
+            np.add(yn, b, out=yn)
+            np.maximum(yn, 0, out=yn)
+
+        def np_bwd():
+            dz = dy * (yn > 0)
+            np.matmul(x.T, dz, out=dw)
+            dz.sum(0, out=db)
+            np.matmul(dz, w.T, out=dx)
+        fns["numpy"] = (np_fwd, np_bwd)
+        if "torch" in frameworks:
+            import torch
+            tx, tw, tb, tdy = (torch.from_numpy(a) for a in (x, w, b, dy))
+            ty = torch.empty(n, m)
+
+            def t_fwd():
+                torch.addmm(tb, tx, tw, out=ty)
+                torch.relu_(ty)
+
+            def t_bwd():
+                dz = tdy * (ty > 0)
+                torch.mm(tx.t(), dz)
+                dz.sum(0)
+                torch.mm(dz, tw.t())
+            fns["torch"] = (t_fwd, t_bwd)
+        for phase, index in (("forward", 0), ("backward", 1)):
+            times = {f: [] for f in fns}
+            for _ in range(3):  # interleave the frameworks
+                for f, pair in fns.items():
+                    times[f].append(time_call(pair[index]))
+            results.append({"workload": f"dense {phase} {n}x{k}x{m}",
+                            "times": {f: median(t) for f, t in times.items()}})
+    return results
+
+
+def micro_latency(threads, frameworks):
+    """Single-sample inference of the 784-256-128-10 MLP."""
+    import numpy as np
+    import retroprop as rp
+    L = rp.layers
+    model = rp.Sequential([L.Dense(256, activation="relu"), L.Dense(128, activation="relu"),
+                           L.Dense(10, activation="softmax")], input_shape=(784,), seed=0)
+    x = np.random.default_rng(0).random((1, 784), dtype=np.float32)
+    fns = {"retroprop": lambda: model.forward(x)}
+    Ws = [p for _, _, p, _ in model.parameters()]
+
+    def np_forward():
+        h = np.maximum(x @ Ws[0] + Ws[1], 0)
+        h = np.maximum(h @ Ws[2] + Ws[3], 0)
+        z = h @ Ws[4] + Ws[5]
+        e = np.exp(z - z.max())
+        return e / e.sum()
+    fns["numpy"] = np_forward
+    if "torch" in frameworks:
+        import torch
+        net = torch.nn.Sequential(torch.nn.Linear(784, 256), torch.nn.ReLU(), torch.nn.Linear(256, 128),
+                                  torch.nn.ReLU(), torch.nn.Linear(128, 10), torch.nn.Softmax(dim=1)).eval()
+        tx = torch.from_numpy(x)
+
+        def t_forward():
+            with torch.inference_mode():
+                return net(tx)
+        fns["torch"] = t_forward
+    times = {f: [] for f in fns}
+    for _ in range(3):
+        for f, fn in fns.items():
+            times[f].append(time_call(fn))
+    return [{"workload": "MLP single-sample inference", "times": {f: median(t) for f, t in times.items()}}]
+
+
+# ----------------------------------------------------------------------------- main
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3, help="repetitions of each training workload")
+    p.add_argument("--quick", action="store_true", help="fewer shapes and a 12,000-sample epoch")
+    p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--framework", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--batch", type=int, default=32, help=argparse.SUPPRESS)
+    p.add_argument("--n-train", type=int, default=60000, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    set_thread_env(args.threads)
+    if args.child:
+        child_main(args)
+        return
+
+    import numpy as np
+    import retroprop as rp
+    frameworks = ["retroprop", "numpy"]
+    try:
+        import torch
+        frameworks.insert(1, "torch")
+        torch_version = torch.__version__
+    except ImportError:
+        torch_version = None
+    try:
+        import sklearn
+        have_sklearn = True
+    except ImportError:
+        have_sklearn = False
+    rp.set_num_threads(args.threads)
+    info = rp.backend_info()
+    machine = {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
+               "retroprop": rp.__version__, "simd": info["simd"], "numpy": np.__version__,
+               "torch": torch_version, "python": platform.python_version()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            machine["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    print(f"# {machine}")
+
+    shapes = [(256, 256, 256), (1024, 1024, 1024), (32, 784, 256), (128, 784, 256), (128, 256, 128)]
+    if not args.quick:
+        shapes = [(512, 512, 512), (2048, 2048, 2048), (1, 784, 256)] + shapes
+    rows = micro_dense(args.threads, shapes, frameworks) + micro_latency(args.threads, frameworks)
+
+    n_train = 12000 if args.quick else 60000
+    training = [("mlp", 32), ("mlp", 128)]
+    if hasattr(rp.layers, "Conv2D"):
+        training.append(("lenet", 64))
+    for workload, batch in training:
+        peers = [f for f in frameworks if workload == "mlp" or f != "numpy"]
+        if workload == "mlp" and have_sklearn:
+            peers.append("sklearn")
+        times = {f: [] for f in peers}
+        rss = {f: [] for f in peers}
+        for _ in range(args.repeats):
+            for f in peers:
+                r = run_child(workload, f, batch, args.threads, n_train)
+                if "error" in r:
+                    print(f"# {workload} {f}: {r['error']}")
+                    continue
+                times[f].append(r["seconds"])
+                rss[f].append(r["peak_rss_mib"])
+        rows.append({"workload": f"{workload} epoch ({n_train} samples) batch {batch}",
+                     "times": {f: median(t) for f, t in times.items() if t},
+                     "peak_rss_mib": {f: max(v) for f, v in rss.items() if v}})
+
+    peers = [f for f in ("torch", "numpy", "sklearn") if any(f in r["times"] for r in rows)]
+    header = f"| {'workload':<44} | {'retroprop':>10} | " + " | ".join(f"{p:>9} | {'ratio':>6}" for p in peers) + " |"
+    print(header)
+    print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
+    for r in rows:
+        t = r["times"]
+        ours = t.get("retroprop")
+        cells = []
+        for peer in peers:
+            if peer in t and ours:
+                cells.append(f"{t[peer] * 1e3:9.3f} | {ours / t[peer]:6.2f}")
+            else:
+                cells.append(f"{'-':>9} | {'-':>6}")
+        ours_s = f"{ours * 1e3:10.3f}" if ours else f"{'-':>10}"
+        print(f"| {r['workload']:<44} | {ours_s} | " + " | ".join(cells) + " |")
+    print("times are medians in ms; ratio = retroprop / peer (below 1: retroprop faster)")
+    for r in rows:
+        if "peak_rss_mib" in r:
+            print(f"peak RSS, {r['workload']}: " +
+                  ", ".join(f"{f} {v:.0f} MiB" for f, v in r["peak_rss_mib"].items()))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine, "results": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
