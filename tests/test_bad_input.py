@@ -304,7 +304,7 @@ def test_huge_learning_rate_is_stopped_with_finite_weights():
 def test_injected_inf_weight_is_reported_at_the_first_batch():
     x, y = small_data(16)
     model = small_model()
-    model.layers[1].params["kernel"][0, 0] = np.inf
+    model.layers[1].params["W"][0, 0] = np.inf
     before = model.get_weights()
     trainer = trainer_for(model)
     with pytest.raises(rp.NonFiniteError, match=r"epoch 1/1, batch 1/2"):
@@ -319,7 +319,7 @@ def test_step_that_overflows_the_weights_is_undone():
     optimizer = rp.optim.SGD(lr=1e35, momentum=0.5)
     trainer = rp.Trainer(model, "mse", optimizer, metrics=[])
     # Finite loss and gradients, but lr * grad overflows float32.
-    with pytest.raises(rp.NonFiniteError, match=r"parameter dense/kernel became NaN or Inf after "
+    with pytest.raises(rp.NonFiniteError, match=r"parameter dense/W became NaN or Inf after "
                                                 r"the optimizer step at epoch 1/1, batch 1/2"):
         trainer.fit(x, np.full(16, 1e6), epochs=1, batch_size=8, verbose=0)
     assert_weights_equal(model.get_weights(), before)
@@ -334,4 +334,4 @@ def test_without_check_finite_the_overflow_shows_up_in_the_next_loss():
     trainer = rp.Trainer(model, "mse", rp.optim.SGD(lr=1e35), metrics=[], check_finite=False)
     with pytest.raises(rp.NonFiniteError, match=r"loss is (nan|inf) at epoch 1/1, batch 2/2"):
         trainer.fit(x, np.full(16, 1e6), epochs=1, batch_size=8, verbose=0)
-    assert not np.all(np.isfinite(model.layers[0].params["kernel"]))
+    assert not np.all(np.isfinite(model.layers[0].params["W"]))

@@ -20,7 +20,7 @@ def assert_away_from_relu_kinks(model, x, margin=1e-3):
     """Finite differences across relu's kink are meaningless: check the data avoids it."""
     h = np.asarray(x, dtype=np.float64)
     for layer in model.layers:
-        z = h @ layer.params["kernel"] + layer.params.get("bias", 0.0)
+        z = h @ layer.params["W"] + layer.params.get("b", 0.0)
         if layer.activation.name == "relu":
             assert np.min(np.abs(z)) > margin
         h = layer.forward(h).copy()
@@ -95,7 +95,7 @@ def test_four_layer_mlp():
     worst, details = rp.gradcheck(model, x, ids, return_details=True)
     assert worst < TOL
     assert set(details) == {f"{name}/{p}" for name in ("dense", "dense_1", "dense_2", "dense_3")
-                            for p in ("kernel", "bias")} | {"input"}
+                            for p in ("W", "b")} | {"input"}
 
 
 @pytest.mark.parametrize("regularizer", [rp.regularizers.L1(0.01), rp.regularizers.L2(0.05),
@@ -127,13 +127,13 @@ def test_gradcheck_detects_a_wrong_gradient():
 
     def wrong_backward(dy, need_dx=True):
         dx = original_backward(dy, need_dx=need_dx)
-        layer.grads["kernel"] *= 1.01  # a 1% error
+        layer.grads["W"] *= 1.01  # a 1% error
         return dx
 
     layer.backward = wrong_backward
     worst, details = rp.gradcheck(model, x, ids, return_details=True)
-    assert details["dense/kernel"] > 1e-3
-    assert details["dense/bias"] < TOL
+    assert details["dense/W"] > 1e-3
+    assert details["dense/b"] < TOL
     assert worst > 1e-3
 
 

@@ -82,7 +82,7 @@ def test_lazy_build_on_first_forward():
     y = model.forward(np.ones((3, 7)))
     assert model.built and model.input_shape == (7,)
     assert y.shape == (3, 2)
-    assert model.layers[0].params["kernel"].shape == (7, 5)
+    assert model.layers[0].params["W"].shape == (7, 5)
 
 
 def test_add_after_build():
@@ -116,12 +116,12 @@ def test_parameters_iteration():
     model = mlp()
     items = list(model.parameters())
     assert [(layer.name, name) for layer, name, _, _ in items] == [
-        ("dense", "kernel"), ("dense", "bias"), ("dense_1", "kernel"), ("dense_1", "bias")]
+        ("dense", "W"), ("dense", "b"), ("dense_1", "W"), ("dense_1", "b")]
     for layer, name, param, grad in items:
         assert param is layer.params[name] and grad is layer.grads[name]
         assert grad.shape == param.shape
     assert [k for k, _, _ in model.named_parameters()] == [
-        "dense/kernel", "dense/bias", "dense_1/kernel", "dense_1/bias"]
+        "dense/W", "dense/b", "dense_1/W", "dense_1/b"]
 
 
 # -- forward / backward / predict --------------------------------------------------------
@@ -198,10 +198,10 @@ def test_get_set_weights():
     assert all(p is q for p, (_, _, q, _) in zip(params_before, other.parameters()))
     weights = model.get_weights()
     weights[0][...] = 123.0  # get_weights returns copies
-    assert not np.any(model.layers[0].params["kernel"] == 123.0)
+    assert not np.any(model.layers[0].params["W"] == 123.0)
     with pytest.raises(ValueError, match="4 weight arrays, got 3"):
         model.set_weights(weights[:3])
-    with pytest.raises(ValueError, match=r"kernel has shape \(4, 8\), got \(8, 4\)"):
+    with pytest.raises(ValueError, match=r"W has shape \(4, 8\), got \(8, 4\)"):
         model.set_weights([weights[0].T] + weights[1:])
 
 
@@ -372,17 +372,17 @@ def test_early_stopping_without_monitored_value_warns():
 def test_sgd_momentum_matches_formula_through_the_model():
     model = rp.Sequential([Dense(2)], input_shape=(3,), dtype="float64", seed=0)
     opt = rp.optim.SGD(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)
-    w = model.layers[0].params["kernel"].copy()
+    w = model.layers[0].params["W"].copy()
     v = np.zeros_like(w)
     rng = np.random.default_rng(0)
     for _ in range(3):
         g = rng.standard_normal(w.shape)
-        model.layers[0].grads["kernel"][...] = g
+        model.layers[0].grads["W"][...] = g
         opt.step(model.named_parameters())
         g = g + 0.01 * w
         v = 0.9 * v + g
         w = w - 0.1 * (g + 0.9 * v)
-    np.testing.assert_allclose(model.layers[0].params["kernel"], w, rtol=1e-12)
+    np.testing.assert_allclose(model.layers[0].params["W"], w, rtol=1e-12)
     assert opt.iterations == 3
 
 
@@ -395,12 +395,12 @@ def test_lr_schedule_counts_optimizer_steps():
 
     model = rp.Sequential([Dense(1, use_bias=False)], input_shape=(1,), dtype="float64", seed=0)
     opt = rp.optim.SGD(lr=schedule)
-    model.layers[0].params["kernel"][...] = 0.0
+    model.layers[0].params["W"][...] = 0.0
     for _ in range(3):
-        model.layers[0].grads["kernel"][...] = 1.0
+        model.layers[0].grads["W"][...] = 1.0
         opt.step(model.named_parameters())
     assert seen == [0, 1, 2]
-    assert model.layers[0].params["kernel"][0, 0] == pytest.approx(-(0.1 + 0.05 + 0.1 / 3))
+    assert model.layers[0].params["W"][0, 0] == pytest.approx(-(0.1 + 0.05 + 0.1 / 3))
 
 
 def test_optimizer_state_dict_roundtrip():
@@ -411,12 +411,12 @@ def test_optimizer_state_dict_roundtrip():
                                                            verbose=0)
     state = opt.state_dict()
     assert state["iterations"] == 4
-    assert set(state["velocity"]) == {"dense/kernel", "dense/bias", "dense_1/kernel",
-                                      "dense_1/bias"}
+    assert set(state["velocity"]) == {"dense/W", "dense/b", "dense_1/W",
+                                      "dense_1/b"}
     fresh = rp.optim.SGD(lr=0.05, momentum=0.9)
     fresh.load_state_dict(state)
     assert fresh.iterations == 4
-    np.testing.assert_array_equal(fresh.velocity["dense/kernel"], opt.velocity["dense/kernel"])
+    np.testing.assert_array_equal(fresh.velocity["dense/W"], opt.velocity["dense/W"])
     assert opt.get_config() == {"lr": 0.05, "momentum": 0.9, "nesterov": False,
                                 "weight_decay": 0.0}
 

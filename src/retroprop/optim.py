@@ -3,7 +3,7 @@
 ``Optimizer.step(params_and_grads)`` takes an iterable of ``(key, param, grad)``
 triples, e.g. ``model.named_parameters()``, and updates each ``param`` in
 place. Per-parameter state (such as the momentum velocity) is stored under
-``key`` (``"dense/kernel"``), which stays stable across steps and across
+``key`` (``"dense/W"``), which stays stable across steps and across
 save/load, unlike ``id(param)``.
 
 The learning rate ``lr`` is a positive float or a callable ``schedule(t) ->

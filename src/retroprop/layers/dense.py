@@ -61,12 +61,12 @@ class Dense(Layer):
         return (self.units,)
 
     def build(self, input_shape, dtype, rng, backend=None):
-        """Create the kernel (in, units) and bias (units,) parameters."""
+        """Create W (in, units) and b (units,), as in y = act(x @ W + b)."""
         output_shape = super().build(input_shape, dtype, rng, backend)
         fan_in = self.input_shape[0]
-        self.add_param("kernel", self._kernel_init((fan_in, self.units), rng, self.dtype))
+        self.add_param("W", self._kernel_init((fan_in, self.units), rng, self.dtype))
         if self.use_bias:
-            self.add_param("bias", self._bias_init((self.units,), rng, self.dtype))
+            self.add_param("b", self._bias_init((self.units,), rng, self.dtype))
         self._buffers.clear()
         return output_shape
 
@@ -74,14 +74,14 @@ class Dense(Layer):
 
     @property
     def _bias(self):
-        return self.params["bias"] if self.use_bias else None
+        return self.params["b"] if self.use_bias else None
 
     def forward(self, x, training=False):
         """act(x @ W + b) for x of shape (N, in); returns a reused buffer."""
         self.check_input(x)
         n = x.shape[0]
         out = self._buffers.get("out", (n, self.units), self.dtype)
-        kernel = self.params["kernel"]
+        kernel = self.params["W"]
         if self.activation.fused:
             self.backend.dense_forward(x, kernel, self._bias, self.activation.name, out=out)
             self.logits = out if self.activation.name == "linear" else None
@@ -121,9 +121,9 @@ class Dense(Layer):
 
     def _dense_backward(self, y, dz, activation, need_dx):
         dx = self._buffers.get("dx", self._x.shape, self.dtype) if need_dx else None
-        db = self.grads["bias"] if self.use_bias else None
-        self.backend.dense_backward(self._x, self.params["kernel"], y, dz, activation,
-                                    self.grads["kernel"], db=db, dx=dx)
+        db = self.grads["b"] if self.use_bias else None
+        self.backend.dense_backward(self._x, self.params["W"], y, dz, activation,
+                                    self.grads["W"], db=db, dx=dx)
         self._add_regularization_gradients()
         return dx
 
@@ -131,16 +131,16 @@ class Dense(Layer):
 
     def _add_regularization_gradients(self):
         if self.kernel_regularizer is not None:
-            self.grads["kernel"] += self.kernel_regularizer.gradient(self.params["kernel"])
+            self.grads["W"] += self.kernel_regularizer.gradient(self.params["W"])
         if self.use_bias and self.bias_regularizer is not None:
-            self.grads["bias"] += self.bias_regularizer.gradient(self.params["bias"])
+            self.grads["b"] += self.bias_regularizer.gradient(self.params["b"])
 
     def regularization_loss(self):
         penalty = 0.0
         if self.kernel_regularizer is not None:
-            penalty += self.kernel_regularizer(self.params["kernel"])
+            penalty += self.kernel_regularizer(self.params["W"])
         if self.use_bias and self.bias_regularizer is not None:
-            penalty += self.bias_regularizer(self.params["bias"])
+            penalty += self.bias_regularizer(self.params["b"])
         return penalty
 
     # -- config -----------------------------------------------------------------
