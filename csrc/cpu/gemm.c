@@ -17,7 +17,9 @@
 #define UKERNEL_TYPE rp_ukernel_f32_fn
 #define UKERNEL_GENERIC rp_ukernel_f32_generic
 #define UKERNEL_AVX2 rp_ukernel_f32_avx2
+#define ROW_KERNEL_AVX2 rp_gemm_row_f32_avx2
 #include "gemm_driver.inc"
+#undef ROW_KERNEL_AVX2
 #undef REAL
 #undef FN
 #undef MR

@@ -110,3 +110,45 @@ void rp_ukernel_f64_avx2(int kc, const double *ap, const double *bp, double *c, 
     store_row_f64(c + 5 * (long)ldc, c50, valpha, vbeta, use_beta, bias, act);
     store_row_f64(c + 5 * (long)ldc + 4, c51, valpha, vbeta, use_beta, bias1, act);
 }
+
+/* One row of C from one row of op(A) and a row-major op(B) (unit column
+ * stride): c = act(alpha * a B + beta * c + bias). This is the whole GEMM
+ * when there are only a row or two (single-sample inference), where packing
+ * B would cost as much as the multiply. Blocks of 32 columns keep four
+ * accumulators in registers while the rows of B stream past. */
+void rp_gemm_row_f32_avx2(int n, int k, float alpha, const float *a, long csa, const float *b,
+                          long rsb, float beta, float *c, const float *bias, rp_act act)
+{
+    const __m256 valpha = _mm256_set1_ps(alpha), vbeta = _mm256_set1_ps(beta);
+    const int use_beta = beta != 0.0f;
+    int j = 0;
+    for (; j + 32 <= n; j += 32) {
+        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+        __m256 acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();
+        const float *bcol = b + j;
+        for (int p = 0; p < k; ++p) {
+            const __m256 av = _mm256_set1_ps(a[p * csa]);
+            const float *brow = bcol + p * rsb;
+            acc0 = _mm256_fmadd_ps(av, _mm256_loadu_ps(brow), acc0);
+            acc1 = _mm256_fmadd_ps(av, _mm256_loadu_ps(brow + 8), acc1);
+            acc2 = _mm256_fmadd_ps(av, _mm256_loadu_ps(brow + 16), acc2);
+            acc3 = _mm256_fmadd_ps(av, _mm256_loadu_ps(brow + 24), acc3);
+        }
+        store_row_f32(c + j, acc0, valpha, vbeta, use_beta, bias ? bias + j : NULL, act);
+        store_row_f32(c + j + 8, acc1, valpha, vbeta, use_beta, bias ? bias + j + 8 : NULL, act);
+        store_row_f32(c + j + 16, acc2, valpha, vbeta, use_beta, bias ? bias + j + 16 : NULL, act);
+        store_row_f32(c + j + 24, acc3, valpha, vbeta, use_beta, bias ? bias + j + 24 : NULL, act);
+    }
+    for (; j + 8 <= n; j += 8) {
+        __m256 acc = _mm256_setzero_ps();
+        for (int p = 0; p < k; ++p)
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(a[p * csa]), _mm256_loadu_ps(b + j + p * rsb), acc);
+        store_row_f32(c + j, acc, valpha, vbeta, use_beta, bias ? bias + j : NULL, act);
+    }
+    for (; j < n; ++j) {
+        float dot = 0.0f;
+        for (int p = 0; p < k; ++p) dot += a[p * csa] * b[j + p * rsb];
+        float v = alpha * dot + (use_beta ? beta * c[j] : 0.0f) + (bias ? bias[j] : 0.0f);
+        c[j] = rp_act_scalar_f32(act, v);
+    }
+}
