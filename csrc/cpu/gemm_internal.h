@@ -5,7 +5,9 @@
  *     C = alpha * (A_panel @ B_panel) + beta * C      (C not read when beta == 0)
  * and then, when bias != NULL or act != RP_ACT_LINEAR (the driver asks for
  * this only on the last k block), C = act(C + bias).
- * Packed layouts: ap[p * MR + i] = A(i, p), bp[p * NR + j] = B(p, j).
+ * Layouts: ap[p * MR + i] = A(i, p) (always packed); bp[p * ldbp + j] = B(p, j),
+ * where ldbp is NR for a packed panel, or the row stride of B itself when a
+ * row-major B is read in place (full panels only, see gemm_driver.inc).
  */
 #ifndef RETROPROP_GEMM_INTERNAL_H
 #define RETROPROP_GEMM_INTERNAL_H
@@ -19,21 +21,21 @@
 #define RP_MR_F64 6
 #define RP_NR_F64 8
 
-typedef void (*rp_ukernel_f32_fn)(int kc, const float *ap, const float *bp,
+typedef void (*rp_ukernel_f32_fn)(int kc, const float *ap, const float *bp, long ldbp,
                                   float *c, int ldc, float alpha, float beta,
                                   const float *bias, rp_act act);
-typedef void (*rp_ukernel_f64_fn)(int kc, const double *ap, const double *bp,
+typedef void (*rp_ukernel_f64_fn)(int kc, const double *ap, const double *bp, long ldbp,
                                   double *c, int ldc, double alpha, double beta,
                                   const double *bias, rp_act act);
 
-void rp_ukernel_f32_generic(int kc, const float *ap, const float *bp, float *c, int ldc,
+void rp_ukernel_f32_generic(int kc, const float *ap, const float *bp, long ldbp, float *c, int ldc,
                             float alpha, float beta, const float *bias, rp_act act);
-void rp_ukernel_f64_generic(int kc, const double *ap, const double *bp, double *c, int ldc,
+void rp_ukernel_f64_generic(int kc, const double *ap, const double *bp, long ldbp, double *c, int ldc,
                             double alpha, double beta, const double *bias, rp_act act);
 #ifdef RETROPROP_HAVE_AVX2
-void rp_ukernel_f32_avx2(int kc, const float *ap, const float *bp, float *c, int ldc,
+void rp_ukernel_f32_avx2(int kc, const float *ap, const float *bp, long ldbp, float *c, int ldc,
                          float alpha, float beta, const float *bias, rp_act act);
-void rp_ukernel_f64_avx2(int kc, const double *ap, const double *bp, double *c, int ldc,
+void rp_ukernel_f64_avx2(int kc, const double *ap, const double *bp, long ldbp, double *c, int ldc,
                          double alpha, double beta, const double *bias, rp_act act);
 void rp_gemm_row_f32_avx2(int n, int k, float alpha, const float *a, long csa, const float *b,
                           long rsb, float beta, float *c, const float *bias, rp_act act);

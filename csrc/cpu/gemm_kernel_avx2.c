@@ -15,7 +15,7 @@ static inline void store_row_f32(float *c, __m256 acc, __m256 valpha, __m256 vbe
     _mm256_storeu_ps(c, rp_act_f32x8(act, v));
 }
 
-void rp_ukernel_f32_avx2(int kc, const float *ap, const float *bp, float *c, int ldc,
+void rp_ukernel_f32_avx2(int kc, const float *ap, const float *bp, long ldbp, float *c, int ldc,
                          float alpha, float beta, const float *bias, rp_act act)
 {
     __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
@@ -26,8 +26,8 @@ void rp_ukernel_f32_avx2(int kc, const float *ap, const float *bp, float *c, int
     __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
 
     for (int p = 0; p < kc; ++p) {
-        __m256 b0 = _mm256_load_ps(bp);
-        __m256 b1 = _mm256_load_ps(bp + 8);
+        __m256 b0 = _mm256_loadu_ps(bp);
+        __m256 b1 = _mm256_loadu_ps(bp + 8);
         __m256 a;
         a = _mm256_broadcast_ss(ap + 0); c00 = _mm256_fmadd_ps(a, b0, c00); c01 = _mm256_fmadd_ps(a, b1, c01);
         a = _mm256_broadcast_ss(ap + 1); c10 = _mm256_fmadd_ps(a, b0, c10); c11 = _mm256_fmadd_ps(a, b1, c11);
@@ -36,7 +36,7 @@ void rp_ukernel_f32_avx2(int kc, const float *ap, const float *bp, float *c, int
         a = _mm256_broadcast_ss(ap + 4); c40 = _mm256_fmadd_ps(a, b0, c40); c41 = _mm256_fmadd_ps(a, b1, c41);
         a = _mm256_broadcast_ss(ap + 5); c50 = _mm256_fmadd_ps(a, b0, c50); c51 = _mm256_fmadd_ps(a, b1, c51);
         ap += RP_MR_F32;
-        bp += RP_NR_F32;
+        bp += ldbp;
     }
 
     const __m256 valpha = _mm256_set1_ps(alpha), vbeta = _mm256_set1_ps(beta);
@@ -70,7 +70,7 @@ static inline void store_row_f64(double *c, __m256d acc, __m256d valpha, __m256d
         for (int j = 0; j < 4; ++j) c[j] = rp_act_scalar_f64(act, c[j]);
 }
 
-void rp_ukernel_f64_avx2(int kc, const double *ap, const double *bp, double *c, int ldc,
+void rp_ukernel_f64_avx2(int kc, const double *ap, const double *bp, long ldbp, double *c, int ldc,
                          double alpha, double beta, const double *bias, rp_act act)
 {
     __m256d c00 = _mm256_setzero_pd(), c01 = _mm256_setzero_pd();
@@ -81,8 +81,8 @@ void rp_ukernel_f64_avx2(int kc, const double *ap, const double *bp, double *c, 
     __m256d c50 = _mm256_setzero_pd(), c51 = _mm256_setzero_pd();
 
     for (int p = 0; p < kc; ++p) {
-        __m256d b0 = _mm256_load_pd(bp);
-        __m256d b1 = _mm256_load_pd(bp + 4);
+        __m256d b0 = _mm256_loadu_pd(bp);
+        __m256d b1 = _mm256_loadu_pd(bp + 4);
         __m256d a;
         a = _mm256_broadcast_sd(ap + 0); c00 = _mm256_fmadd_pd(a, b0, c00); c01 = _mm256_fmadd_pd(a, b1, c01);
         a = _mm256_broadcast_sd(ap + 1); c10 = _mm256_fmadd_pd(a, b0, c10); c11 = _mm256_fmadd_pd(a, b1, c11);
@@ -91,7 +91,7 @@ void rp_ukernel_f64_avx2(int kc, const double *ap, const double *bp, double *c, 
         a = _mm256_broadcast_sd(ap + 4); c40 = _mm256_fmadd_pd(a, b0, c40); c41 = _mm256_fmadd_pd(a, b1, c41);
         a = _mm256_broadcast_sd(ap + 5); c50 = _mm256_fmadd_pd(a, b0, c50); c51 = _mm256_fmadd_pd(a, b1, c51);
         ap += RP_MR_F64;
-        bp += RP_NR_F64;
+        bp += ldbp;
     }
 
     const __m256d valpha = _mm256_set1_pd(alpha), vbeta = _mm256_set1_pd(beta);

@@ -2,13 +2,13 @@
 #include "gemm_internal.h"
 #include "act_scalar.h"
 
-void rp_ukernel_f32_generic(int kc, const float *ap, const float *bp, float *c, int ldc,
+void rp_ukernel_f32_generic(int kc, const float *ap, const float *bp, long ldbp, float *c, int ldc,
                             float alpha, float beta, const float *bias, rp_act act)
 {
     float acc[RP_MR_F32][RP_NR_F32] = {{0}};
     for (int p = 0; p < kc; ++p) {
         const float *a = ap + p * RP_MR_F32;
-        const float *b = bp + p * RP_NR_F32;
+        const float *b = bp + p * ldbp;
         for (int i = 0; i < RP_MR_F32; ++i)
             for (int j = 0; j < RP_NR_F32; ++j)
                 acc[i][j] += a[i] * b[j];
@@ -24,13 +24,13 @@ void rp_ukernel_f32_generic(int kc, const float *ap, const float *bp, float *c, 
     }
 }
 
-void rp_ukernel_f64_generic(int kc, const double *ap, const double *bp, double *c, int ldc,
+void rp_ukernel_f64_generic(int kc, const double *ap, const double *bp, long ldbp, double *c, int ldc,
                             double alpha, double beta, const double *bias, rp_act act)
 {
     double acc[RP_MR_F64][RP_NR_F64] = {{0}};
     for (int p = 0; p < kc; ++p) {
         const double *a = ap + p * RP_MR_F64;
-        const double *b = bp + p * RP_NR_F64;
+        const double *b = bp + p * ldbp;
         for (int i = 0; i < RP_MR_F64; ++i)
             for (int j = 0; j < RP_NR_F64; ++j)
                 acc[i][j] += a[i] * b[j];
