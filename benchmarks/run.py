@@ -33,6 +33,9 @@ def median(values):
 
 def time_call(fn, min_seconds=0.05):
     """Median seconds per call of fn, over batches of calls lasting >= min_seconds."""
+    # Let the previous framework's worker threads (OpenMP, OpenBLAS) stop
+    # spinning first: a spinning pool steals the cores from the next one.
+    time.sleep(0.3)
     fn()
     reps, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < min_seconds:
