@@ -74,3 +74,28 @@ def test_presets_parameter_counts():
     assert logreg.count_params() == 7850   # the seeds' logistic regression on MNIST
     mlp = cli.build_model("mlp", (28, 28, 1), 10, 0)
     assert mlp.count_params() == 784 * 256 + 256 + 256 * 128 + 128 + 128 * 10 + 10
+
+
+def test_plot_writes_png_curves_and_confusion_matrix(tmp_path):
+    pytest.importorskip("matplotlib")
+    curves, confusion, model_path = tmp_path / "curves.png", tmp_path / "cm.png", tmp_path / "m.rpz"
+    proc = run_cli("train", "--dataset", "spirals", "--epochs", "3", "--plot", str(curves),
+                   "--out", str(model_path))
+    assert proc.returncode == 0, proc.stderr
+    assert curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and curves.stat().st_size > 5000
+    proc = run_cli("evaluate", str(model_path), "--dataset", "spirals", "--plot", str(confusion))
+    assert proc.returncode == 0, proc.stderr
+    assert confusion.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_without_matplotlib_is_a_clear_error(monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    with pytest.raises(cli.CLIError, match=r"pip install 'retroprop\[plot\]'"):
+        cli.plot_history(None, "x.png")

@@ -56,7 +56,7 @@ def build_model(kind, input_shape, n_classes, seed):
         stack = flat + [L.Dense(n_classes, activation="softmax")]
     elif kind == "mlp":
         if len(input_shape) == 1 and input_shape[0] <= 8:  # toy 2-D problems
-            stack = [L.Dense(32, activation="tanh"), L.Dense(32, activation="tanh"),
+            stack = [L.Dense(64, activation="relu"), L.Dense(64, activation="relu"),
                      L.Dense(n_classes, activation="softmax")]
         else:
             stack = flat + [L.Dense(256, activation="relu"), L.Dense(128, activation="relu"),
@@ -97,6 +97,12 @@ def make_optimizer(name, lr):
 
 
 DEFAULT_LR = {"sgd": 0.1, "momentum": 0.05, "adam": 0.001}
+TOY_DATASETS = ("xor", "spirals")
+
+
+def training_defaults(dataset):
+    """(epochs, batch size) when not given: small data needs more, smaller steps."""
+    return (100, 16) if dataset in TOY_DATASETS else (5, 128)
 
 
 # ---------------------------------------------------------------- plots
@@ -160,6 +166,9 @@ def cmd_train(args):
     import retroprop as rp
     if args.threads is not None:
         rp.set_num_threads(args.threads)
+    default_epochs, default_batch = training_defaults(args.dataset)
+    args.epochs = args.epochs or default_epochs
+    args.batch_size = args.batch_size or default_batch
     (x, y), (xt, yt) = load_dataset(args.dataset, args.data_dir, args.seed)
     n_classes = int(max(y.max(), yt.max())) + 1
     model = build_model(args.model, x.shape[1:], n_classes, args.seed)
@@ -261,8 +270,10 @@ def make_parser():
     t = sub.add_parser("train", help="train a preset model on a dataset")
     t.add_argument("--dataset", choices=DATASETS, default="fashion-mnist")
     t.add_argument("--model", choices=MODELS, default="mlp")
-    t.add_argument("--epochs", type=int, default=5)
-    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--epochs", type=int, default=None,
+                   help="default: 5 (images), 100 (xor, spirals)")
+    t.add_argument("--batch-size", type=int, default=None,
+                   help="default: 128 (images), 16 (xor, spirals)")
     t.add_argument("--lr", type=float, default=None, help="learning rate (default by optimizer)")
     t.add_argument("--optimizer", choices=OPTIMIZERS, default="momentum")
     t.add_argument("--seed", type=int, default=0)
