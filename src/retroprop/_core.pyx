@@ -400,3 +400,395 @@ def sgd_step(param, grad, velocity, double lr, double momentum, bint nesterov, d
         else:
             rp_sgd_step_f64(n, <double *>pp, <double *>pg, <double *>pv, lr, momentum,
                             nesterov, weight_decay)
+
+
+# ================================================================ convolution and pooling
+# NHWC images; geometry (strides, dilations, explicit zero padding) is
+# validated here so that the C kernels can index without checks.
+
+from libc.stdint cimport int32_t
+
+cdef extern from "retroprop/conv.h":
+    ctypedef struct rp_conv2d_geom:
+        int n, h, w, c
+        int kh, kw, filters
+        int stride_h, stride_w
+        int dilation_h, dilation_w
+        int pad_top, pad_left
+        int oh, ow
+    int rp_conv2d_is_pointwise(const rp_conv2d_geom *g) nogil
+    void rp_conv2d_forward_f32(const rp_conv2d_geom *g, const float *x, const float *w,
+                               const float *b, rp_act act, int chunk, float *col, float *y) nogil
+    void rp_conv2d_forward_f64(const rp_conv2d_geom *g, const double *x, const double *w,
+                               const double *b, rp_act act, int chunk, double *col, double *y) nogil
+    void rp_conv2d_backward_f32(const rp_conv2d_geom *g, const float *x, const float *w,
+                                const float *y, const float *dy, rp_act act, int chunk,
+                                float *col, float *dz, float *dw, float *db, float *dx) nogil
+    void rp_conv2d_backward_f64(const rp_conv2d_geom *g, const double *x, const double *w,
+                                const double *y, const double *dy, rp_act act, int chunk,
+                                double *col, double *dz, double *dw, double *db, double *dx) nogil
+
+cdef extern from "retroprop/pool.h":
+    ctypedef struct rp_pool2d_geom:
+        int n, h, w, c
+        int ph, pw
+        int stride_h, stride_w
+        int pad_top, pad_left
+        int oh, ow
+    void rp_maxpool2d_forward_f32(const rp_pool2d_geom *g, const float *x, float *y, int32_t *argmax) nogil
+    void rp_maxpool2d_forward_f64(const rp_pool2d_geom *g, const double *x, double *y, int32_t *argmax) nogil
+    void rp_maxpool2d_backward_f32(const rp_pool2d_geom *g, const int32_t *argmax, const float *dy, float *dx) nogil
+    void rp_maxpool2d_backward_f64(const rp_pool2d_geom *g, const int32_t *argmax, const double *dy, double *dx) nogil
+    void rp_avgpool2d_forward_f32(const rp_pool2d_geom *g, const float *x, float *y) nogil
+    void rp_avgpool2d_forward_f64(const rp_pool2d_geom *g, const double *x, double *y) nogil
+    void rp_avgpool2d_backward_f32(const rp_pool2d_geom *g, const float *dy, float *dx) nogil
+    void rp_avgpool2d_backward_f64(const rp_pool2d_geom *g, const double *dy, double *dx) nogil
+
+_I32 = np.dtype(np.int32)
+
+
+cdef tuple _int_pair(object value, str name, int minimum):
+    """(a, b) from a 2-sequence of ints >= minimum; ValueError otherwise."""
+    try:
+        a, b = value
+        a, b = int(a), int(b)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected a pair of integers, got {value!r}") from None
+    if a < minimum or b < minimum:
+        raise ValueError(f"{name}: expected integers >= {minimum}, got {value!r}")
+    _fits_int(name, max(a, b))
+    return a, b
+
+
+cdef tuple _padding4(object padding):
+    """(top, bottom, left, right), each >= 0."""
+    try:
+        top, bottom, left, right = (int(p) for p in padding)
+    except (TypeError, ValueError):
+        raise ValueError(f"padding: expected (top, bottom, left, right) integers, got {padding!r}") from None
+    if min(top, bottom, left, right) < 0:
+        raise ValueError(f"padding: expected integers >= 0, got {padding!r}")
+    _fits_int("padding", max(top, bottom, left, right))
+    return top, bottom, left, right
+
+
+cdef int _conv_geom(object x, object w, object stride, object dilation, object padding,
+                    rp_conv2d_geom *g) except -1:
+    if x.ndim != 4:
+        raise ValueError(f"conv2d: expected x of shape (N, H, W, C), got {x.shape}")
+    if w.ndim != 4:
+        raise ValueError(f"conv2d: expected w of shape (KH, KW, C, filters), got {w.shape}")
+    if w.shape[2] != x.shape[3]:
+        raise ValueError(f"conv2d: x has {x.shape[3]} channels but w expects {w.shape[2]} "
+                         f"(w shape {w.shape})")
+    if min(x.shape) < 1 or min(w.shape) < 1:
+        raise ValueError(f"conv2d: empty x{x.shape} or w{w.shape}")
+    sh, sw = _int_pair(stride, "stride", 1)
+    dh, dw = _int_pair(dilation, "dilation", 1)
+    top, bottom, left, right = _padding4(padding)
+    cdef Py_ssize_t n = x.shape[0], h = x.shape[1], wd = x.shape[2], c = x.shape[3]
+    cdef Py_ssize_t kh = w.shape[0], kw = w.shape[1], f = w.shape[3]
+    eff_kh = (kh - 1) * dh + 1
+    eff_kw = (kw - 1) * dw + 1
+    if h + top + bottom < eff_kh or wd + left + right < eff_kw:
+        raise ValueError(f"conv2d: kernel ({eff_kh}, {eff_kw}) (dilated) is larger than the padded "
+                         f"input ({h + top + bottom}, {wd + left + right})")
+    oh = (h + top + bottom - eff_kh) // sh + 1
+    ow = (wd + left + right - eff_kw) // sw + 1
+    for name, v in (("n", n), ("h", h), ("w", wd), ("c", c), ("filters", f),
+                    ("rows", n * oh * ow), ("patch", kh * kw * c), ("x.size", x.size)):
+        _fits_int(name, v)
+    g.n, g.h, g.w, g.c = <int>n, <int>h, <int>wd, <int>c
+    g.kh, g.kw, g.filters = <int>kh, <int>kw, <int>f
+    g.stride_h, g.stride_w = sh, sw
+    g.dilation_h, g.dilation_w = dh, dw
+    g.pad_top, g.pad_left = top, left
+    g.oh, g.ow = oh, ow
+    return 0
+
+
+cdef int _conv_chunk(object col, str name, int kind, rp_conv2d_geom *g) except -1:
+    """Images per im2col pass that fit in the workspace col (0 when pointwise: col unused)."""
+    if rp_conv2d_is_pointwise(g):
+        return 0
+    if col is None:
+        raise ValueError(f"{name}: a workspace is required unless the convolution is 1x1, stride 1, unpadded")
+    _same_kind(col, name, kind, 1)
+    cdef Py_ssize_t per_image = <Py_ssize_t>g.oh * g.ow * g.kh * g.kw * g.c
+    if col.size < per_image:
+        raise ValueError(f"{name}: workspace of {col.size} elements is smaller than one image's "
+                         f"column matrix ({per_image})")
+    return <int>min(col.size // per_image, g.n)
+
+
+def conv2d_forward(x, w, b, activation, stride, dilation, padding, col, y):
+    """y = act(conv2d(x, w) + b) over NHWC x (N, H, W, C) and w (KH, KW, C, F); b may be None.
+
+    padding is (top, bottom, left, right); col is a 1-D workspace of x's dtype holding
+    at least one image's column matrix (OH*OW*KH*KW*C), or None for a pointwise conv."""
+    cdef int kind = _real_kind(x, "x")
+    _same_kind(w, "w", kind)
+    _same_kind(y, "y", kind, 1)
+    cdef rp_conv2d_geom g
+    _conv_geom(x, w, stride, dilation, padding, &g)
+    _shape(y, "y", (g.n, g.oh, g.ow, g.filters))
+    if b is not None:
+        _same_kind(b, "b", kind)
+        _shape(b, "b", (g.filters,))
+    cdef int chunk = _conv_chunk(col, "col", kind, &g)
+    cdef rp_act act = _act_code(activation)
+    cdef void *px = _ptr(x)
+    cdef void *pw = _ptr(w)
+    cdef void *pb = _ptr_or_null(b)
+    cdef void *pcol = NULL if chunk == 0 else _ptr(col)
+    cdef void *py = _ptr(y)
+    with nogil:
+        if kind == 0:
+            rp_conv2d_forward_f32(&g, <float *>px, <float *>pw, <float *>pb, act, chunk,
+                                  <float *>pcol, <float *>py)
+        else:
+            rp_conv2d_forward_f64(&g, <double *>px, <double *>pw, <double *>pb, act, chunk,
+                                  <double *>pcol, <double *>py)
+    return y
+
+
+def conv2d_backward(x, w, y, dy, activation, stride, dilation, padding, col, dz, dw, db, dx):
+    """dz = dy * act'(y); dw = col(x)^T dz; db = dz summed over N, OH, OW (db may be None);
+    dx = col2im(dz w^T) (dx may be None). dz is a workspace of dy's shape (it may be dy).
+    col as for conv2d_forward (im2col is recomputed into it)."""
+    cdef int kind = _real_kind(x, "x")
+    _same_kind(w, "w", kind)
+    _same_kind(y, "y", kind)
+    _same_kind(dy, "dy", kind)
+    _same_kind(dz, "dz", kind, 1)
+    _same_kind(dw, "dw", kind, 1)
+    cdef rp_conv2d_geom g
+    _conv_geom(x, w, stride, dilation, padding, &g)
+    out_shape = (g.n, g.oh, g.ow, g.filters)
+    _shape(y, "y", out_shape)
+    _shape(dy, "dy", out_shape)
+    _shape(dz, "dz", out_shape)
+    _shape(dw, "dw", w.shape)
+    if db is not None:
+        _same_kind(db, "db", kind, 1)
+        _shape(db, "db", (g.filters,))
+    if dx is not None:
+        _same_kind(dx, "dx", kind, 1)
+        _shape(dx, "dx", x.shape)
+    cdef int chunk = _conv_chunk(col, "col", kind, &g)
+    cdef rp_act act = _act_code(activation)
+    cdef void *px = _ptr(x)
+    cdef void *pw = _ptr(w)
+    cdef void *py = _ptr(y)
+    cdef void *pdy = _ptr(dy)
+    cdef void *pcol = NULL if chunk == 0 else _ptr(col)
+    cdef void *pdz = _ptr(dz)
+    cdef void *pdw = _ptr(dw)
+    cdef void *pdb = _ptr_or_null(db)
+    cdef void *pdx = _ptr_or_null(dx)
+    with nogil:
+        if kind == 0:
+            rp_conv2d_backward_f32(&g, <float *>px, <float *>pw, <float *>py, <float *>pdy, act, chunk,
+                                   <float *>pcol, <float *>pdz, <float *>pdw, <float *>pdb, <float *>pdx)
+        else:
+            rp_conv2d_backward_f64(&g, <double *>px, <double *>pw, <double *>py, <double *>pdy, act, chunk,
+                                   <double *>pcol, <double *>pdz, <double *>pdw, <double *>pdb,
+                                   <double *>pdx)
+    return dx
+
+
+cdef int _pool_geom(tuple x_shape, object pool, object stride, object padding,
+                    rp_pool2d_geom *g) except -1:
+    if len(x_shape) != 4 or min(x_shape) < 1:
+        raise ValueError(f"pool2d: expected a non-empty input of shape (N, H, W, C), got {x_shape}")
+    ph, pw = _int_pair(pool, "pool_size", 1)
+    sh, sw = _int_pair(stride, "stride", 1)
+    top, bottom, left, right = _padding4(padding)
+    # Padding smaller than the window keeps at least one real cell in every window.
+    if max(top, bottom) >= ph or max(left, right) >= pw:
+        raise ValueError(f"pool2d: padding {padding!r} must be smaller than the window ({ph}, {pw})")
+    n, h, wd, c = x_shape
+    if h + top + bottom < ph or wd + left + right < pw:
+        raise ValueError(f"pool2d: window ({ph}, {pw}) is larger than the padded input "
+                         f"({h + top + bottom}, {wd + left + right})")
+    for name, v in (("n", n), ("image size", h * wd * c), ("size", n * h * wd * c)):
+        _fits_int(name, v)
+    g.n, g.h, g.w, g.c = n, h, wd, c
+    g.ph, g.pw = ph, pw
+    g.stride_h, g.stride_w = sh, sw
+    g.pad_top, g.pad_left = top, left
+    g.oh = (h + top + bottom - ph) // sh + 1
+    g.ow = (wd + left + right - pw) // sw + 1
+    return 0
+
+
+cdef int _argmax_array(object argmax, tuple shape, int writable) except -1:
+    if not isinstance(argmax, np.ndarray) or argmax.dtype != _I32 or not argmax.flags.c_contiguous:
+        raise TypeError("argmax: expected a C-contiguous int32 numpy array")
+    if writable and not argmax.flags.writeable:
+        raise ValueError("argmax: output array is read-only")
+    _shape(argmax, "argmax", shape)
+    return 0
+
+
+def maxpool2d_forward(x, pool, stride, padding, y, argmax):
+    """y = max over each window of NHWC x; argmax (int32, y's shape) = position within the image."""
+    cdef int kind = _real_kind(x, "x")
+    _same_kind(y, "y", kind, 1)
+    cdef rp_pool2d_geom g
+    _pool_geom(x.shape, pool, stride, padding, &g)
+    _shape(y, "y", (g.n, g.oh, g.ow, g.c))
+    _argmax_array(argmax, y.shape, 1)
+    cdef void *px = _ptr(x)
+    cdef void *py = _ptr(y)
+    cdef void *pa = _ptr(argmax)
+    with nogil:
+        if kind == 0:
+            rp_maxpool2d_forward_f32(&g, <float *>px, <float *>py, <int32_t *>pa)
+        else:
+            rp_maxpool2d_forward_f64(&g, <double *>px, <double *>py, <int32_t *>pa)
+    return y, argmax
+
+
+def maxpool2d_backward(argmax, dy, pool, stride, padding, dx):
+    """dx = 0; dx[argmax] += dy, image by image. dx has the forward input's shape."""
+    cdef int kind = _real_kind(dy, "dy")
+    _same_kind(dx, "dx", kind, 1)
+    cdef rp_pool2d_geom g
+    _pool_geom(dx.shape, pool, stride, padding, &g)
+    _shape(dy, "dy", (g.n, g.oh, g.ow, g.c))
+    _argmax_array(argmax, dy.shape, 0)
+    # The kernel writes dx[argmax]: an index outside the image would write out of bounds.
+    if argmax.min() < 0 or argmax.max() >= g.h * g.w * g.c:
+        raise ValueError(f"argmax: positions must lie in [0, {g.h * g.w * g.c})")
+    cdef void *pa = _ptr(argmax)
+    cdef void *pdy = _ptr(dy)
+    cdef void *pdx = _ptr(dx)
+    with nogil:
+        if kind == 0:
+            rp_maxpool2d_backward_f32(&g, <int32_t *>pa, <float *>pdy, <float *>pdx)
+        else:
+            rp_maxpool2d_backward_f64(&g, <int32_t *>pa, <double *>pdy, <double *>pdx)
+    return dx
+
+
+def avgpool2d_forward(x, pool, stride, padding, y):
+    """y = mean over the real (unpadded) cells of each window of NHWC x."""
+    cdef int kind = _real_kind(x, "x")
+    _same_kind(y, "y", kind, 1)
+    cdef rp_pool2d_geom g
+    _pool_geom(x.shape, pool, stride, padding, &g)
+    _shape(y, "y", (g.n, g.oh, g.ow, g.c))
+    cdef void *px = _ptr(x)
+    cdef void *py = _ptr(y)
+    with nogil:
+        if kind == 0:
+            rp_avgpool2d_forward_f32(&g, <float *>px, <float *>py)
+        else:
+            rp_avgpool2d_forward_f64(&g, <double *>px, <double *>py)
+    return y
+
+
+def avgpool2d_backward(dy, pool, stride, padding, dx):
+    """dx = each window's dy spread evenly over its real cells. dx has the forward input's shape."""
+    cdef int kind = _real_kind(dy, "dy")
+    _same_kind(dx, "dx", kind, 1)
+    cdef rp_pool2d_geom g
+    _pool_geom(dx.shape, pool, stride, padding, &g)
+    _shape(dy, "dy", (g.n, g.oh, g.ow, g.c))
+    cdef void *pdy = _ptr(dy)
+    cdef void *pdx = _ptr(dx)
+    with nogil:
+        if kind == 0:
+            rp_avgpool2d_backward_f32(&g, <float *>pdy, <float *>pdx)
+        else:
+            rp_avgpool2d_backward_f64(&g, <double *>pdy, <double *>pdx)
+    return dx
+
+
+# ================================================================ adaptive optimizers
+# Adam/AdamW, RMSprop and Adagrad: one fused C pass per parameter
+# (csrc/include/retroprop/optim.h has the formulas).
+
+cdef extern from "retroprop/optim.h":
+    void rp_adam_step_f32(size_t n, float *param, const float *grad, float *m, float *v,
+                          float lr, float beta1, float beta2, float eps, float weight_decay,
+                          int decoupled, float c1, float c2) nogil
+    void rp_adam_step_f64(size_t n, double *param, const double *grad, double *m, double *v,
+                          double lr, double beta1, double beta2, double eps, double weight_decay,
+                          int decoupled, double c1, double c2) nogil
+    void rp_rmsprop_step_f32(size_t n, float *param, const float *grad, float *ms, float *mom,
+                             float lr, float rho, float momentum, float eps) nogil
+    void rp_rmsprop_step_f64(size_t n, double *param, const double *grad, double *ms,
+                             double *mom, double lr, double rho, double momentum,
+                             double eps) nogil
+    void rp_adagrad_step_f32(size_t n, float *param, const float *grad, float *acc,
+                             float lr, float eps) nogil
+    void rp_adagrad_step_f64(size_t n, double *param, const double *grad, double *acc,
+                             double lr, double eps) nogil
+
+
+cdef int _check_step_arrays(object param, object grad, tuple states) except -1:
+    """param writable; grad and every state array of param's dtype and shape (states writable)."""
+    cdef int kind = _real_kind(param, "param")
+    if not param.flags.writeable:
+        raise ValueError("param: array is read-only")
+    _same_kind(grad, "grad", kind)
+    _shape(grad, "grad", param.shape)
+    for name, arr in states:
+        _same_kind(arr, name, kind, 1)
+        _shape(arr, name, param.shape)
+    return kind
+
+
+def adam_step(param, grad, m, v, double lr, double beta1, double beta2, double eps,
+              double weight_decay, bint decoupled, double c1, double c2):
+    """In-place Adam (decoupled=False) or AdamW (decoupled=True) update of param, m and v."""
+    cdef int kind = _check_step_arrays(param, grad, (("m", m), ("v", v)))
+    cdef size_t n = param.size
+    cdef void *pp = _ptr(param)
+    cdef void *pg = _ptr(grad)
+    cdef void *pm = _ptr(m)
+    cdef void *pv = _ptr(v)
+    with nogil:
+        if kind == 0:
+            rp_adam_step_f32(n, <float *>pp, <float *>pg, <float *>pm, <float *>pv, <float>lr,
+                             <float>beta1, <float>beta2, <float>eps, <float>weight_decay,
+                             decoupled, <float>c1, <float>c2)
+        else:
+            rp_adam_step_f64(n, <double *>pp, <double *>pg, <double *>pm, <double *>pv, lr,
+                             beta1, beta2, eps, weight_decay, decoupled, c1, c2)
+
+
+def rmsprop_step(param, grad, ms, mom, double lr, double rho, double momentum, double eps):
+    """In-place RMSprop update; ``mom`` may be None when momentum == 0."""
+    states = (("ms", ms),) if mom is None else (("ms", ms), ("mom", mom))
+    if momentum != 0.0 and mom is None:
+        raise ValueError("mom: required when momentum != 0")
+    cdef int kind = _check_step_arrays(param, grad, states)
+    cdef size_t n = param.size
+    cdef void *pp = _ptr(param)
+    cdef void *pg = _ptr(grad)
+    cdef void *ps = _ptr(ms)
+    cdef void *pb = _ptr_or_null(mom)
+    with nogil:
+        if kind == 0:
+            rp_rmsprop_step_f32(n, <float *>pp, <float *>pg, <float *>ps, <float *>pb,
+                                <float>lr, <float>rho, <float>momentum, <float>eps)
+        else:
+            rp_rmsprop_step_f64(n, <double *>pp, <double *>pg, <double *>ps, <double *>pb,
+                                lr, rho, momentum, eps)
+
+
+def adagrad_step(param, grad, acc, double lr, double eps):
+    """In-place Adagrad update of param and its accumulator acc."""
+    cdef int kind = _check_step_arrays(param, grad, (("acc", acc),))
+    cdef size_t n = param.size
+    cdef void *pp = _ptr(param)
+    cdef void *pg = _ptr(grad)
+    cdef void *pa = _ptr(acc)
+    with nogil:
+        if kind == 0:
+            rp_adagrad_step_f32(n, <float *>pp, <float *>pg, <float *>pa, <float>lr, <float>eps)
+        else:
+            rp_adagrad_step_f64(n, <double *>pp, <double *>pg, <double *>pa, lr, eps)

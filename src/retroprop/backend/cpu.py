@@ -176,3 +176,190 @@ def sgd_step(param, grad, velocity, *, lr, momentum=0.0, nesterov=False, weight_
     grad = _input(grad, "grad", param.dtype)
     _core.sgd_step(param, grad, velocity, float(lr), float(momentum), bool(nesterov),
                    float(weight_decay))
+
+
+# ---------------------------------------------------------------- convolution and pooling (NHWC)
+# Geometry arguments: stride, dilation and pool_size are (h, w) pairs of
+# ints >= 1; padding is explicit zero padding (top, bottom, left, right).
+# The layers turn "valid"/"same" into those numbers.
+
+# Upper bound on one im2col pass, in elements (16 MiB of float32): larger
+# batches are processed a chunk of images at a time, so the workspace
+# stays bounded whatever the batch size.
+COL_WORKSPACE_ELEMENTS = 1 << 22
+
+
+def _shared_workspace(count, dtype):
+    """A 1-D scratch array of ``count`` elements, shared by all convolution
+    layers (one per thread and dtype): grown to the largest need, then reused,
+    so steady-state training allocates nothing. Callers never hold it across calls."""
+    cache = getattr(_local, "col_workspaces", None)
+    if cache is None:
+        cache = _local.col_workspaces = {}
+    key = np.dtype(dtype).str
+    buf = cache.get(key)
+    if buf is None or buf.size < count:
+        buf = cache[key] = np.empty(count, dtype=dtype)
+    return buf[:count]
+
+
+def conv2d_output_hw(h, w, kernel_hw, stride=(1, 1), dilation=(1, 1), padding=(0, 0, 0, 0)):
+    """(OH, OW) of a convolution; values < 1 mean the kernel does not fit."""
+    top, bottom, left, right = padding
+    eff_kh = (kernel_hw[0] - 1) * dilation[0] + 1
+    eff_kw = (kernel_hw[1] - 1) * dilation[1] + 1
+    return ((h + top + bottom - eff_kh) // stride[0] + 1,
+            (w + left + right - eff_kw) // stride[1] + 1)
+
+
+def _is_pointwise(w, stride, padding):
+    return w.shape[0] == 1 and w.shape[1] == 1 and tuple(stride) == (1, 1) \
+        and tuple(padding) == (0, 0, 0, 0)
+
+
+def _col_workspace(x, w, oh, ow, stride, padding):
+    """The im2col workspace for x, w (None for a pointwise convolution)."""
+    if _is_pointwise(w, stride, padding):
+        return None
+    per_image = max(oh, 1) * max(ow, 1) * w.shape[0] * w.shape[1] * w.shape[2]
+    images = max(1, min(x.shape[0], COL_WORKSPACE_ELEMENTS // per_image))
+    return _shared_workspace(images * per_image, x.dtype)
+
+
+def _int_tuple(value, length, name, minimum):
+    """``value`` as a tuple of ``length`` ints >= minimum (ValueError otherwise)."""
+    try:
+        items = tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        items = ()
+    if len(items) != length or min(items) < minimum:
+        raise ValueError(f"{name}: expected {length} integers >= {minimum}, got {value!r}")
+    return items
+
+
+def _conv_args(x, w, stride, dilation, padding):
+    if x.ndim != 4 or w.ndim != 4:
+        raise ValueError(f"conv2d: expected x (N, H, W, C) and w (KH, KW, C, F), "
+                         f"got shapes {x.shape} and {w.shape}")
+    stride = _int_tuple(stride, 2, "stride", 1)
+    dilation = _int_tuple(dilation, 2, "dilation", 1)
+    padding = _int_tuple(padding, 4, "padding", 0)
+    oh, ow = conv2d_output_hw(x.shape[1], x.shape[2], w.shape[:2], stride, dilation, padding)
+    if oh < 1 or ow < 1:
+        raise ValueError(f"conv2d: kernel {w.shape[:2]} with dilation {dilation} is larger than "
+                         f"the input {x.shape[1:3]} padded by {padding}")
+    return stride, dilation, padding, oh, ow
+
+
+def conv2d_forward(x, w, b, activation, stride=(1, 1), dilation=(1, 1), padding=(0, 0, 0, 0),
+                   out=None):
+    """out = act(conv2d(x, w) + b): x (N, H, W, C), w (KH, KW, C, F), b (F,) or None."""
+    x = _input(x, "x")
+    w = _input(w, "w", x.dtype)
+    if b is not None:
+        b = _input(b, "b", x.dtype)
+    stride, dilation, padding, oh, ow = _conv_args(x, w, stride, dilation, padding)
+    col = _col_workspace(x, w, oh, ow, stride, padding)
+    out = _output(out, "out", (x.shape[0], oh, ow, w.shape[3]), x.dtype)
+    return _core.conv2d_forward(x, w, b, _fused(activation), stride, dilation, padding, col, out)
+
+
+def conv2d_backward(x, w, y, dy, activation, dw, db=None, dx=None, *, stride=(1, 1),
+                    dilation=(1, 1), padding=(0, 0, 0, 0)):
+    """dz = dy * act'(y); dw = im2col(x)^T dz; db = sum of dz; dx = col2im(dz w^T).
+
+    Overwrites dw/db/dx (db and dx may be None). The column matrix is
+    recomputed here rather than kept from the forward pass. Returns dx."""
+    x = _input(x, "x")
+    w = _input(w, "w", x.dtype)
+    y = _input(y, "y", x.dtype)
+    dy = _input(dy, "dy", x.dtype)
+    stride, dilation, padding, oh, ow = _conv_args(x, w, stride, dilation, padding)
+    col = _col_workspace(x, w, oh, ow, stride, padding)
+    dz = _workspace(dy.shape, dy.dtype)
+    return _core.conv2d_backward(x, w, y, dy, _fused(activation), stride, dilation, padding,
+                                 col, dz, dw, db, dx)
+
+
+def pool2d_output_hw(h, w, pool_size, stride, padding=(0, 0, 0, 0)):
+    """(OH, OW) of a pooling window sweep."""
+    top, bottom, left, right = padding
+    return ((h + top + bottom - pool_size[0]) // stride[0] + 1,
+            (w + left + right - pool_size[1]) // stride[1] + 1)
+
+
+def _pool_out(x, out, name, pool_size, stride, padding):
+    if x.ndim != 4:
+        raise ValueError(f"pool2d: expected x of shape (N, H, W, C), got {x.shape}")
+    pool_size = _int_tuple(pool_size, 2, "pool_size", 1)
+    stride = _int_tuple(stride, 2, "stride", 1)
+    padding = _int_tuple(padding, 4, "padding", 0)
+    oh, ow = pool2d_output_hw(x.shape[1], x.shape[2], pool_size, stride, padding)
+    if oh < 1 or ow < 1:
+        raise ValueError(f"pool2d: window {tuple(pool_size)} is larger than the padded input "
+                         f"of {x.shape[1:3]} with padding {tuple(padding)}")
+    return _output(out, name, (x.shape[0], oh, ow, x.shape[3]), x.dtype)
+
+
+def maxpool2d_forward(x, pool_size, stride, padding=(0, 0, 0, 0), out=None, argmax=None):
+    """(out, argmax): the window maxima of x (N, H, W, C) and, as int32, where each one
+    was taken: (iy * W + ix) * C + c within its image. Ties go to the first cell in
+    row-major window order; padding cells never win."""
+    x = _input(x, "x")
+    out = _pool_out(x, out, "out", pool_size, stride, padding)
+    if argmax is None:
+        argmax = np.empty(out.shape, dtype=np.int32)
+    return _core.maxpool2d_forward(x, tuple(pool_size), tuple(stride), tuple(padding), out, argmax)
+
+
+def maxpool2d_backward(argmax, dy, pool_size, stride, padding, dx):
+    """dx (the forward input's shape, overwritten) = 0, then dx[argmax] += dy."""
+    dy = _input(dy, "dy")
+    return _core.maxpool2d_backward(argmax, dy, tuple(pool_size), tuple(stride), tuple(padding), dx)
+
+
+def avgpool2d_forward(x, pool_size, stride, padding=(0, 0, 0, 0), out=None):
+    """Window means of x (N, H, W, C); padding cells are left out of each mean."""
+    x = _input(x, "x")
+    out = _pool_out(x, out, "out", pool_size, stride, padding)
+    return _core.avgpool2d_forward(x, tuple(pool_size), tuple(stride), tuple(padding), out)
+
+
+def avgpool2d_backward(dy, pool_size, stride, padding, dx):
+    """dx (the forward input's shape, overwritten): each window's dy / (its real cell
+    count) added to each of its real cells."""
+    dy = _input(dy, "dy")
+    return _core.avgpool2d_backward(dy, tuple(pool_size), tuple(stride), tuple(padding), dx)
+
+
+# ---------------------------------------------------------------- adaptive optimizers
+# Same signatures as backend/numpy_ref.py; the C kernels do one fused pass.
+
+def _bias_corrections(beta_1, beta_2, step):
+    """1 / (1 - beta^t) for both moments; ``step`` is t, 1 for the first update."""
+    step = int(step)
+    if step < 1:
+        raise ValueError(f"step must be an integer >= 1, got {step}")
+    return 1.0 / (1.0 - float(beta_1) ** step), 1.0 / (1.0 - float(beta_2) ** step)
+
+
+def adam_step(param, grad, m, v, *, lr, beta_1, beta_2, epsilon, step, weight_decay=0.0,
+              decoupled=False):
+    """In-place Adam (L2 ``weight_decay``) or AdamW (``decoupled=True``) step."""
+    grad = _input(grad, "grad", param.dtype)
+    c1, c2 = _bias_corrections(beta_1, beta_2, step)
+    _core.adam_step(param, grad, m, v, float(lr), float(beta_1), float(beta_2), float(epsilon),
+                    float(weight_decay), bool(decoupled), c1, c2)
+
+
+def rmsprop_step(param, grad, ms, mom, *, lr, rho, momentum=0.0, epsilon):
+    """In-place RMSprop step; ``mom`` may be None when momentum == 0."""
+    grad = _input(grad, "grad", param.dtype)
+    _core.rmsprop_step(param, grad, ms, mom, float(lr), float(rho), float(momentum),
+                       float(epsilon))
+
+
+def adagrad_step(param, grad, acc, *, lr, epsilon):
+    """In-place Adagrad step."""
+    grad = _input(grad, "grad", param.dtype)
+    _core.adagrad_step(param, grad, acc, float(lr), float(epsilon))

@@ -319,3 +319,259 @@ def sgd_step(param, grad, velocity, *, lr, momentum=0.0, nesterov=False, weight_
     else:
         param -= lr * velocity
     return None
+
+
+# --------------------------------------------------------------------------
+# convolution and pooling over NHWC images
+# --------------------------------------------------------------------------
+# stride, dilation and pool_size are (h, w) pairs; padding is explicit zero
+# padding (top, bottom, left, right). Written with whole-array slices: one
+# slice per kernel offset (ky, kx) picks that offset's input for every output
+# pixel at once.
+
+def conv2d_output_hw(h, w, kernel_hw, stride=(1, 1), dilation=(1, 1), padding=(0, 0, 0, 0)):
+    """(OH, OW) of a convolution; values < 1 mean the kernel does not fit."""
+    top, bottom, left, right = padding
+    eff_kh = (kernel_hw[0] - 1) * dilation[0] + 1
+    eff_kw = (kernel_hw[1] - 1) * dilation[1] + 1
+    return ((h + top + bottom - eff_kh) // stride[0] + 1,
+            (w + left + right - eff_kw) // stride[1] + 1)
+
+
+def pool2d_output_hw(h, w, pool_size, stride, padding=(0, 0, 0, 0)):
+    """(OH, OW) of a pooling window sweep."""
+    top, bottom, left, right = padding
+    return ((h + top + bottom - pool_size[0]) // stride[0] + 1,
+            (w + left + right - pool_size[1]) // stride[1] + 1)
+
+
+def _window_slices(ky, kx, oh, ow, stride, dilation):
+    """Index of the padded input seen by kernel offset (ky, kx) from every output pixel."""
+    y0, x0 = ky * dilation[0], kx * dilation[1]
+    return (slice(None), slice(y0, y0 + (oh - 1) * stride[0] + 1, stride[0]),
+            slice(x0, x0 + (ow - 1) * stride[1] + 1, stride[1]), slice(None))
+
+
+def _pad_hw(x, padding, value=0.0):
+    top, bottom, left, right = padding
+    return np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=value)
+
+
+def _check_conv_args(x, w, stride, dilation, padding):
+    _check_float(x, "x", ndim=4)
+    _check_float(w, "w", x.dtype, ndim=4)
+    if w.shape[2] != x.shape[3]:
+        raise ValueError(f"x has {x.shape[3]} channels but w has shape {w.shape}")
+    if min(stride) < 1 or min(dilation) < 1 or min(padding) < 0:
+        raise ValueError(f"bad geometry: stride {stride}, dilation {dilation}, padding {padding}")
+    oh, ow = conv2d_output_hw(x.shape[1], x.shape[2], w.shape[:2], stride, dilation, padding)
+    if oh < 1 or ow < 1:
+        raise ValueError(f"kernel {w.shape[:2]} (dilation {dilation}) is larger than the input "
+                         f"{x.shape[1:3]} padded by {padding}")
+    return oh, ow
+
+
+def _im2col(x, kh, kw, oh, ow, stride, dilation, padding):
+    """(N*OH*OW, KH*KW*C) column matrix, columns ordered (ky, kx, c) like w's rows."""
+    xp = _pad_hw(x, padding)
+    patches = np.stack([xp[_window_slices(ky, kx, oh, ow, stride, dilation)]
+                        for ky in range(kh) for kx in range(kw)], axis=3)
+    return patches.reshape(x.shape[0] * oh * ow, -1)
+
+
+def conv2d_forward(x, w, b, activation, stride=(1, 1), dilation=(1, 1), padding=(0, 0, 0, 0),
+                   out=None):
+    """out = act(conv2d(x, w) + b): x (N, H, W, C), w (KH, KW, C, F), b (F,) or None."""
+    _check_activation(activation)
+    oh, ow = _check_conv_args(x, w, stride, dilation, padding)
+    kh, kw, _, f = w.shape
+    out = _check_out(out, "out", (x.shape[0], oh, ow, f), x.dtype)
+    z = _im2col(x, kh, kw, oh, ow, stride, dilation, padding) @ w.reshape(-1, f)
+    if b is not None:
+        z += b
+    activation_forward(activation, z.reshape(out.shape), out=out)
+    return out
+
+
+def conv2d_backward(x, w, y, dy, activation, dw, db=None, dx=None, *, stride=(1, 1),
+                    dilation=(1, 1), padding=(0, 0, 0, 0)):
+    """dz = dy * act'(y); dw = col^T dz; db = sum of dz; dx = the scatter of dz w^T.
+
+    dw/db/dx are overwritten (db and dx may be None). Returns dx."""
+    _check_activation(activation)
+    oh, ow = _check_conv_args(x, w, stride, dilation, padding)
+    kh, kw, c, f = w.shape
+    dz = activation_backward(activation, y, dy).reshape(-1, f)
+    col = _im2col(x, kh, kw, oh, ow, stride, dilation, padding)
+    _check_out(dw, "dw", w.shape, x.dtype)
+    dw[...] = (col.T @ dz).reshape(w.shape)
+    if db is not None:
+        _check_out(db, "db", (f,), x.dtype)
+        np.sum(dz, axis=0, out=db)
+    if dx is not None:
+        _check_out(dx, "dx", x.shape, x.dtype)
+        dcol = (dz @ w.reshape(-1, f).T).reshape(x.shape[0], oh, ow, kh, kw, c)
+        dxp = _pad_hw(np.zeros_like(x), padding)
+        for ky in range(kh):
+            for kx in range(kw):
+                dxp[_window_slices(ky, kx, oh, ow, stride, dilation)] += dcol[:, :, :, ky, kx, :]
+        top, _, left, _ = padding
+        dx[...] = dxp[:, top:top + x.shape[1], left:left + x.shape[2], :]
+    return dx
+
+
+def _check_pool_args(shape, pool_size, stride, padding):
+    if len(shape) != 4:
+        raise ValueError(f"expected an input of shape (N, H, W, C), got {shape}")
+    if min(pool_size) < 1 or min(stride) < 1:
+        raise ValueError(f"pool_size {pool_size} and stride {stride} must be >= 1")
+    top, bottom, left, right = padding
+    if max(top, bottom) >= pool_size[0] or max(left, right) >= pool_size[1] or min(padding) < 0:
+        raise ValueError(f"padding {padding} must lie in [0, window {pool_size})")
+    oh, ow = pool2d_output_hw(shape[1], shape[2], pool_size, stride, padding)
+    if oh < 1 or ow < 1:
+        raise ValueError(f"window {pool_size} is larger than the padded input")
+    return oh, ow
+
+
+def maxpool2d_forward(x, pool_size, stride, padding=(0, 0, 0, 0), out=None, argmax=None):
+    """(out, argmax): window maxima and their int32 positions (iy * W + ix) * C + c within
+    the image; ties go to the first cell in row-major window order."""
+    _check_float(x, "x", ndim=4)
+    oh, ow = _check_pool_args(x.shape, pool_size, stride, padding)
+    n, h, w, c = x.shape
+    out = _check_out(out, "out", (n, oh, ow, c), x.dtype)
+    xp = _pad_hw(x, padding, value=-np.inf)
+    ph, pw = pool_size
+    windows = np.stack([xp[_window_slices(ky, kx, oh, ow, stride, (1, 1))]
+                        for ky in range(ph) for kx in range(pw)], axis=3)
+    k = np.argmax(windows, axis=3)          # first maximum: row-major window order
+    out[...] = np.take_along_axis(windows, k[:, :, :, None, :], axis=3)[:, :, :, 0, :]
+    top, _, left, _ = padding
+    iy = np.arange(oh)[None, :, None, None] * stride[0] - top + k // pw
+    ix = np.arange(ow)[None, None, :, None] * stride[1] - left + k % pw
+    position = (iy * w + ix) * c + np.arange(c)
+    if argmax is None:
+        argmax = np.empty(out.shape, dtype=np.int32)
+    argmax[...] = position
+    return out, argmax
+
+
+def maxpool2d_backward(argmax, dy, pool_size, stride, padding, dx):
+    """dx (the forward input's shape, overwritten) = 0, then dx[argmax] += dy."""
+    _check_float(dy, "dy", ndim=4)
+    _check_out(dx, "dx", dx.shape, dy.dtype)
+    n = dx.shape[0]
+    flat = dx.reshape(n, -1)
+    flat[...] = 0
+    rows = np.repeat(np.arange(n), argmax[0].size)
+    np.add.at(flat, (rows, argmax.reshape(-1)), dy.reshape(-1))
+    return dx
+
+
+def _window_counts(h, w, oh, ow, pool_size, stride, padding, dtype):
+    """Number of real (unpadded) cells in each window, shape (1, OH, OW, 1)."""
+    ones = _pad_hw(np.ones((1, h, w, 1), dtype=dtype), padding)
+    return sum(ones[_window_slices(ky, kx, oh, ow, stride, (1, 1))]
+               for ky in range(pool_size[0]) for kx in range(pool_size[1]))
+
+
+def avgpool2d_forward(x, pool_size, stride, padding=(0, 0, 0, 0), out=None):
+    """Window means of x (N, H, W, C); padding cells are left out of each mean."""
+    _check_float(x, "x", ndim=4)
+    oh, ow = _check_pool_args(x.shape, pool_size, stride, padding)
+    n, h, w, c = x.shape
+    out = _check_out(out, "out", (n, oh, ow, c), x.dtype)
+    xp = _pad_hw(x, padding)
+    total = sum(xp[_window_slices(ky, kx, oh, ow, stride, (1, 1))]
+                for ky in range(pool_size[0]) for kx in range(pool_size[1]))
+    np.divide(total, _window_counts(h, w, oh, ow, pool_size, stride, padding, x.dtype), out=out)
+    return out
+
+
+def avgpool2d_backward(dy, pool_size, stride, padding, dx):
+    """dx (the forward input's shape, overwritten): each window's dy / (its real cell
+    count) added to each of its real cells."""
+    _check_float(dy, "dy", ndim=4)
+    _check_out(dx, "dx", dx.shape, dy.dtype)
+    n, h, w, c = dx.shape
+    oh, ow = _check_pool_args(dx.shape, pool_size, stride, padding)
+    share = dy / _window_counts(h, w, oh, ow, pool_size, stride, padding, dy.dtype)
+    dxp = _pad_hw(np.zeros_like(dx), padding)
+    for ky in range(pool_size[0]):
+        for kx in range(pool_size[1]):
+            dxp[_window_slices(ky, kx, oh, ow, stride, (1, 1))] += share
+    top, _, left, _ = padding
+    dx[...] = dxp[:, top:top + h, left:left + w, :]
+    return dx
+
+
+# ---------------------------------------------------------------- adaptive optimizers
+# Reference versions of the fused C steps (csrc/include/retroprop/optim.h):
+# the same formulas, written as plain NumPy expressions in the param dtype.
+
+def _check_state(arr, argname, param):
+    _check_float(arr, argname, param.dtype)
+    if arr.shape != param.shape:
+        raise ValueError(f"{argname} has shape {arr.shape}, expected the shape of param "
+                         f"{param.shape}")
+
+
+def adam_step(param, grad, m, v, *, lr, beta_1, beta_2, epsilon, step, weight_decay=0.0,
+              decoupled=False):
+    """One in-place Adam / AdamW step; ``step`` is t >= 1 (for the bias corrections).
+
+    Adam:  g = grad + weight_decay * param.  AdamW: g = grad and
+    param -= lr * weight_decay * param (decoupled decay). Then
+    m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
+    param -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + epsilon).
+    """
+    _check_float(param, "param")
+    _check_state(grad, "grad", param)
+    _check_state(m, "m", param)
+    _check_state(v, "v", param)
+    if int(step) < 1:
+        raise ValueError(f"step must be an integer >= 1, got {step}")
+    dt = param.dtype.type
+    c1 = dt(1.0 / (1.0 - beta_1 ** int(step)))
+    c2 = dt(1.0 / (1.0 - beta_2 ** int(step)))
+    lr, b1, b2, eps, wd = dt(lr), dt(beta_1), dt(beta_2), dt(epsilon), dt(weight_decay)
+    g = grad if (decoupled or weight_decay == 0.0) else grad + wd * param
+    m[...] = b1 * m + (dt(1) - b1) * g
+    v[...] = b2 * v + (dt(1) - b2) * g * g
+    shrink = dt(1) - lr * wd if decoupled else dt(1)
+    param[...] = param * shrink - lr * (m * c1) / (np.sqrt(v * c2) + eps)
+
+
+def rmsprop_step(param, grad, ms, mom, *, lr, rho, momentum=0.0, epsilon):
+    """One in-place RMSprop step.
+
+    ms = rho ms + (1 - rho) grad^2; u = lr grad / (sqrt(ms) + epsilon);
+    momentum == 0: param -= u (``mom`` may be None); otherwise
+    mom = momentum mom + u; param -= mom.
+    """
+    _check_float(param, "param")
+    _check_state(grad, "grad", param)
+    _check_state(ms, "ms", param)
+    dt = param.dtype.type
+    lr, rho, eps = dt(lr), dt(rho), dt(epsilon)
+    ms[...] = rho * ms + (dt(1) - rho) * grad * grad
+    update = lr * grad / (np.sqrt(ms) + eps)
+    if momentum == 0.0:
+        param -= update
+        return
+    if mom is None:
+        raise ValueError("mom is required when momentum != 0")
+    _check_state(mom, "mom", param)
+    mom[...] = dt(momentum) * mom + update
+    param -= mom
+
+
+def adagrad_step(param, grad, acc, *, lr, epsilon):
+    """One in-place Adagrad step: acc += grad^2; param -= lr grad / (sqrt(acc) + epsilon)."""
+    _check_float(param, "param")
+    _check_state(grad, "grad", param)
+    _check_state(acc, "acc", param)
+    dt = param.dtype.type
+    acc += grad * grad
+    param -= dt(lr) * grad / (np.sqrt(acc) + dt(epsilon))

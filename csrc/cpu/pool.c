@@ -1,0 +1,168 @@
+/* Max and average pooling over NHWC images. Channels are the innermost
+ * loop everywhere, so each window cell is one contiguous run of c values.
+ * Forward splits output rows over threads; backward splits images, because
+ * overlapping windows of one image add into the same dx cells.
+ *
+ * The element-type dependent part is written once, below the #else, and
+ * instantiated for float and double by including this file twice.
+ */
+#ifndef RP_POOL_TEMPLATE
+
+#include <string.h>
+#include "retroprop/pool.h"
+#include "retroprop/runtime.h"
+#include "act_internal.h"
+
+static int threads_for(double elements)
+{
+    return elements < (double)RP_ELEMENTWISE_PARALLEL_MIN ? 1 : rp_get_num_threads();
+}
+
+/* The part [*lo, *hi) of window [start, start + size) that lies inside [0, limit). */
+static void clip_window(int start, int size, int limit, int *lo, int *hi)
+{
+    *lo = start < 0 ? 0 : start;
+    *hi = start + size > limit ? limit : start + size;
+}
+
+#define RP_POOL_TEMPLATE 1
+#define REAL float
+#define FN(name) name##_f32
+#include "pool.c"
+#undef REAL
+#undef FN
+
+#define REAL double
+#define FN(name) name##_f64
+#include "pool.c"
+#undef REAL
+#undef FN
+
+#else /* RP_POOL_TEMPLATE: the body, instantiated per element type */
+
+void FN(rp_maxpool2d_forward)(const rp_pool2d_geom *g, const REAL *x, REAL *y, int32_t *argmax)
+{
+    const int c = g->c;
+    const long image_size = (long)g->h * g->w * c;
+    const long out_rows = (long)g->n * g->oh;
+    const int nt = threads_for((double)out_rows * g->ow * c * g->ph * g->pw);
+    (void)nt;
+#ifdef RETROPROP_HAVE_OPENMP
+#pragma omp parallel for schedule(static) num_threads(nt)
+#endif
+    for (long row = 0; row < out_rows; ++row) {
+        const long img = row / g->oh;
+        const int oy = (int)(row % g->oh);
+        const REAL *ximg = x + img * image_size;
+        int y_lo, y_hi;
+        clip_window(oy * g->stride_h - g->pad_top, g->ph, g->h, &y_lo, &y_hi);
+        for (int ox = 0; ox < g->ow; ++ox) {
+            const long out = (row * g->ow + ox) * c;
+            REAL *yp = y + out;
+            int32_t *ap = argmax + out;
+            int x_lo, x_hi;
+            clip_window(ox * g->stride_w - g->pad_left, g->pw, g->w, &x_lo, &x_hi);
+            /* The first real cell seeds the maximum; later cells replace it
+             * only when strictly greater, so ties keep the first position. */
+            int seeded = 0;
+            for (int iy = y_lo; iy < y_hi; ++iy) {
+                for (int ix = x_lo; ix < x_hi; ++ix) {
+                    const int32_t base = (int32_t)(((long)iy * g->w + ix) * c);
+                    const REAL *xp = ximg + base;
+                    if (!seeded) {
+                        for (int ch = 0; ch < c; ++ch) { yp[ch] = xp[ch]; ap[ch] = base + ch; }
+                        seeded = 1;
+                    } else {
+                        for (int ch = 0; ch < c; ++ch) {
+                            if (xp[ch] > yp[ch]) { yp[ch] = xp[ch]; ap[ch] = base + ch; }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+void FN(rp_maxpool2d_backward)(const rp_pool2d_geom *g, const int32_t *argmax, const REAL *dy, REAL *dx)
+{
+    const long image_size = (long)g->h * g->w * g->c;
+    const long out_size = (long)g->oh * g->ow * g->c;
+    const int nt = g->n < 2 ? 1 : threads_for((double)g->n * (image_size + out_size));
+    (void)nt;
+#ifdef RETROPROP_HAVE_OPENMP
+#pragma omp parallel for schedule(static) num_threads(nt)
+#endif
+    for (int img = 0; img < g->n; ++img) {
+        REAL *dimg = dx + (long)img * image_size;
+        const REAL *dyi = dy + (long)img * out_size;
+        const int32_t *ai = argmax + (long)img * out_size;
+        memset(dimg, 0, sizeof(REAL) * (size_t)image_size);
+        for (long i = 0; i < out_size; ++i) dimg[ai[i]] += dyi[i];
+    }
+}
+
+void FN(rp_avgpool2d_forward)(const rp_pool2d_geom *g, const REAL *x, REAL *y)
+{
+    const int c = g->c;
+    const long image_size = (long)g->h * g->w * c;
+    const long out_rows = (long)g->n * g->oh;
+    const int nt = threads_for((double)out_rows * g->ow * c * g->ph * g->pw);
+    (void)nt;
+#ifdef RETROPROP_HAVE_OPENMP
+#pragma omp parallel for schedule(static) num_threads(nt)
+#endif
+    for (long row = 0; row < out_rows; ++row) {
+        const long img = row / g->oh;
+        const int oy = (int)(row % g->oh);
+        const REAL *ximg = x + img * image_size;
+        int y_lo, y_hi;
+        clip_window(oy * g->stride_h - g->pad_top, g->ph, g->h, &y_lo, &y_hi);
+        for (int ox = 0; ox < g->ow; ++ox) {
+            REAL *yp = y + (row * g->ow + ox) * c;
+            int x_lo, x_hi;
+            clip_window(ox * g->stride_w - g->pad_left, g->pw, g->w, &x_lo, &x_hi);
+            for (int ch = 0; ch < c; ++ch) yp[ch] = (REAL)0;
+            for (int iy = y_lo; iy < y_hi; ++iy)
+                for (int ix = x_lo; ix < x_hi; ++ix) {
+                    const REAL *xp = ximg + ((long)iy * g->w + ix) * c;
+                    for (int ch = 0; ch < c; ++ch) yp[ch] += xp[ch];
+                }
+            /* Padding cells are not counted: the mean is over real cells only. */
+            const REAL scale = (REAL)1 / (REAL)((y_hi - y_lo) * (x_hi - x_lo));
+            for (int ch = 0; ch < c; ++ch) yp[ch] *= scale;
+        }
+    }
+}
+
+void FN(rp_avgpool2d_backward)(const rp_pool2d_geom *g, const REAL *dy, REAL *dx)
+{
+    const int c = g->c;
+    const long image_size = (long)g->h * g->w * c;
+    const long out_size = (long)g->oh * g->ow * c;
+    const int nt = g->n < 2 ? 1 : threads_for((double)g->n * (image_size + out_size * g->ph * g->pw));
+    (void)nt;
+#ifdef RETROPROP_HAVE_OPENMP
+#pragma omp parallel for schedule(static) num_threads(nt)
+#endif
+    for (int img = 0; img < g->n; ++img) {
+        REAL *dimg = dx + (long)img * image_size;
+        memset(dimg, 0, sizeof(REAL) * (size_t)image_size);
+        for (int oy = 0; oy < g->oh; ++oy) {
+            int y_lo, y_hi;
+            clip_window(oy * g->stride_h - g->pad_top, g->ph, g->h, &y_lo, &y_hi);
+            for (int ox = 0; ox < g->ow; ++ox) {
+                const REAL *dyp = dy + (((long)img * g->oh + oy) * g->ow + ox) * c;
+                int x_lo, x_hi;
+                clip_window(ox * g->stride_w - g->pad_left, g->pw, g->w, &x_lo, &x_hi);
+                const REAL scale = (REAL)1 / (REAL)((y_hi - y_lo) * (x_hi - x_lo));
+                for (int iy = y_lo; iy < y_hi; ++iy)
+                    for (int ix = x_lo; ix < x_hi; ++ix) {
+                        REAL *dp = dimg + ((long)iy * g->w + ix) * c;
+                        for (int ch = 0; ch < c; ++ch) dp[ch] += dyp[ch] * scale;
+                    }
+            }
+        }
+    }
+}
+
+#endif /* RP_POOL_TEMPLATE */
