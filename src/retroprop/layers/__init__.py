@@ -6,6 +6,14 @@ from .flatten import Flatten
 
 __all__ = ["Layer", "Dense", "Activation", "Flatten", "get", "deserialize"]
 
+# Convolution and pooling (channels-last).
+from .conv import Conv1D, Conv2D  # noqa: E402
+from .pool import (AvgPool1D, AvgPool2D, GlobalAvgPool2D, MaxPool1D,  # noqa: E402
+                   MaxPool2D)
+
+__all__ += ["Conv1D", "Conv2D", "MaxPool1D", "MaxPool2D", "AvgPool1D", "AvgPool2D",
+            "GlobalAvgPool2D"]
+
 
 def deserialize(config):
     """Rebuild a layer from ``{"class_name": ..., "config": {...}}`` (see Layer.serialize)."""
@@ -23,3 +31,14 @@ def get(config):
     if isinstance(config, Layer):
         return config
     return deserialize(config)
+
+
+# Activation layers with parameters or randomness (LeakyReLU, ELU, PReLU, RReLU).
+from .advanced_activations import ELU, LeakyReLU, PReLU, RReLU  # noqa: E402
+
+__all__ += ["LeakyReLU", "ELU", "PReLU", "RReLU"]
+
+# Regularisation layers.
+from .dropout import Dropout  # noqa: E402
+
+__all__ += ["Dropout"]

@@ -8,11 +8,14 @@ class Activation(Layer):
 
     For softmax the input is the logits, so ``backward_from_logits(dz)``
     simply returns dz (the gradient w.r.t. this layer's input).
+
+    Extra keyword arguments configure a parameterised activation, e.g.
+    ``Activation("sigmoid", slope=4.0)`` or ``Activation("elu", alpha=0.5)``.
     """
 
-    def __init__(self, activation, name=None):
+    def __init__(self, activation, name=None, **activation_kwargs):
         super().__init__(name=name)
-        self.activation = activations.get(activation)
+        self.activation = activations.get(activation, **activation_kwargs)
         self._buffers = BufferCache()
         self._x = None
         self._y = None

@@ -1,0 +1,178 @@
+"""Activation layers with hyper-parameters, learned parameters or randomness.
+
+* :class:`LeakyReLU` and :class:`ELU`: fixed ``alpha``; the same functions as
+  ``activations.get("leaky_relu")`` / ``"elu"``, offered as layers.
+* :class:`PReLU`: leaky ReLU whose negative slope is learned, one per channel
+  (the last axis), initialised to 0.25.
+* :class:`RReLU`: randomized leaky ReLU; in training each element draws its
+  own slope uniformly in [lower, upper], at inference the mean slope
+  (lower + upper) / 2 is used so the output is deterministic.
+
+All compute in NumPy on the layer's dtype.
+"""
+import numpy as np
+
+from .. import initializers
+from .base import Layer
+
+
+class _ElementwiseLayer(Layer):
+    """Shared plumbing: keep the input, check shapes, return reused-shape arrays."""
+
+    def __init__(self, name=None):
+        super().__init__(name=name)
+        self._x = None
+
+    def _check_backward(self, dy):
+        if self._x is None:
+            raise RuntimeError(f"{self._describe()}: backward called before forward")
+        self.check_output_grad(dy, self._x.shape[0])
+
+
+class LeakyReLU(_ElementwiseLayer):
+    """y = x for x > 0, alpha * x otherwise; alpha >= 0 (default 0.01).
+
+    The derivative at exactly 0 is taken as alpha.
+    """
+
+    def __init__(self, alpha=0.01, name=None):
+        super().__init__(name=name)
+        alpha = float(alpha)
+        if not np.isfinite(alpha) or alpha < 0:
+            raise ValueError(f"LeakyReLU: alpha must be a finite number >= 0, got {alpha}")
+        self.alpha = alpha
+
+    def forward(self, x, training=False):
+        """max-like selection between x and alpha * x."""
+        self.check_input(x)
+        self._x = x
+        return np.where(x > 0, x, self.alpha * x).astype(self.dtype, copy=False)
+
+    def backward(self, dy, need_dx=True):
+        """dL/dx = dy where x > 0, alpha * dy elsewhere."""
+        self._check_backward(dy)
+        if not need_dx:
+            return None
+        return np.where(self._x > 0, dy, self.alpha * dy).astype(self.dtype, copy=False)
+
+    def get_config(self):
+        return {"alpha": self.alpha, "name": self.name}
+
+
+class ELU(_ElementwiseLayer):
+    """y = x for x > 0, alpha * (exp(x) - 1) otherwise (default alpha = 1)."""
+
+    def __init__(self, alpha=1.0, name=None):
+        super().__init__(name=name)
+        alpha = float(alpha)
+        if not np.isfinite(alpha) or alpha < 0:
+            raise ValueError(f"ELU: alpha must be a finite number >= 0, got {alpha}")
+        self.alpha = alpha
+
+    def forward(self, x, training=False):
+        """expm1 of min(x, 0) only: no overflow in the branch np.where drops."""
+        self.check_input(x)
+        self._x = x
+        neg = self.alpha * np.expm1(np.minimum(x, 0))
+        return np.where(x > 0, x, neg).astype(self.dtype, copy=False)
+
+    def backward(self, dy, need_dx=True):
+        """dL/dx = dy for x > 0, alpha * exp(x) * dy elsewhere."""
+        self._check_backward(dy)
+        if not need_dx:
+            return None
+        slope = np.where(self._x > 0, 1.0, self.alpha * np.exp(np.minimum(self._x, 0)))
+        return (slope * dy).astype(self.dtype, copy=False)
+
+    def get_config(self):
+        return {"alpha": self.alpha, "name": self.name}
+
+
+class PReLU(_ElementwiseLayer):
+    """Parametric ReLU: y = x for x > 0, alpha_c * x otherwise.
+
+    ``alpha`` has one entry per channel (the last axis, so NHWC images and
+    (N, features) tables both get one slope per channel/feature) and is learned
+    like any weight. ``alpha_initializer`` defaults to the constant 0.25 (He et
+    al. 2015); a float is taken as that constant.
+    """
+
+    def __init__(self, alpha_initializer=0.25, name=None):
+        super().__init__(name=name)
+        self.alpha_initializer = alpha_initializer
+
+    def build(self, input_shape, dtype, rng, backend=None):
+        """Create ``alpha`` of shape (channels,)."""
+        out = super().build(input_shape, dtype, rng, backend)
+        if len(self.input_shape) < 1:
+            raise ValueError(f"{self._describe()} needs inputs with a channel axis")
+        shape = (self.input_shape[-1],)
+        init = self.alpha_initializer
+        if isinstance(init, (int, float)):
+            value = np.full(shape, float(init))
+        else:
+            value = initializers.get(init)(shape, rng, dtype=self.dtype)
+        self.add_param("alpha", value)
+        return out
+
+    def forward(self, x, training=False):
+        """alpha broadcasts along the last axis."""
+        self.check_input(x)
+        self._x = x
+        return np.where(x > 0, x, self.params["alpha"] * x).astype(self.dtype, copy=False)
+
+    def backward(self, dy, need_dx=True):
+        """dL/dalpha_c sums x * dy over every non-positive entry of channel c."""
+        self._check_backward(dy)
+        x = self._x
+        negative = x <= 0
+        per_entry = np.where(negative, x * dy, 0.0)
+        self.grads["alpha"][...] = per_entry.reshape(-1, x.shape[-1]).sum(axis=0)
+        if not need_dx:
+            return None
+        return np.where(negative, self.params["alpha"] * dy, dy).astype(self.dtype, copy=False)
+
+    def get_config(self):
+        init = self.alpha_initializer
+        if not isinstance(init, (int, float, str)):
+            init = getattr(init, "__name__", str(init))
+        return {"alpha_initializer": init, "name": self.name}
+
+
+class RReLU(_ElementwiseLayer):
+    """Randomized leaky ReLU (Xu et al. 2015).
+
+    Training: every element of every batch draws a slope a ~ U(lower, upper)
+    and y = x for x > 0, a * x otherwise. Inference: a = (lower + upper) / 2,
+    the expected slope, so predictions are deterministic. ``seed`` seeds the
+    layer's own generator; None draws a fresh seed.
+    """
+
+    def __init__(self, lower=1.0 / 8.0, upper=1.0 / 3.0, seed=None, name=None):
+        super().__init__(name=name)
+        lower, upper = float(lower), float(upper)
+        if not (0 <= lower <= upper) or not np.isfinite(upper):
+            raise ValueError(f"RReLU: need 0 <= lower <= upper, got lower={lower}, upper={upper}")
+        self.lower, self.upper, self.seed = lower, upper, seed
+        self._rng = np.random.default_rng(seed)
+        self._slope = None
+
+    def forward(self, x, training=False):
+        """Random slopes in training, the mean slope at inference."""
+        self.check_input(x)
+        self._x = x
+        if training:
+            self._slope = self._rng.uniform(self.lower, self.upper, size=x.shape)
+        else:
+            self._slope = (self.lower + self.upper) / 2.0
+        return np.where(x > 0, x, self._slope * x).astype(self.dtype, copy=False)
+
+    def backward(self, dy, need_dx=True):
+        """The slopes drawn in the last forward are reused (kept until then)."""
+        self._check_backward(dy)
+        if not need_dx:
+            return None
+        return np.where(self._x > 0, dy, self._slope * dy).astype(self.dtype, copy=False)
+
+    def get_config(self):
+        return {"lower": self.lower, "upper": self.upper, "seed": self.seed, "name": self.name}

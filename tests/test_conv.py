@@ -1,0 +1,334 @@
+"""Conv2D / Conv1D against a plain-loop NumPy reference written here, against
+PyTorch when it is installed, and against finite differences."""
+import numpy as np
+import pytest
+
+import retroprop as rp
+from retroprop.backend import cpu as cpu_backend
+from retroprop.gradcheck import check_layer_gradients
+from retroprop.layers import Conv1D, Conv2D
+
+
+# ---------------------------------------------------------------- reference
+
+def reference_conv2d(x, w, b, stride, dilation, pads):
+    """z[n, oy, ox, f] = b[f]
+    + sum over ky, kx, c of xpad[n, oy*sh + ky*dh, ox*sw + kx*dw, c] * w[ky, kx, c, f]."""
+    top, bottom, left, right = pads
+    xpad = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    n, hp, wp, c = xpad.shape
+    kh, kw, _, f = w.shape
+    (sh, sw), (dh, dw) = stride, dilation
+    oh = (hp - (kh - 1) * dh - 1) // sh + 1
+    ow = (wp - (kw - 1) * dw - 1) // sw + 1
+    z = np.zeros((n, oh, ow, f))
+    for i in range(n):
+        for oy in range(oh):
+            for ox in range(ow):
+                acc = np.zeros(f) if b is None else b.astype(np.float64).copy()
+                for ky in range(kh):
+                    for kx in range(kw):
+                        pixel = xpad[i, oy * sh + ky * dh, ox * sw + kx * dw, :]
+                        acc += pixel.astype(np.float64) @ w[ky, kx].astype(np.float64)
+                z[i, oy, ox] = acc
+    return z
+
+
+def reference_conv2d_grads(x, w, dz, stride, dilation, pads):
+    """(dx, dw, db) of the convolution above for the upstream gradient dz (w.r.t. z)."""
+    top, bottom, left, right = pads
+    xpad = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0))).astype(np.float64)
+    dxpad = np.zeros_like(xpad)
+    dw = np.zeros(w.shape)
+    kh, kw = w.shape[:2]
+    (sh, sw), (dh, dw_) = stride, dilation
+    n, oh, ow, _ = dz.shape
+    for i in range(n):
+        for oy in range(oh):
+            for ox in range(ow):
+                g = dz[i, oy, ox]
+                for ky in range(kh):
+                    for kx in range(kw):
+                        iy, ix = oy * sh + ky * dh, ox * sw + kx * dw_
+                        dw[ky, kx] += np.outer(xpad[i, iy, ix], g)
+                        dxpad[i, iy, ix] += w[ky, kx] @ g
+    dx = dxpad[:, top:top + x.shape[1], left:left + x.shape[2], :]
+    return dx, dw, dz.sum(axis=(0, 1, 2))
+
+
+def activate(name, z):
+    return {"linear": lambda v: v, "relu": lambda v: np.maximum(v, 0),
+            "sigmoid": lambda v: 1 / (1 + np.exp(-v)), "tanh": np.tanh}[name](z)
+
+
+def activation_grad_from_output(name, y):
+    return {"linear": np.ones_like(y), "relu": (y > 0).astype(y.dtype),
+            "sigmoid": y * (1 - y), "tanh": 1 - y * y}[name]
+
+
+def same_pads(size, k, s, d=1):
+    """TensorFlow "same": out = ceil(size / s), the odd padding cell after."""
+    out = -(-size // s)
+    total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+# (id, input shape (N, H, W, C), filters, layer kwargs, explicit pads, dtype, activation)
+CONFIGS = [
+    ("stride2", (2, 7, 7, 3), 4, dict(kernel_size=3, strides=2), (0, 0, 0, 0), np.float32, "relu"),
+    ("same_even_kernel_stride2", (2, 8, 7, 2), 3, dict(kernel_size=4, strides=2, padding="same"),
+     same_pads(8, 4, 2) + same_pads(7, 4, 2), np.float64, "tanh"),
+    ("pointwise_1x1", (3, 5, 4, 6), 5, dict(kernel_size=1), (0, 0, 0, 0), np.float32, "linear"),
+    ("1x1_stride2", (2, 5, 6, 3), 2, dict(kernel_size=1, strides=2), (0, 0, 0, 0), np.float64,
+     "relu"),
+    ("kernel_equals_input", (3, 5, 5, 2), 4, dict(kernel_size=5), (0, 0, 0, 0), np.float64,
+     "sigmoid"),
+    ("rectangular", (2, 9, 8, 3), 3, dict(kernel_size=(3, 2), strides=(2, 1)), (0, 0, 0, 0),
+     np.float64, "relu"),
+    ("rect_same_stride_2_3", (2, 7, 10, 2), 3,
+     dict(kernel_size=(2, 4), strides=(2, 3), padding="same"),
+     same_pads(7, 2, 2) + same_pads(10, 4, 3), np.float32, "tanh"),
+    ("dilation2", (2, 9, 9, 2), 3, dict(kernel_size=3, dilation_rate=2), (0, 0, 0, 0),
+     np.float64, "linear"),
+    ("dilation2_same", (1, 8, 9, 2), 2, dict(kernel_size=3, dilation_rate=(2, 1), padding="same"),
+     same_pads(8, 3, 1, 2) + same_pads(9, 3, 1, 1), np.float64, "sigmoid"),
+    ("one_channel_16_filters", (2, 8, 8, 1), 16, dict(kernel_size=3, padding="same"),
+     (1, 1, 1, 1), np.float32, "relu"),
+    ("16_channels_1_filter", (2, 6, 6, 16), 1, dict(kernel_size=3), (0, 0, 0, 0), np.float32,
+     "sigmoid"),
+    ("batch1_explicit_padding", (1, 5, 6, 3), 2, dict(kernel_size=3, padding=(1, 2)),
+     (1, 1, 2, 2), np.float64, "tanh"),
+]
+
+
+def _tolerance(dtype):
+    return dict(rtol=2e-4, atol=2e-5) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-11)
+
+
+@pytest.mark.parametrize("cid,shape,filters,kwargs,pads,dtype,activation", CONFIGS,
+                         ids=[c[0] for c in CONFIGS])
+def test_conv2d_matches_loop_reference(cid, shape, filters, kwargs, pads, dtype, activation):
+    rng = np.random.default_rng(7)
+    layer = Conv2D(filters, activation=activation, bias_initializer="glorot_uniform", **kwargs)
+    layer.build(shape[1:], dtype, rng)
+    x = rng.standard_normal(shape).astype(dtype)
+    y = layer.forward(x, training=True).copy()
+    w, b = layer.params["W"], layer.params["b"]
+    stride, dilation = layer._stride2, layer._dilation2
+    assert layer._pads == pads
+
+    y_ref = activate(activation, reference_conv2d(x, w, b, stride, dilation, pads))
+    assert y.shape == y_ref.shape == (shape[0],) + layer.output_shape
+    np.testing.assert_allclose(y, y_ref, **_tolerance(dtype))
+
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx = layer.backward(dy)
+    dz = dy.astype(np.float64) * activation_grad_from_output(activation, y.astype(np.float64))
+    dx_ref, dw_ref, db_ref = reference_conv2d_grads(x, w, dz, stride, dilation, pads)
+    tol = _tolerance(dtype)
+    np.testing.assert_allclose(dx, dx_ref, **tol)
+    np.testing.assert_allclose(layer.grads["W"], dw_ref, rtol=tol["rtol"], atol=tol["atol"] * 10)
+    np.testing.assert_allclose(layer.grads["b"], db_ref, rtol=tol["rtol"], atol=tol["atol"] * 10)
+
+
+def test_conv2d_batch_split_into_chunks_gives_the_same_result(monkeypatch):
+    """A workspace bound smaller than the batch's column matrix forces several
+    im2col passes; dW must then be accumulated over them."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 6, 6, 2))
+    w = rng.standard_normal((3, 3, 2, 4))
+    b = rng.standard_normal(4)
+    geometry = dict(stride=(1, 1), dilation=(1, 1), padding=(1, 1, 1, 1))
+    y_one = cpu_backend.conv2d_forward(x, w, b, "tanh", **geometry)
+    dy = rng.standard_normal(y_one.shape)
+    grads_one = [np.empty_like(w), np.empty_like(b), np.empty_like(x)]
+    cpu_backend.conv2d_backward(x, w, y_one, dy, "tanh", *grads_one, **geometry)
+
+    monkeypatch.setattr(cpu_backend, "COL_WORKSPACE_ELEMENTS", 2 * 36 * 18)  # two images a pass
+    y_chunks = cpu_backend.conv2d_forward(x, w, b, "tanh", **geometry)
+    grads_chunks = [np.empty_like(w), np.empty_like(b), np.empty_like(x)]
+    cpu_backend.conv2d_backward(x, w, y_chunks, dy, "tanh", *grads_chunks, **geometry)
+    np.testing.assert_allclose(y_chunks, y_one, rtol=1e-12, atol=1e-13)
+    for got, want in zip(grads_chunks, grads_one):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_cpu_and_numpy_backends_agree():
+    from retroprop.backend import numpy_ref
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 7, 6, 3))
+    w = rng.standard_normal((3, 2, 3, 4))
+    geometry = dict(stride=(2, 1), dilation=(1, 2), padding=(1, 1, 0, 2))
+    y_c = cpu_backend.conv2d_forward(x, w, None, "relu", **geometry)
+    y_n = numpy_ref.conv2d_forward(x, w, None, "relu", **geometry)
+    np.testing.assert_allclose(y_c, y_n, rtol=1e-12, atol=1e-12)
+    dy = rng.standard_normal(y_c.shape)
+    g_c = [np.empty_like(w), np.empty_like(x)]
+    g_n = [np.empty_like(w), np.empty_like(x)]
+    cpu_backend.conv2d_backward(x, w, y_c, dy, "relu", g_c[0], dx=g_c[1], **geometry)
+    numpy_ref.conv2d_backward(x, w, y_n, dy, "relu", g_n[0], dx=g_n[1], **geometry)
+    for a, b in zip(g_c, g_n):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_conv1d_is_conv2d_with_height_one():
+    rng = np.random.default_rng(11)
+    layer = Conv1D(4, 3, strides=2, padding="same", dilation_rate=1, activation="tanh")
+    layer.build((9, 3), np.float64, rng)
+    assert layer.params["W"].shape == (3, 3, 4)
+    assert layer.output_shape == (5, 4)
+    x = rng.standard_normal((2, 9, 3))
+    y = layer.forward(x).copy()
+    pads = (0, 0) + same_pads(9, 3, 2)
+    w4 = layer.params["W"][None]
+    y_ref = np.tanh(reference_conv2d(x[:, None], w4, layer.params["b"], (1, 2), (1, 1), pads))[:, 0]
+    np.testing.assert_allclose(y, y_ref, rtol=1e-10, atol=1e-12)
+    dy = rng.standard_normal(y.shape)
+    dx = layer.backward(dy)
+    dz = dy * (1 - y * y)
+    dx_ref, dw_ref, db_ref = reference_conv2d_grads(x[:, None], w4, dz[:, None], (1, 2), (1, 1),
+                                                    pads)
+    np.testing.assert_allclose(dx, dx_ref[:, 0], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(layer.grads["W"], dw_ref[0], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(layer.grads["b"], db_ref, rtol=1e-10, atol=1e-12)
+
+
+def test_conv2d_matches_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(2)
+    for kwargs, torch_kwargs, pads in [
+        (dict(kernel_size=3, strides=2, padding=1), dict(stride=2, padding=1), None),
+        (dict(kernel_size=(3, 2), dilation_rate=(1, 2)), dict(dilation=(1, 2)), None),
+        (dict(kernel_size=5, padding="same"), dict(padding="same"), None),
+    ]:
+        layer = Conv2D(5, **kwargs)
+        layer.build((9, 8, 3), np.float64, rng)
+        x = rng.standard_normal((2, 9, 8, 3))
+        y = layer.forward(x)
+        xt = torch.tensor(x).permute(0, 3, 1, 2).requires_grad_(True)
+        wt = torch.tensor(layer.params["W"]).permute(3, 2, 0, 1).requires_grad_(True)
+        bt = torch.tensor(layer.params["b"]).requires_grad_(True)
+        yt = torch.nn.functional.conv2d(xt, wt, bt, **torch_kwargs)
+        np.testing.assert_allclose(y, yt.permute(0, 2, 3, 1).detach().numpy(),
+                                   rtol=1e-10, atol=1e-12)
+        dy = rng.standard_normal(y.shape)
+        dx = layer.backward(dy)
+        yt.backward(torch.tensor(dy).permute(0, 3, 1, 2))
+        np.testing.assert_allclose(dx, xt.grad.permute(0, 2, 3, 1).numpy(), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(layer.grads["W"], wt.grad.permute(2, 3, 1, 0).numpy(),
+                                   rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(layer.grads["b"], bt.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("make_layer,input_shape", [
+    (lambda: Conv2D(3, (3, 2), strides=(2, 1), padding="same", activation="tanh",
+                    bias_initializer="glorot_uniform"), (7, 6, 2)),
+    (lambda: Conv2D(2, 3, dilation_rate=2, activation="sigmoid",
+                    kernel_regularizer=rp.regularizers.L2(0.1)), (7, 7, 2)),
+    (lambda: Conv2D(3, 2, activation="softmax"), (4, 5, 2)),
+    (lambda: Conv2D(3, 1), (3, 4, 2)),
+    (lambda: Conv1D(3, 3, padding="same", dilation_rate=2, activation="tanh"), (9, 2)),
+    (lambda: Conv1D(2, 4, strides=3, padding=1), (10, 3)),
+], ids=["conv2d_same_rect", "conv2d_dilated_l2", "conv2d_softmax", "conv2d_1x1",
+        "conv1d_same_dilated", "conv1d_stride3_pad1"])
+def test_gradcheck(make_layer, input_shape):
+    assert check_layer_gradients(make_layer(), input_shape, batch_size=2) < 1e-6
+
+
+def test_conv_model_gradcheck_through_softmax_loss():
+    model = rp.Sequential([Conv2D(3, 3, padding="same", activation="relu"), rp.layers.Flatten(),
+                           rp.layers.Dense(3, activation="softmax")],
+                          input_shape=(5, 5, 2), dtype="float64", seed=0)
+    rng = np.random.default_rng(0)
+    assert rp.gradcheck(model, rng.standard_normal((3, 5, 5, 2)), np.array([0, 2, 1])) < 1e-6
+
+
+def test_config_round_trip():
+    layer = Conv2D(4, (3, 2), strides=(2, 1), padding="same", dilation_rate=(1, 2),
+                   activation="relu", use_bias=False, name="c")
+    clone = rp.layers.deserialize(layer.serialize())
+    assert clone.get_config() == layer.get_config()
+    clone1 = rp.layers.deserialize(Conv1D(2, 3, padding=(1,)).serialize())
+    assert clone1.kernel_size == (3,) and clone1.padding == (1,)
+
+
+# ---------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(filters=0, kernel_size=3), "filters"),
+    (dict(filters=-2, kernel_size=3), "filters"),
+    (dict(filters=2.5, kernel_size=3), "filters"),
+    (dict(filters=2, kernel_size=0), "kernel_size"),
+    (dict(filters=2, kernel_size=(3, -1)), "kernel_size"),
+    (dict(filters=2, kernel_size=(3, 3, 3)), "kernel_size"),
+    (dict(filters=2, kernel_size=3, strides=0), "strides"),
+    (dict(filters=2, kernel_size=3, dilation_rate=0), "dilation_rate"),
+    (dict(filters=2, kernel_size=3, padding="full"), "padding"),
+    (dict(filters=2, kernel_size=3, padding=-1), "padding"),
+])
+def test_bad_construction_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=f"Conv2D 'conv2d'.*{match}"):
+        Conv2D(**kwargs)
+
+
+def test_wrong_rank_names_the_layer():
+    message = r"Conv2D 'conv2d' expects \(N, H, W, C\), got shape \(N, 784\)"
+    with pytest.raises(ValueError, match=message):
+        rp.Sequential([Conv2D(2, 3)], input_shape=(784,))
+    with pytest.raises(ValueError, match=r"Conv1D 'conv1d' expects \(N, L, C\)"):
+        rp.Sequential([Conv1D(2, 3)], input_shape=(5, 5, 1))
+
+
+def test_kernel_larger_than_padded_input():
+    with pytest.raises(ValueError, match="Conv2D 'big'.*larger than the padded input"):
+        Conv2D(2, 5, name="big").build((4, 6, 1), np.float32, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="larger than the padded input"):
+        Conv2D(2, 3, dilation_rate=3).build((6, 6, 1), np.float32, np.random.default_rng(0))
+    # padding makes it fit
+    layer = Conv2D(2, 5, padding=1)
+    assert layer.build((4, 6, 1), np.float32, np.random.default_rng(0)) == (2, 4, 2)
+
+
+def test_channel_mismatch():
+    layer = Conv2D(2, 3, name="c1")
+    layer.build((6, 6, 3), np.float32, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="c1"):
+        layer.forward(np.zeros((2, 6, 6, 2), np.float32))
+    with pytest.raises(ValueError, match="channels"):
+        cpu_backend.conv2d_forward(np.zeros((1, 6, 6, 2)), np.zeros((3, 3, 3, 2)), None, "linear")
+    with pytest.raises(ValueError):
+        cpu_backend.conv2d_forward(np.zeros((1, 3, 3, 2)), np.zeros((4, 4, 2, 2)), None, "linear")
+    with pytest.raises(ValueError, match="stride"):
+        cpu_backend.conv2d_forward(np.zeros((1, 6, 6, 2)), np.zeros((3, 3, 2, 2)), None, "linear",
+                                   stride=(0, 1))
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    """dW is reduced in a fixed number of row blocks and col2im splits whole
+    images, so 1 and 2 threads give bit-identical results."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((8, 20, 20, 3)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 3, 8)).astype(np.float32)
+    b = rng.standard_normal(8).astype(np.float32)
+    geometry = dict(stride=(1, 1), dilation=(1, 1), padding=(1, 1, 1, 1))
+    before = cpu_backend.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            cpu_backend.set_num_threads(threads)
+            y = cpu_backend.conv2d_forward(x, w, b, "relu", **geometry)
+            dy = np.ascontiguousarray(y[::-1])
+            grads = [np.empty_like(w), np.empty_like(b), np.empty_like(x)]
+            cpu_backend.conv2d_backward(x, w, y, dy, "relu", *grads, **geometry)
+            results.append([y] + grads)
+    finally:
+        cpu_backend.set_num_threads(before)
+    for one, two in zip(*results):
+        np.testing.assert_array_equal(one, two)
+
+
+def test_zero_sized_input_is_refused():
+    with pytest.raises(ValueError, match="Conv2D 'conv2d'.*positive"):
+        Conv2D(2, 1).build((0, 5, 1), np.float32, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="Conv1D 'conv1d'.*positive"):
+        Conv1D(2, 1).build((5, 0), np.float32, np.random.default_rng(0))
