@@ -9,7 +9,8 @@
 """
 import importlib
 
-from . import activations, callbacks, initializers, layers, losses, metrics, optim, regularizers
+from . import (activations, callbacks, initializers, layers, losses, metrics, optim,
+               regularizers, schedules)
 from .backend import backend_info, get_num_threads, set_num_threads
 from .callbacks import History
 from .gradcheck import check_layer_gradients, gradcheck
@@ -21,7 +22,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Sequential", "Trainer", "History", "NonFiniteError", "gradcheck", "check_layer_gradients",
     "layers", "activations", "losses", "optim", "initializers", "regularizers", "callbacks",
-    "metrics", "datasets", "io", "load_model", "save_model",
+    "metrics", "schedules", "datasets", "io", "load_model", "save_model",
     "set_num_threads", "get_num_threads", "backend_info",
     "__version__",
 ]

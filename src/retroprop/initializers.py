@@ -85,9 +85,38 @@ def lecun_uniform(shape, rng, dtype="float32"):
     return uniform(shape, rng, dtype, limit=math.sqrt(3.0 / fan_in))
 
 
+def constant(shape, rng=None, dtype="float32", value=0.0):
+    """Every entry equal to ``value`` (0 by default; see :class:`Constant` for other values)."""
+    return np.full(shape, float(value), dtype=dtype)
+
+
+class Constant:
+    """Initializer filling with a fixed ``value``: ``Constant(0.25)(shape, rng, dtype)``.
+
+    Use it where a layer takes an initializer, e.g.
+    ``Dense(3, bias_initializer=Constant(0.1))``.
+    """
+
+    def __init__(self, value=0.0):
+        value = float(value)
+        if not np.isfinite(value):
+            raise ValueError(f"Constant initializer value must be finite, got {value!r}")
+        self.value = value
+        self.__name__ = "constant"   # read by layers that serialise their initializers
+
+    def __call__(self, shape, rng=None, dtype="float32"):
+        return constant(shape, rng, dtype, value=self.value)
+
+    def get_config(self):
+        return {"value": self.value}
+
+    def __repr__(self):
+        return f"Constant({self.value!r})"
+
+
 _REGISTRY = {
     f.__name__: f
-    for f in (zeros, ones, uniform, normal, glorot_uniform, glorot_normal,
+    for f in (zeros, ones, constant, uniform, normal, glorot_uniform, glorot_normal,
               he_uniform, he_normal, lecun_normal, lecun_uniform)
 }
 

@@ -49,6 +49,16 @@ class Loss:
         """(loss, dL/dy_pred) for prepared targets; subclasses may use a fused backend op."""
         return self.value(targets, y_pred), self.grad(targets, y_pred)
 
+    #: Name of the output activation this loss fuses with, or None. When the
+    #: model's last layer has exactly that activation (and ``backward_from_logits``)
+    #: the Trainer calls :meth:`fused_value_and_grad` and starts backprop from
+    #: the gradient w.r.t. the pre-activation.
+    fused_activation = None
+
+    def fused_value_and_grad(self, layer, y_pred, targets, backend):
+        """(loss, dL/dlogits) for the last layer's output ``y_pred`` and its ``layer.logits``."""
+        raise NotImplementedError(f"{type(self).__name__} has no fused path")
+
     def __call__(self, y_true, y_pred):
         y_pred = np.asarray(y_pred)
         targets = self.prepare_targets(y_true, y_pred.shape, y_pred.dtype)
@@ -216,6 +226,15 @@ class CategoricalCrossentropy(Loss):
         loss, grad = backend.softmax_cross_entropy(logits, targets, grad=buf)
         return float(loss), grad
 
+    @property
+    def fused_activation(self):
+        """Cross-entropy on probabilities fuses with a softmax output."""
+        return None if self.from_logits else "softmax"
+
+    def fused_value_and_grad(self, layer, y_pred, targets, backend):
+        """Fused softmax + cross-entropy from the last layer's logits."""
+        return self._softmax_cross_entropy(layer.logits, targets, backend)
+
     def fused_with_softmax(self, logits, y_true, backend):
         """(loss, dL/dlogits) of softmax(logits) against y_true in one backend op.
 
@@ -234,12 +253,159 @@ class CategoricalCrossentropy(Loss):
         return f"CategoricalCrossentropy(from_logits={self.from_logits})"
 
 
+class MeanAbsoluteError(MeanSquaredError):
+    """mean(|y_pred - y_true|) over all elements.
+
+    The derivative sign(y_pred - y_true) / size is taken as 0 where the two
+    are equal (a subgradient).
+    """
+
+    name = "mae"
+
+    def value(self, targets, y_pred):
+        return float(np.mean(np.abs(y_pred.astype(np.float64) - targets)))
+
+    def grad(self, targets, y_pred):
+        return (np.sign(y_pred - targets) / y_pred.size).astype(y_pred.dtype)
+
+
+def _log_sigmoid(z):
+    """log(sigmoid(z)) = -log(1 + exp(-z)) = -logaddexp(0, -z), finite for any z."""
+    return -np.logaddexp(0.0, -z)
+
+
+class BinaryCrossentropy(MeanSquaredError):
+    """Binary cross-entropy, mean over all elements (so over outputs and batch).
+
+    Targets are 0/1 (or probabilities) with the predictions' shape; (N,)
+    targets are accepted for a single-output model.
+
+    * ``from_logits=False`` (default): predictions are probabilities p and
+      L = -[y log p + (1 - y) log(1 - p)], with p clipped to [eps, 1 - eps] so
+      p = 0 or 1 gives a finite loss; the gradient (p - y) / (p (1 - p)) / size
+      uses the same clipped p.
+    * ``from_logits=True``: predictions are logits z and
+      L = -[y log sigmoid(z) + (1 - y) log sigmoid(-z)] via logaddexp, finite
+      for any z; the gradient is (sigmoid(z) - y) / size.
+
+    Fused path: when the model ends in a plain sigmoid (slope 1) and
+    ``from_logits=False``, the Trainer starts backprop at the logits with the
+    exact gradient (p - y) / size, as categorical cross-entropy does with softmax.
+    """
+
+    name = "binary_crossentropy"
+
+    def __init__(self, from_logits=False, eps=1e-7):
+        self.from_logits = bool(from_logits)
+        self.eps = float(eps)
+        if not 0 < self.eps < 0.5:
+            raise ValueError(f"eps must be in (0, 0.5), got {eps!r}")
+
+    def _value_from_logits(self, targets, z):
+        z = z.astype(np.float64)
+        return float(-np.mean(targets * _log_sigmoid(z) + (1.0 - targets) * _log_sigmoid(-z)))
+
+    def value(self, targets, y_pred):
+        if self.from_logits:
+            return self._value_from_logits(targets, y_pred)
+        p = np.clip(y_pred.astype(np.float64), self.eps, 1.0 - self.eps)
+        return float(-np.mean(targets * np.log(p) + (1.0 - targets) * np.log1p(-p)))
+
+    def grad(self, targets, y_pred):
+        if self.from_logits:
+            p = 0.5 * (1.0 + np.tanh(0.5 * y_pred))   # stable sigmoid
+            return ((p - targets) / y_pred.size).astype(y_pred.dtype)
+        p = np.clip(y_pred, self.eps, 1.0 - self.eps)
+        return ((p - targets) / (p * (1.0 - p)) / y_pred.size).astype(y_pred.dtype)
+
+    @property
+    def fused_activation(self):
+        """Binary cross-entropy on probabilities fuses with a sigmoid output."""
+        return None if self.from_logits else "sigmoid"
+
+    def fused_value_and_grad(self, layer, y_pred, targets, backend):
+        """(loss, dL/dz) with z the sigmoid's input: the gradient is (p - y) / size.
+
+        The value comes from the logits when the layer kept them (stable for
+        any z); a Dense layer with the fused sigmoid kernel keeps only p, and
+        then the clipped-probability formula is used.
+        """
+        grad = ((y_pred - targets) / y_pred.size).astype(y_pred.dtype)
+        logits = getattr(layer, "logits", None)
+        if logits is not None:
+            return self._value_from_logits(targets, logits), grad
+        return self.value(targets, y_pred), grad
+
+    def get_config(self):
+        return {"from_logits": self.from_logits, "eps": self.eps}
+
+    def __repr__(self):
+        return f"BinaryCrossentropy(from_logits={self.from_logits})"
+
+
+class Hinge(CategoricalCrossentropy):
+    """Multiclass SVM hinge loss (Weston-Watkins / CS231n form) on raw scores s::
+
+        L_i = sum_{j != y_i} max(0, s_j - s_{y_i} + margin),   L = mean_i L_i
+
+    with margin 1. Targets are class ids (N,) or one-hot rows (argmax taken).
+    Gradient per sample: +1 for each wrong class with a positive margin term,
+    minus their count at the true class; divided by N.
+    """
+
+    name = "hinge"
+
+    def __init__(self, margin=1.0):
+        super().__init__(from_logits=True)
+        self.margin = float(margin)
+
+    @property
+    def fused_activation(self):
+        """The hinge works on scores; it fuses with nothing."""
+        return None
+
+    def _ids(self, targets):
+        return targets if targets.ndim == 1 else np.argmax(targets, axis=1)
+
+    def _margins(self, targets, y_pred):
+        ids = self._ids(targets)
+        rows = np.arange(y_pred.shape[0])
+        s = y_pred.astype(np.float64)
+        m = np.maximum(0.0, s - s[rows, ids][:, None] + self.margin)
+        m[rows, ids] = 0.0   # the true class is not a "wrong class"
+        return m, rows, ids
+
+    def value(self, targets, y_pred):
+        m, _, _ = self._margins(targets, y_pred)
+        return float(np.mean(m.sum(axis=1)))
+
+    def grad(self, targets, y_pred):
+        m, rows, ids = self._margins(targets, y_pred)
+        g = (m > 0).astype(np.float64)
+        g[rows, ids] = -g.sum(axis=1)
+        return (g / y_pred.shape[0]).astype(y_pred.dtype)
+
+    def value_and_grad(self, targets, y_pred, backend):
+        return self.value(targets, y_pred), self.grad(targets, y_pred)
+
+    def get_config(self):
+        return {"margin": self.margin}
+
+    def __repr__(self):
+        return f"Hinge(margin={self.margin})"
+
+
 _REGISTRY = {
     "mse": MeanSquaredError,
     "mean_squared_error": MeanSquaredError,
     "categorical_crossentropy": CategoricalCrossentropy,
     "sparse_categorical_crossentropy": CategoricalCrossentropy,
     "crossentropy": CategoricalCrossentropy,
+    "mae": MeanAbsoluteError,
+    "mean_absolute_error": MeanAbsoluteError,
+    "binary_crossentropy": BinaryCrossentropy,
+    "hinge": Hinge,
+    "multiclass_hinge": Hinge,
 }
 
 
@@ -248,13 +414,17 @@ def names():
     return sorted(_REGISTRY)
 
 
-def get(identifier):
-    """Return a Loss for a name or a Loss instance."""
+def get(identifier, **kwargs):
+    """Return a Loss for a name or a Loss instance.
+
+    Keyword arguments go to the loss constructor, e.g.
+    ``get("categorical_crossentropy", from_logits=True)``.
+    """
     if isinstance(identifier, Loss):
         return identifier
     if isinstance(identifier, str):
         key = identifier.lower()
         if key in _REGISTRY:
-            return _REGISTRY[key]()
+            return _REGISTRY[key](**kwargs)
         raise ValueError(f"unknown loss {identifier!r}; valid names: {', '.join(names())}")
     raise TypeError(f"loss must be a name or a Loss instance, got {type(identifier).__name__}")

@@ -17,12 +17,12 @@ import numpy as np
 from .backend import get_backend
 
 
-def _check_lr_value(lr, what="lr"):
+def _check_lr_value(lr, what="lr", allow_zero=False):
     try:
         value = float(lr)
     except (TypeError, ValueError):
         raise ValueError(f"{what} must be a positive number, got {lr!r}") from None
-    if not math.isfinite(value) or value <= 0:
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"{what} must be a positive finite number, got {lr!r}")
     return value
 
@@ -41,8 +41,10 @@ class Optimizer:
     def current_lr(self):
         """The learning rate of the next step."""
         if callable(self.lr):
+            # A schedule may end at exactly 0 (CosineDecay with alpha=0): a no-op step.
             return _check_lr_value(self.lr(self.iterations),
-                                   f"lr schedule value at step {self.iterations}")
+                                   f"lr schedule value at step {self.iterations}",
+                                   allow_zero=True)
         return self.lr
 
     def step(self, params_and_grads):
@@ -64,10 +66,22 @@ class Optimizer:
         """
         return {}
 
+    def initial_state_value(self, key):
+        """Value a state array of :meth:`state_arrays` starts from (0 unless overridden).
+
+        The Trainer uses it to reset state created by a step it rolls back.
+        """
+        return 0.0
+
     def get_config(self):
         lr = self.lr
         if callable(lr):
-            lr = lr.get_config() if hasattr(lr, "get_config") else getattr(lr, "__name__", repr(lr))
+            if hasattr(lr, "serialize"):      # a schedules.Schedule: rebuildable
+                lr = lr.serialize()
+            elif hasattr(lr, "get_config"):
+                lr = lr.get_config()
+            else:
+                lr = getattr(lr, "__name__", repr(lr))
         return {"lr": lr}
 
     def state_dict(self):
@@ -141,7 +155,190 @@ class SGD(Optimizer):
         self.velocity = {k: np.array(v, copy=True) for k, v in state.get("velocity", {}).items()}
 
 
-_REGISTRY = {"sgd": SGD}
+def _check_unit_interval(value, name, upper_open=True):
+    value = float(value)
+    ok = 0.0 <= value < 1.0 if upper_open else 0.0 <= value <= 1.0
+    if not ok:
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+    return value
+
+
+def _check_positive(value, name, allow_zero=False):
+    value = float(value)
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+    return value
+
+
+class _StatefulOptimizer(Optimizer):
+    """Shared bookkeeping of optimizers with named per-parameter state arrays.
+
+    ``self.slots`` maps a slot name ("m", "v", ...) to a dict key -> array;
+    arrays are created lazily, zero-filled unless ``_initial_value`` says
+    otherwise, and checked against the parameter's shape and dtype.
+    """
+
+    _slot_names = ()
+
+    def __init__(self, lr):
+        super().__init__(lr)
+        self.slots = {name: {} for name in self._slot_names}
+
+    def _initial_value(self, slot):
+        return 0.0
+
+    def _slot(self, slot, key, param):
+        arrays = self.slots[slot]
+        arr = arrays.get(key)
+        if arr is None:
+            arr = arrays[key] = np.full_like(param, self._initial_value(slot))
+        elif arr.shape != param.shape or arr.dtype != param.dtype:
+            raise ValueError(f"optimizer state {slot!r} for {key!r} has shape {arr.shape} "
+                             f"({arr.dtype}) but the parameter is {param.shape} ({param.dtype})")
+        return arr
+
+    def state_arrays(self):
+        # Flat view for the Trainer's roll-back copy; keys must be unique.
+        return {f"{slot}:{key}": arr for slot, arrays in self.slots.items()
+                for key, arr in arrays.items()}
+
+    def state_dict(self):
+        state = super().state_dict()
+        for slot, arrays in self.slots.items():
+            state[slot] = {k: a.copy() for k, a in arrays.items()}
+        return state
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.slots = {slot: {k: np.array(a, copy=True) for k, a in state.get(slot, {}).items()}
+                      for slot in self._slot_names}
+
+
+class Adam(_StatefulOptimizer):
+    """Adam (Kingma & Ba 2015) with bias-corrected moments.
+
+    Per parameter, in one backend pass (``backend.adam_step``), with t the
+    1-based step number::
+
+        g = grad + weight_decay * param            (L2 decay, coupled into g)
+        m = beta_1 m + (1 - beta_1) g
+        v = beta_2 v + (1 - beta_2) g^2
+        param -= lr * (m / (1 - beta_1^t)) / (sqrt(v / (1 - beta_2^t)) + epsilon)
+
+    ``weight_decay`` here is an L2 penalty: it passes through the adaptive
+    scaling, so heavily-updated weights are barely decayed. :class:`AdamW`
+    decouples it.
+    """
+
+    _slot_names = ("m", "v")
+    _decoupled = False
+
+    def __init__(self, lr=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-7, weight_decay=0.0):
+        super().__init__(lr)
+        self.beta_1 = _check_unit_interval(beta_1, "beta_1")
+        self.beta_2 = _check_unit_interval(beta_2, "beta_2")
+        self.epsilon = _check_positive(epsilon, "epsilon")
+        self.weight_decay = _check_positive(weight_decay, "weight_decay", allow_zero=True)
+
+    def update(self, key, param, grad, lr, backend):
+        m = self._slot("m", key, param)
+        v = self._slot("v", key, param)
+        # iterations counts the steps already taken, so this is step t = iterations + 1.
+        backend.adam_step(param, grad, m, v, lr=lr, beta_1=self.beta_1, beta_2=self.beta_2,
+                          epsilon=self.epsilon, step=self.iterations + 1,
+                          weight_decay=self.weight_decay, decoupled=self._decoupled)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(beta_1=self.beta_1, beta_2=self.beta_2, epsilon=self.epsilon,
+                      weight_decay=self.weight_decay)
+        return config
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter 2019).
+
+    The decay shrinks the weights directly, param -= lr * weight_decay * param,
+    instead of entering the gradient; the Adam update then uses the raw
+    gradient. The default ``weight_decay`` is 0.01 (as in PyTorch/Keras).
+    """
+
+    _decoupled = True
+
+    def __init__(self, lr=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-7, weight_decay=0.01):
+        super().__init__(lr, beta_1, beta_2, epsilon, weight_decay)
+
+
+class RMSprop(_StatefulOptimizer):
+    """RMSprop (Hinton's lecture 6e), optionally with momentum.
+
+    Per parameter, in one backend pass (``backend.rmsprop_step``)::
+
+        ms = rho ms + (1 - rho) grad^2
+        u  = lr * grad / (sqrt(ms) + epsilon)
+        momentum == 0:  param -= u
+        otherwise:      mom = momentum mom + u;  param -= mom
+
+    (epsilon is added outside the square root, as in PyTorch.)
+    """
+
+    _slot_names = ("ms", "mom")
+
+    def __init__(self, lr=1e-3, rho=0.9, momentum=0.0, epsilon=1e-7):
+        super().__init__(lr)
+        self.rho = _check_unit_interval(rho, "rho")
+        self.momentum = _check_unit_interval(momentum, "momentum")
+        self.epsilon = _check_positive(epsilon, "epsilon")
+
+    def update(self, key, param, grad, lr, backend):
+        ms = self._slot("ms", key, param)
+        mom = self._slot("mom", key, param) if self.momentum > 0.0 else None
+        backend.rmsprop_step(param, grad, ms, mom, lr=lr, rho=self.rho,
+                             momentum=self.momentum, epsilon=self.epsilon)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(rho=self.rho, momentum=self.momentum, epsilon=self.epsilon)
+        return config
+
+
+class Adagrad(_StatefulOptimizer):
+    """Adagrad (Duchi et al. 2011): per-weight step sizes shrinking with the
+    accumulated squared gradient.
+
+    Per parameter, in one backend pass (``backend.adagrad_step``)::
+
+        acc += grad^2                    (acc starts at initial_accumulator_value)
+        param -= lr * grad / (sqrt(acc) + epsilon)
+    """
+
+    _slot_names = ("acc",)
+
+    def __init__(self, lr=1e-3, initial_accumulator_value=0.1, epsilon=1e-7):
+        super().__init__(lr)
+        self.initial_accumulator_value = _check_positive(
+            initial_accumulator_value, "initial_accumulator_value", allow_zero=True)
+        self.epsilon = _check_positive(epsilon, "epsilon")
+
+    def _initial_value(self, slot):
+        return self.initial_accumulator_value
+
+    def initial_state_value(self, key):
+        return self.initial_accumulator_value
+
+    def update(self, key, param, grad, lr, backend):
+        acc = self._slot("acc", key, param)
+        backend.adagrad_step(param, grad, acc, lr=lr, epsilon=self.epsilon)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(initial_accumulator_value=self.initial_accumulator_value,
+                      epsilon=self.epsilon)
+        return config
+
+
+_REGISTRY = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop, "adagrad": Adagrad}
 
 
 def deserialize(config):
@@ -151,7 +348,11 @@ def deserialize(config):
         raise ValueError(f"unknown optimizer config {config!r}; known classes: "
                          f"{', '.join(sorted(classes))}")
     kwargs = dict(config.get("config", {}))
-    if not isinstance(kwargs.get("lr", 0.01), (int, float)):
+    lr = kwargs.get("lr")
+    if isinstance(lr, dict) and "class_name" in lr:
+        from . import schedules   # a serialized schedules.Schedule
+        kwargs["lr"] = schedules.deserialize(lr)
+    elif not isinstance(kwargs.get("lr", 0.01), (int, float)):
         raise ValueError(f"cannot rebuild a learning-rate schedule from {kwargs['lr']!r}; "
                          f"create the optimizer yourself and call load_state_dict")
     return classes[config["class_name"]](**kwargs)

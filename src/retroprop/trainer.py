@@ -24,6 +24,7 @@ import time
 
 import numpy as np
 
+from . import activations as activations_module
 from . import losses as losses_module
 from . import metrics as metrics_module
 from . import optim as optim_module
@@ -47,14 +48,26 @@ class NonFiniteError(ValueError, FloatingPointError):
 # loss + gradient of a model, shared with gradcheck
 # --------------------------------------------------------------------------
 
-def uses_fused_softmax(model, loss):
-    """True when the model ends in softmax and the loss is cross-entropy on probabilities."""
+def uses_fused_output(model, loss):
+    """True when the loss fuses with the model's output activation.
+
+    A loss names the activation it fuses with in ``loss.fused_activation``
+    (softmax for categorical cross-entropy, sigmoid for binary cross-entropy,
+    both on probabilities). The last layer must have exactly that activation
+    (a sigmoid with a slope other than 1 does not qualify) and a
+    ``backward_from_logits`` method.
+    """
     last = model.layers[-1]
     activation = getattr(last, "activation", None)
-    return (isinstance(loss, losses_module.CategoricalCrossentropy)
-            and not loss.from_logits
-            and getattr(activation, "name", None) == "softmax"
+    fused_name = getattr(loss, "fused_activation", None)
+    return (fused_name is not None
+            and isinstance(activation, activations_module.Activation)
+            and activation == activations_module.get(fused_name)
             and hasattr(last, "backward_from_logits"))
+
+
+# The older name, from when softmax + cross-entropy was the only fusion.
+uses_fused_softmax = uses_fused_output
 
 
 def forward_loss(model, loss, x, targets, training=False, with_grad=False):
@@ -66,8 +79,8 @@ def forward_loss(model, loss, x, targets, training=False, with_grad=False):
     """
     y_pred = model.forward(x, training=training)
     backend = model.backend
-    if uses_fused_softmax(model, loss):
-        value, seed = loss._softmax_cross_entropy(model.layers[-1].logits, targets, backend)
+    if uses_fused_output(model, loss):
+        value, seed = loss.fused_value_and_grad(model.layers[-1], y_pred, targets, backend)
     elif with_grad:
         value, seed = loss.value_and_grad(targets, y_pred, backend)
     else:
@@ -77,7 +90,7 @@ def forward_loss(model, loss, x, targets, training=False, with_grad=False):
 
 def backpropagate(model, loss, seed, input_grad=False):
     """Backward pass from the seed of :func:`forward_loss`; returns dL/dx (or None)."""
-    if uses_fused_softmax(model, loss):
+    if uses_fused_output(model, loss):
         return model.backward_from_logits(seed, input_grad=input_grad)
     return model.backward(seed, input_grad=input_grad)
 
@@ -236,7 +249,8 @@ class Trainer:
             if key in state_before:
                 np.copyto(arr, self._state_backup[key])
             else:
-                arr[...] = 0  # created by this step: back to its initial value
+                # Created by this step: back to its initial value.
+                arr[...] = self.optimizer.initial_state_value(key)
         self.optimizer.iterations -= 1
 
     def _evaluate_arrays(self, x, targets, batch_size):

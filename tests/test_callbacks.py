@@ -1,0 +1,174 @@
+"""Callbacks (checkpoint, LR scheduler, CSV logger, TerminateOnNaN) and metrics."""
+import csv
+import math
+
+import numpy as np
+import pytest
+
+import retroprop as rp
+from retroprop import callbacks, metrics
+from retroprop.layers import Dense
+
+
+def small_problem(n=64, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 3)).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
+    model = rp.Sequential([Dense(4, activation="tanh"), Dense(2, activation="softmax")],
+                          input_shape=(3,), seed=0)
+    return model, x, y
+
+
+def fit(cbs, epochs=3, lr=0.1, validation_split=0.25):
+    model, x, y = small_problem()
+    trainer = rp.Trainer(model, "categorical_crossentropy", rp.optim.SGD(lr=lr),
+                         callbacks=cbs)
+    history = trainer.fit(x, y, epochs=epochs, batch_size=16, verbose=0,
+                          validation_split=validation_split)
+    return model, trainer, history
+
+
+def test_model_checkpoint_every_epoch(tmp_path):
+    ckpt = callbacks.ModelCheckpoint(str(tmp_path / "m-{epoch:02d}.rpz"))
+    model, _, _ = fit([ckpt])
+    assert [p.split("/")[-1] for p in ckpt.saved] == ["m-01.rpz", "m-02.rpz", "m-03.rpz"]
+    restored = rp.load_model(ckpt.saved[-1])
+    x = small_problem()[1]
+    np.testing.assert_allclose(restored.predict(x), model.predict(x), rtol=1e-6)
+
+
+def test_model_checkpoint_best_only(tmp_path):
+    ckpt = callbacks.ModelCheckpoint(str(tmp_path / "best.rpz"), monitor="val_loss",
+                                     save_best_only=True)
+    _, _, history = fit([ckpt], epochs=5)
+    losses = history.history["val_loss"]
+    improvements = sum(1 for i, v in enumerate(losses) if v < min(losses[:i], default=math.inf))
+    assert len(ckpt.saved) == improvements >= 1
+    assert ckpt.best == min(losses)
+
+
+def test_learning_rate_scheduler():
+    sched = callbacks.LearningRateScheduler(lambda epoch: 0.1 * 0.5 ** epoch)
+    _, trainer, _ = fit([sched], epochs=3)
+    assert sched.lrs == pytest.approx([0.1, 0.05, 0.025])
+    assert trainer.optimizer.lr == pytest.approx(0.025)
+    two = callbacks.LearningRateScheduler(lambda epoch, lr: lr * 0.5)
+    fit([two], epochs=2, lr=0.2)
+    assert two.lrs == pytest.approx([0.1, 0.05])
+    bad = callbacks.LearningRateScheduler(lambda epoch: -1.0)
+    with pytest.raises(ValueError, match="positive"):
+        fit([bad])
+
+
+def test_csv_logger(tmp_path):
+    path = tmp_path / "log.csv"
+    _, _, history = fit([callbacks.CSVLogger(str(path))], epochs=3)
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["epoch", "accuracy", "loss", "val_accuracy", "val_loss"]
+    assert [r[0] for r in rows[1:]] == ["0", "1", "2"]
+    assert [float(r[2]) for r in rows[1:]] == pytest.approx(history.history["loss"])
+    fit([callbacks.CSVLogger(str(path), append=True)], epochs=1)
+    with open(path, newline="") as f:
+        assert len(list(csv.reader(f))) == 5      # one header, 3 + 1 rows
+
+
+class _NaNAfter(callbacks.Callback):
+    """Pretend the loss of batch 2 was NaN (runs before TerminateOnNaN)."""
+
+    def on_batch_end(self, batch, logs=None):
+        if batch == 2:
+            logs["loss"] = float("nan")
+
+
+def test_terminate_on_nan():
+    stop = callbacks.TerminateOnNaN()
+    _, _, history = fit([_NaNAfter(), stop], epochs=5, validation_split=0.0)
+    assert stop.stopped_batch == 2
+    assert len(history.epoch) == 1      # stopped inside the first epoch
+
+
+# -- metrics -----------------------------------------------------------------------------
+
+def test_top_k_accuracy():
+    scores = np.array([[0.1, 0.5, 0.3, 0.1], [0.7, 0.1, 0.1, 0.1], [0.2, 0.3, 0.4, 0.1]])
+    y = np.array([2, 0, 3])
+    assert metrics.top_k_accuracy(y, scores, k=1) == pytest.approx(1 / 3)
+    assert metrics.top_k_accuracy(y, scores, k=2) == pytest.approx(2 / 3)
+    assert metrics.top_k_accuracy(y, scores, k=4) == 1.0
+    assert metrics.top_k_accuracy(np.eye(4)[y], scores, k=2) == pytest.approx(2 / 3)
+    assert metrics.get("top_k_accuracy").__name__ == "top_5_accuracy"
+
+
+def test_confusion_matrix_and_macro_scores():
+    y_true = np.array([0, 0, 1, 1, 1, 2])
+    y_pred = np.array([0, 1, 1, 1, 2, 2])
+    m = metrics.confusion_matrix(y_true, y_pred)
+    np.testing.assert_array_equal(m, [[1, 1, 0], [0, 2, 1], [0, 0, 1]])
+    # Per class: precision (1, 2/3, 1/2), recall (1/2, 2/3, 1).
+    p = (1 + 2 / 3 + 1 / 2) / 3
+    r = (1 / 2 + 2 / 3 + 1) / 3
+    f = (2 * 0.5 / 1.5 + 2 / 3 + 2 * 0.5 / 1.5) / 3
+    scores = np.eye(3)[y_pred]           # scores: argmax gives y_pred
+    assert metrics.precision_macro(y_true, scores) == pytest.approx(p)
+    assert metrics.recall_macro(y_true, scores) == pytest.approx(r)
+    assert metrics.f1_macro(y_true, scores) == pytest.approx(f)
+    sklearn = pytest.importorskip("sklearn.metrics")
+    assert metrics.f1_macro(y_true, scores) == pytest.approx(
+        sklearn.f1_score(y_true, y_pred, average="macro"))
+    assert metrics.precision_macro(y_true, scores) == pytest.approx(
+        sklearn.precision_score(y_true, y_pred, average="macro"))
+
+
+def test_metrics_in_the_trainer():
+    model, x, y = small_problem()
+    trainer = rp.Trainer(model, "categorical_crossentropy", rp.optim.Adam(lr=0.05),
+                         metrics=["accuracy", "f1", "precision", "recall"])
+    trainer.fit(x, y, epochs=3, batch_size=16, verbose=0)
+    result = trainer.evaluate(x, y)
+    for name in ("accuracy", "f1_macro", "precision_macro", "recall_macro"):
+        assert 0.0 <= result[name] <= 1.0
+
+
+# -- gradient monitoring ----------------------------------------------------------------
+
+def test_gradient_monitor_records_every_epoch():
+    model, x, y = small_problem()
+    monitor = callbacks.GradientMonitor(x[:16], y[:16])
+    trainer = rp.Trainer(model, "categorical_crossentropy", rp.optim.SGD(lr=0.1),
+                         callbacks=[monitor])
+    trainer.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    assert len(monitor.history) == 2
+    first = monitor.history[0]
+    assert [s["name"] for s in first] == [layer.name for layer in model.layers]
+    assert all(s["grad_std"] > 0 and np.isfinite(s["act_std"]) for s in first)
+    assert "grad std" in monitor.table()
+
+
+def test_gradient_statistics_match_a_manual_pass():
+    model, x, y = small_problem()
+    stats = callbacks.gradient_statistics(model, "categorical_crossentropy", x, y)
+    hidden = np.tanh(x @ model.layers[0].params["W"] + model.layers[0].params["b"])
+    assert stats[0]["act_std"] == pytest.approx(float(np.std(hidden)), rel=1e-5)
+    # The kernel gradient of the last layer: h^T (p - onehot) / N.
+    p = model.predict(x)
+    expected = hidden.T @ (p - np.eye(2)[y]) / len(y)
+    assert stats[1]["grad_std"] == pytest.approx(float(np.std(expected)), rel=1e-4)
+
+
+def test_vanishing_gradient_pattern():
+    # Deep sigmoid net with Glorot weights: the first layer's gradient is far
+    # smaller than the last hidden layer's; ReLU + He keeps them comparable.
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((32, 20)).astype(np.float32)
+    y = rng.integers(0, 3, size=32)
+
+    def ratio(activation, init):
+        layers = [Dense(50, activation=activation, kernel_initializer=init) for _ in range(6)]
+        model = rp.Sequential(layers + [Dense(3, activation="softmax")], input_shape=(20,),
+                              seed=0)
+        stats = callbacks.gradient_statistics(model, "categorical_crossentropy", x, y)
+        return stats[0]["grad_std"] / stats[5]["grad_std"]
+
+    assert ratio("sigmoid", "glorot_uniform") < 0.01
+    assert 0.1 < ratio("relu", "he_normal") < 10

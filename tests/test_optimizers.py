@@ -1,0 +1,239 @@
+"""Adam, AdamW, RMSprop, Adagrad: kernels against the NumPy reference, formulas, learning."""
+import numpy as np
+import pytest
+
+import retroprop as rp
+from retroprop.backend import numpy_ref
+from retroprop.layers import Dense
+
+try:
+    from retroprop.backend import cpu
+except ImportError:   # the C extension is not built
+    cpu = None
+
+needs_c = pytest.mark.skipif(cpu is None, reason="C backend not built")
+SIZES = [1, 17, 100003]
+DTYPES = [np.float32, np.float64]
+
+
+def arrays(n, dtype, count, seed=0):
+    rng = np.random.default_rng(seed + n)
+    return [rng.standard_normal(n).astype(dtype) for _ in range(count)]
+
+
+def tolerance(dtype):
+    return dict(rtol=2e-5, atol=2e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-14)
+
+
+def run_both(step, n, dtype, states, **kwargs):
+    """Apply ``step`` three times through both backends; return their (param, states)."""
+    param, *grads = arrays(n, dtype, 4)
+    results = []
+    for backend in (cpu, numpy_ref):
+        p = param.copy()
+        s = [None if x is None else x.copy() for x in states]
+        for t, g in enumerate(grads, start=1):
+            extra = {"step": t} if step == "adam_step" else {}
+            getattr(backend, step)(p, g, *s, **kwargs, **extra)
+        results.append((p, s))
+    return results
+
+
+@needs_c
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("decoupled,wd", [(False, 0.0), (False, 0.1), (True, 0.1)])
+def test_adam_kernel_matches_reference(n, dtype, decoupled, wd):
+    states = [np.zeros(n, dtype), np.zeros(n, dtype)]
+    (pc, sc), (pn, sn) = run_both("adam_step", n, dtype, states, lr=0.01, beta_1=0.9,
+                                  beta_2=0.999, epsilon=1e-7, weight_decay=wd,
+                                  decoupled=decoupled)
+    np.testing.assert_allclose(pc, pn, **tolerance(dtype))
+    for a, b in zip(sc, sn):
+        np.testing.assert_allclose(a, b, **tolerance(dtype))
+
+
+@needs_c
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_rmsprop_kernel_matches_reference(n, dtype, momentum):
+    states = [np.zeros(n, dtype), np.zeros(n, dtype) if momentum else None]
+    (pc, sc), (pn, sn) = run_both("rmsprop_step", n, dtype, states, lr=0.01, rho=0.9,
+                                  momentum=momentum, epsilon=1e-7)
+    np.testing.assert_allclose(pc, pn, **tolerance(dtype))
+    np.testing.assert_allclose(sc[0], sn[0], **tolerance(dtype))
+
+
+@needs_c
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_adagrad_kernel_matches_reference(n, dtype):
+    states = [np.full(n, 0.1, dtype)]
+    (pc, sc), (pn, sn) = run_both("adagrad_step", n, dtype, states, lr=0.01, epsilon=1e-7)
+    np.testing.assert_allclose(pc, pn, **tolerance(dtype))
+    np.testing.assert_allclose(sc[0], sn[0], **tolerance(dtype))
+
+
+@needs_c
+def test_kernel_argument_checks():
+    p = np.zeros(3)
+    with pytest.raises(ValueError, match="shape"):
+        cpu.adam_step(p, np.zeros(3), np.zeros(3), np.zeros(4), lr=0.1, beta_1=0.9,
+                      beta_2=0.99, epsilon=1e-7, step=1)
+    with pytest.raises(TypeError, match="dtype"):
+        cpu.adagrad_step(p, np.zeros(3), np.zeros(3, np.float32), lr=0.1, epsilon=1e-7)
+    with pytest.raises(ValueError, match="mom"):
+        cpu.rmsprop_step(p, np.zeros(3), np.zeros(3), None, lr=0.1, rho=0.9, momentum=0.5,
+                         epsilon=1e-7)
+    with pytest.raises(ValueError, match="step"):
+        cpu.adam_step(p, np.zeros(3), np.zeros(3), np.zeros(3), lr=0.1, beta_1=0.9,
+                      beta_2=0.99, epsilon=1e-7, step=0)
+
+
+# -- the optimizer classes against hand-written formulas (float64) ---------------------
+
+def optimize(opt, grads, param):
+    p = param.copy()
+    for g in grads:
+        opt.step([("w", p, g)])
+    return p
+
+
+def test_adam_formula():
+    rng = np.random.default_rng(0)
+    param = rng.standard_normal(5)
+    grads = [rng.standard_normal(5) for _ in range(4)]
+    p, m, v = param.copy(), np.zeros(5), np.zeros(5)
+    for t, g in enumerate(grads, start=1):
+        g = g + 0.01 * p
+        m = 0.9 * m + 0.1 * g
+        v = 0.999 * v + 0.001 * g * g
+        p = p - 0.05 * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.999 ** t)) + 1e-7)
+    got = optimize(rp.optim.Adam(lr=0.05, weight_decay=0.01), grads, param)
+    np.testing.assert_allclose(got, p, rtol=1e-12)
+
+
+def test_first_adam_step_is_lr_times_sign():
+    # With zero-initialised moments, bias correction makes step 1 equal lr * g / |g|.
+    g = np.array([3.0, -0.2, 1e-3])
+    got = optimize(rp.optim.Adam(lr=0.1, epsilon=1e-12), [g], np.zeros(3))
+    np.testing.assert_allclose(got, -0.1 * np.sign(g), rtol=1e-6)
+
+
+def test_adamw_decouples_the_decay():
+    # With a zero gradient Adam's moments stay 0, so only the decay moves the weight.
+    param = np.array([1.0, -2.0])
+    got = optimize(rp.optim.AdamW(lr=0.1, weight_decay=0.5), [np.zeros(2)] * 3, param)
+    np.testing.assert_allclose(got, param * (1 - 0.05) ** 3, rtol=1e-12)
+    # Coupled L2 decay instead goes through the adaptive scaling (step ~ lr).
+    coupled = optimize(rp.optim.Adam(lr=0.1, weight_decay=0.5), [np.zeros(2)], param)
+    np.testing.assert_allclose(coupled, param - 0.1 * np.sign(param), rtol=1e-6)
+
+
+def test_rmsprop_formula():
+    rng = np.random.default_rng(1)
+    param = rng.standard_normal(4)
+    grads = [rng.standard_normal(4) for _ in range(3)]
+    p, ms, mom = param.copy(), np.zeros(4), np.zeros(4)
+    for g in grads:
+        ms = 0.8 * ms + 0.2 * g * g
+        mom = 0.5 * mom + 0.01 * g / (np.sqrt(ms) + 1e-7)
+        p = p - mom
+    got = optimize(rp.optim.RMSprop(lr=0.01, rho=0.8, momentum=0.5), grads, param)
+    np.testing.assert_allclose(got, p, rtol=1e-12)
+
+
+def test_adagrad_formula():
+    rng = np.random.default_rng(2)
+    param = rng.standard_normal(4)
+    grads = [rng.standard_normal(4) for _ in range(3)]
+    p, acc = param.copy(), np.full(4, 0.1)
+    for g in grads:
+        acc = acc + g * g
+        p = p - 0.1 * g / (np.sqrt(acc) + 1e-7)
+    got = optimize(rp.optim.Adagrad(lr=0.1), grads, param)
+    np.testing.assert_allclose(got, p, rtol=1e-12)
+
+
+# -- training ---------------------------------------------------------------------------
+
+X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=np.float32)
+Y = np.array([0, 1, 1, 0])
+
+
+@pytest.mark.parametrize("opt", [
+    rp.optim.Adam(lr=0.05), rp.optim.AdamW(lr=0.05), rp.optim.RMSprop(lr=0.02),
+    rp.optim.RMSprop(lr=0.01, momentum=0.9), rp.optim.Adagrad(lr=0.3),
+    rp.optim.SGD(lr=0.1, momentum=0.9)], ids=repr)
+def test_every_optimizer_learns_xor(opt):
+    model = rp.Sequential([Dense(8, activation="tanh"), Dense(2, activation="softmax")],
+                          input_shape=(2,), seed=0)
+    trainer = rp.Trainer(model, "categorical_crossentropy", opt, metrics=["accuracy"])
+    trainer.fit(X, Y, epochs=300, batch_size=4, verbose=0, seed=0)
+    result = trainer.evaluate(X, Y)
+    assert result["accuracy"] == 1.0 and result["loss"] < 0.1
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "rmsprop", "adagrad"])
+def test_names_serialisation_and_state_dict(name):
+    opt = rp.optim.get(name)
+    clone = rp.optim.deserialize(opt.serialize())
+    assert type(clone) is type(opt) and clone.get_config() == opt.get_config()
+    rng = np.random.default_rng(0)
+    param = rng.standard_normal(6)
+    grads = [rng.standard_normal(6) for _ in range(4)]
+    a = param.copy()
+    for g in grads[:2]:
+        opt.step([("w", a, g)])
+    # Continue from a saved state in a fresh optimizer: same result as not stopping.
+    fresh = rp.optim.get(name)
+    fresh.load_state_dict(opt.state_dict())
+    b = a.copy()
+    for g in grads[2:]:
+        opt.step([("w", a, g)])
+        fresh.step([("w", b, g)])
+    np.testing.assert_array_equal(a, b)
+    assert fresh.iterations == 4
+
+
+def test_schedule_lr_is_accepted():
+    opt = rp.optim.Adam(lr=lambda t: 0.1 / (1 + t))
+    assert opt.current_lr() == 0.1
+    opt.step([("w", np.zeros(2), np.ones(2))])
+    assert opt.current_lr() == 0.05
+
+
+def test_bad_hyperparameters():
+    with pytest.raises(ValueError, match="beta_1"):
+        rp.optim.Adam(beta_1=1.0)
+    with pytest.raises(ValueError, match="epsilon"):
+        rp.optim.RMSprop(epsilon=0)
+    with pytest.raises(ValueError, match="initial_accumulator_value"):
+        rp.optim.Adagrad(initial_accumulator_value=-1)
+
+
+def test_rolled_back_step_restores_adagrad_initial_state():
+    opt = rp.optim.Adagrad(lr=0.1, initial_accumulator_value=0.25)
+    assert opt.initial_state_value("acc:w") == 0.25
+
+
+@pytest.mark.parametrize("make", [
+    lambda: rp.optim.Adam(lr=rp.schedules.CosineDecay(0.1, 100)),
+    lambda: rp.optim.RMSprop(momentum=0.5), lambda: rp.optim.Adagrad()],
+    ids=["adam_cosine", "rmsprop", "adagrad"])
+def test_saved_with_the_model(make, tmp_path):
+    model = rp.Sequential([Dense(3, activation="softmax")], input_shape=(2,), seed=0)
+    x = np.random.default_rng(0).standard_normal((8, 2))
+    opt = make()
+    rp.Trainer(model, "categorical_crossentropy", opt).fit(x, np.arange(8) % 3, epochs=2,
+                                                           batch_size=4, verbose=0)
+    path = str(tmp_path / "m.rpz")
+    model.save(path, optimizer=opt)
+    _, restored, _ = rp.load_model(path, return_optimizer=True)
+    assert type(restored) is type(opt) and restored.get_config() == opt.get_config()
+    a, b = opt.state_dict(), restored.state_dict()
+    assert a["iterations"] == b["iterations"] == 4
+    for slot in opt.slots:
+        for key in a[slot]:
+            np.testing.assert_array_equal(a[slot][key], b[slot][key])
