@@ -42,3 +42,8 @@ __all__ += ["LeakyReLU", "ELU", "PReLU", "RReLU"]
 from .dropout import Dropout  # noqa: E402
 
 __all__ += ["Dropout"]
+
+# Image augmentation (active only in training).
+from .augmentation import RandomCrop, RandomFlip, RandomTranslation  # noqa: E402
+
+__all__ += ["RandomFlip", "RandomTranslation", "RandomCrop"]
