@@ -1,6 +1,7 @@
 """Callbacks (checkpoint, LR scheduler, CSV logger, TerminateOnNaN) and metrics."""
 import csv
 import math
+import re
 
 import numpy as np
 import pytest
@@ -172,3 +173,103 @@ def test_vanishing_gradient_pattern():
 
     assert ratio("sigmoid", "glorot_uniform") < 0.01
     assert 0.1 < ratio("relu", "he_normal") < 10
+
+
+# -- progress bar ------------------------------------------------------------------------
+
+class FakeStream:
+    """A text stream that says whether it is a terminal."""
+
+    def __init__(self, tty):
+        self.tty = tty
+        self.text = ""
+
+    def write(self, s):
+        self.text += s
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return self.tty
+
+
+NUMBER = r"\d+\.\d{4}"
+EPOCH_LINE = (rf"Epoch (\d)/3 - loss: {NUMBER} - accuracy: {NUMBER} - val_loss: {NUMBER}"
+              rf" - val_accuracy: {NUMBER} - [\d,]+ samples/s - \d+\.\d\ds")
+
+
+def fit_with_bar(bar, epochs=3, verbose=0):
+    model, x, y = small_problem(n=80)          # 60 training samples: batches of 16,16,16,12
+    trainer = rp.Trainer(model, "categorical_crossentropy", rp.optim.SGD(lr=0.1),
+                         callbacks=[bar] if bar is not None else None)
+    return trainer.fit(x, y, epochs=epochs, batch_size=16, validation_split=0.25,
+                       verbose=verbose)
+
+
+@pytest.mark.parametrize("verbose", [1, 2])
+def test_progress_bar_one_line_per_epoch_when_not_a_terminal(verbose):
+    stream = FakeStream(tty=False)
+    history = fit_with_bar(callbacks.ProgressBar(verbose=verbose, stream=stream))
+    assert "\r" not in stream.text
+    lines = stream.text.splitlines()
+    assert len(lines) == 3
+    for i, line in enumerate(lines):
+        match = re.fullmatch(EPOCH_LINE, line)
+        assert match and match.group(1) == str(i + 1), line
+        assert f"loss: {history.history['loss'][i]:.4f}" in line
+
+
+def test_progress_bar_verbose_2_ignores_the_terminal():
+    stream = FakeStream(tty=True)
+    fit_with_bar(callbacks.ProgressBar(verbose=2, stream=stream))
+    assert "\r" not in stream.text and len(stream.text.splitlines()) == 3
+
+
+def test_progress_bar_on_a_terminal_updates_every_batch():
+    stream = FakeStream(tty=True)
+    history = fit_with_bar(callbacks.ProgressBar(stream=stream, width=8, min_interval=0.0))
+    lines = stream.text.split("\n")
+    assert lines[-1] == "" and len(lines) == 4          # one finished line per epoch
+    for epoch, line in enumerate(lines[:3]):
+        updates = [u.rstrip(" ") for u in line.split("\r")[1:]]
+        assert len(updates) == 4 + 1                     # 4 batches, then the epoch summary
+        for b, update in enumerate(updates[:4]):
+            assert re.fullmatch(rf"Epoch {epoch + 1}/3  {b + 1}/4 \[[=>.]{{8}}\] - ETA \d+s"
+                                rf" - loss: {NUMBER} - accuracy: {NUMBER}"
+                                rf" - [\d,]+ samples/s", update), update
+        assert "[===>....]" in updates[1] and "[========]" in updates[3]
+        # The running mean after the last batch is the epoch's training loss.
+        assert f"loss: {history.history['loss'][epoch]:.4f}" in updates[3]
+        assert updates[4].startswith(f"Epoch {epoch + 1}/3  4/4 [========] - loss: ")
+        assert re.search(rf"val_accuracy: {NUMBER} - [\d,]+ samples/s - \d+\.\d\ds$",
+                         updates[4])
+
+
+def test_progress_bar_throttles_redraws():
+    stream = FakeStream(tty=True)
+    fit_with_bar(callbacks.ProgressBar(stream=stream, min_interval=3600.0), epochs=1)
+    # The first batch draws, then nothing until the last batch, then the summary.
+    assert stream.text.count("\r") == 3
+
+
+def test_fit_verbose_uses_a_progress_bar(capsys):
+    model, x, y = small_problem()
+    trainer = rp.Trainer(model, "categorical_crossentropy", "sgd")
+    trainer.fit(x, y, epochs=2, batch_size=16, verbose=1)
+    lines = capsys.readouterr().out.splitlines()     # captured output is not a terminal
+    assert len(lines) == 2 and lines[1].startswith("Epoch 2/2 - loss: ")
+    # A ProgressBar among the callbacks replaces the default one.
+    stream = FakeStream(tty=False)
+    fit_with_bar(callbacks.ProgressBar(stream=stream), epochs=3, verbose=1)
+    assert capsys.readouterr().out == "" and len(stream.text.splitlines()) == 3
+    with pytest.raises(ValueError, match="verbose"):
+        trainer.fit(x, y, verbose=3)
+    with pytest.raises(ValueError, match="ProgressBar: verbose"):
+        callbacks.ProgressBar(verbose=0)
+
+
+def test_format_duration():
+    assert callbacks._format_duration(37.4) == "37s"
+    assert callbacks._format_duration(125) == "2:05"
+    assert callbacks._format_duration(3725) == "1:02:05"

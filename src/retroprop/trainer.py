@@ -20,7 +20,6 @@ w.r.t. the logits come from the backend's ``softmax_cross_entropy`` and
 backprop starts with ``model.backward_from_logits``.
 """
 import math
-import time
 
 import numpy as np
 
@@ -28,7 +27,7 @@ from . import activations as activations_module
 from . import losses as losses_module
 from . import metrics as metrics_module
 from . import optim as optim_module
-from .callbacks import Callback, History
+from .callbacks import Callback, History, ProgressBar
 
 
 class NonFiniteError(ValueError, FloatingPointError):
@@ -279,8 +278,12 @@ class Trainer:
         ``validation_data`` is an (x_val, y_val) pair; otherwise
         ``validation_split`` holds out that fraction of the *last* samples
         (before shuffling). ``seed`` fixes the shuffling order (default: derived
-        from the model's seed). ``verbose=1`` prints one line per epoch.
+        from the model's seed). ``verbose``: 0 silent; 1 a per-batch progress
+        bar on a terminal, one line per epoch otherwise; 2 one line per epoch
+        (see :class:`callbacks.ProgressBar`, added unless ``callbacks`` has one).
         """
+        if verbose not in (0, 1, 2):
+            raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
         epochs = _check_positive_int(epochs, "epochs", minimum=0)
         batch_size = _check_positive_int(batch_size, "batch_size")
         x, targets = self._check_xy(x, y)
@@ -310,6 +313,8 @@ class Trainer:
         history = History()
         history.params = {"epochs": epochs, "batch_size": batch_size, "samples": x.shape[0]}
         callbacks = self.callbacks + [history]
+        if verbose and not any(isinstance(cb, ProgressBar) for cb in self.callbacks):
+            callbacks.insert(0, ProgressBar(verbose=verbose))
         for cb in callbacks:
             cb.set_trainer(self)
         self.history = history
@@ -322,7 +327,6 @@ class Trainer:
         for epoch in range(epochs):
             for cb in callbacks:
                 cb.on_epoch_begin(epoch, {})
-            start_time = time.perf_counter()
             order = rng.permutation(n) if shuffle else None
             loss_sum = 0.0
             metric_sums = [0.0] * len(self.metric_fns)
@@ -351,7 +355,6 @@ class Trainer:
                     cb.on_batch_end(b, batch_logs)
                 if self.stop_training:
                     break
-            train_time = time.perf_counter() - start_time
 
             logs = {"loss": loss_sum / seen}
             for name, s in zip(self.metric_names, metric_sums):
@@ -359,9 +362,6 @@ class Trainer:
             if val is not None:
                 val_logs = self._evaluate_arrays(val[0], val[1], max(batch_size, 256))
                 logs.update({f"val_{k}": v for k, v in val_logs.items()})
-            elapsed = time.perf_counter() - start_time
-            if verbose:
-                self._print_epoch(epoch, epochs, logs, seen / max(train_time, 1e-12), elapsed)
             for cb in callbacks:
                 cb.on_epoch_end(epoch, logs)
             if self.stop_training:
@@ -369,14 +369,6 @@ class Trainer:
         for cb in callbacks:
             cb.on_train_end({})
         return history
-
-    @staticmethod
-    def _print_epoch(epoch, epochs, logs, samples_per_s, seconds):
-        parts = [f"Epoch {epoch + 1}/{epochs}"]
-        parts += [f"{k}: {v:.4f}" for k, v in logs.items()]
-        parts.append(f"{samples_per_s:,.0f} samples/s")
-        parts.append(f"{seconds:.2f}s")
-        print(" - ".join(parts), flush=True)
 
     def evaluate(self, x, y, batch_size=256):
         """Mean loss (including regularisation) and metrics over (x, y), in batches."""
