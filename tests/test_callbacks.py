@@ -138,12 +138,41 @@ def test_gradient_monitor_records_every_epoch():
     monitor = callbacks.GradientMonitor(x[:16], y[:16])
     trainer = rp.Trainer(model, "categorical_crossentropy", rp.optim.SGD(lr=0.1),
                          callbacks=[monitor])
+    initial = [w.copy() for w in model.get_weights()]
     trainer.fit(x, y, epochs=2, batch_size=16, verbose=0)
-    assert len(monitor.history) == 2
+    assert len(monitor.history) == 3 and monitor.epochs == [0, 1, 2]   # init + 2 epochs
     first = monitor.history[0]
     assert [s["name"] for s in first] == [layer.name for layer in model.layers]
     assert all(s["grad_std"] > 0 and np.isfinite(s["act_std"]) for s in first)
     assert "grad std" in monitor.table()
+    # The first record is the initialisation: recompute it on the initial weights.
+    fresh = small_problem()[0]
+    fresh.set_weights(initial)
+    again = callbacks.gradient_statistics(fresh, "categorical_crossentropy", x[:16], y[:16])
+    assert [s["grad_std"] for s in first] == pytest.approx([s["grad_std"] for s in again])
+    assert monitor.history[2][0]["grad_std"] != pytest.approx(first[0]["grad_std"])
+
+
+def test_gradient_monitor_histograms_and_png(tmp_path, monkeypatch):
+    model, x, y = small_problem()
+    monitor = callbacks.GradientMonitor(x, y, bins=7)
+    stats = monitor.record(model, "categorical_crossentropy")
+    hidden = np.tanh(x @ model.layers[0].params["W"] + model.layers[0].params["b"])
+    hist = stats[0]["act_hist"]
+    counts, edges = np.histogram(hidden, bins=7)
+    assert hist["counts"] == counts.tolist() and hist["edges"] == pytest.approx(edges)
+    assert sum(stats[1]["grad_hist"]["counts"]) == model.layers[1].params["W"].size
+    pytest.importorskip("matplotlib")
+    path = monitor.plot(str(tmp_path / "monitor.png"))
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    # Without matplotlib: the numbers come back instead, with a warning.
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)
+    with pytest.warns(RuntimeWarning, match="matplotlib"):
+        assert monitor.plot(str(tmp_path / "none.png")) is stats
+    assert not (tmp_path / "none.png").exists()
+    with pytest.raises(ValueError, match="GradientMonitor: bins"):
+        callbacks.GradientMonitor(x, y, bins=0)
 
 
 def test_gradient_statistics_match_a_manual_pass():

@@ -426,13 +426,21 @@ class TerminateOnNaN(Callback):
             self.trainer.stop_training = True
 
 
-def gradient_statistics(model, loss, x, y):
+def _histogram(values, bins):
+    counts, edges = np.histogram(values, bins=bins)
+    return {"counts": counts.tolist(), "edges": edges.tolist()}
+
+
+def gradient_statistics(model, loss, x, y, bins=None):
     """Per-layer statistics of one forward/backward pass on (x, y), without a step.
 
     Returns a list with one dict per layer: ``name``, ``act_mean`` and
     ``act_std`` (the layer's output), ``grad_mean`` and ``grad_std`` (the
     gradient of the loss w.r.t. the layer's kernel "W" when it has one,
     otherwise all its parameters together; None for parameter-free layers).
+    With ``bins`` (an int) each dict also has ``act_hist`` and ``grad_hist``
+    (None for parameter-free layers): ``{"counts": [...], "edges": [...]}``
+    histograms over each layer's own value range (``numpy.histogram``).
     Layers run with ``training=False``; the layers' ``grads`` are overwritten.
     """
     # Imported here: trainer imports this module.
@@ -446,8 +454,10 @@ def gradient_statistics(model, loss, x, y):
     for layer in model.layers:
         # Statistics right away: layers return reused buffers.
         h = layer.forward(h, training=False)
-        stats.append({"name": layer.name, "act_mean": float(np.mean(h)),
-                      "act_std": float(np.std(h))})
+        entry = {"name": layer.name, "act_mean": float(np.mean(h)), "act_std": float(np.std(h))}
+        if bins is not None:
+            entry["act_hist"] = _histogram(h, bins)
+        stats.append(entry)
     targets = loss.prepare_targets(y, h.shape, h.dtype)
     _, _, seed = forward_loss(model, loss, x, targets, training=False, with_grad=True)
     backpropagate(model, loss, seed, input_grad=False)
@@ -460,33 +470,100 @@ def gradient_statistics(model, loss, x, y):
             g = None
         entry["grad_mean"] = None if g is None else float(np.mean(g))
         entry["grad_std"] = None if g is None else float(np.std(g))
+        if bins is not None:
+            entry["grad_hist"] = None if g is None else _histogram(g, bins)
     return stats
 
 
 class GradientMonitor(Callback):
-    """Record per-layer activation and gradient statistics at the end of every epoch.
+    """Per-layer activation and gradient statistics, to see vanishing or exploding gradients.
 
     The statistics come from :func:`gradient_statistics` on a fixed monitoring
     batch ``(x, y)`` (keep it small: it costs one extra forward and backward
-    per epoch). ``history`` is a list, one entry per epoch, of the per-layer
-    dicts; ``table(epoch=-1)`` formats one epoch as text.
+    each time): means, standard deviations and ``bins``-bin histograms of
+    every layer's output and of the loss gradient w.r.t. its kernel.
+
+    Recorded when training starts (the initialisation, which is what Glorot
+    & Bengio's figures show) and after every epoch: ``history[i]`` is the
+    per-layer list of dicts of the i-th record and ``epochs[i]`` the number
+    of epochs completed then (0 for the initial record). ``record(model,
+    loss)`` takes one record outside training. ``table(i)`` formats a record
+    as text; ``plot(path, i)`` renders it as a PNG when matplotlib is
+    installed and returns the numbers otherwise.
     """
 
-    def __init__(self, x, y):
+    def __init__(self, x, y, bins=30):
         super().__init__()
+        if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+            raise ValueError(f"GradientMonitor: bins must be an integer >= 1, got {bins!r}")
         self.x = x
         self.y = y
+        self.bins = bins
         self.history = []
+        self.epochs = []
+
+    def record(self, model, loss, epochs_done=0):
+        """Append the statistics of ``model`` with ``loss`` now; returns them."""
+        stats = gradient_statistics(model, loss, self.x, self.y, bins=self.bins)
+        self.history.append(stats)
+        self.epochs.append(epochs_done)
+        return stats
 
     def on_train_begin(self, logs=None):
         self.history = []
+        self.epochs = []
+        self.record(self.model, self.trainer.loss, 0)
 
     def on_epoch_end(self, epoch, logs=None):
-        self.history.append(gradient_statistics(self.model, self.trainer.loss, self.x, self.y))
+        self.record(self.model, self.trainer.loss, epoch + 1)
 
-    def table(self, epoch=-1):
-        """A text table of one recorded epoch (default: the last)."""
-        return format_gradient_table(self.history[epoch])
+    def table(self, index=-1):
+        """A text table of one record (default: the last)."""
+        return format_gradient_table(self.history[index])
+
+    def plot(self, path, index=-1):
+        """Write a PNG of one record (default: the last) and return ``path``.
+
+        Three panels: the activation histograms of every layer, the kernel
+        gradient histograms, and both standard deviations per layer on a log
+        scale. Without matplotlib nothing is written and the record itself
+        (the list of per-layer dicts) is returned, with a RuntimeWarning.
+        """
+        stats = self.history[index]
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            warnings.warn("GradientMonitor.plot: matplotlib is not installed; returning the "
+                          "statistics instead of writing a PNG", RuntimeWarning, stacklevel=2)
+            return stats
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+        for key, ax, title in (("act_hist", axes[0], "activation values"),
+                               ("grad_hist", axes[1], "kernel gradients")):
+            for s in stats:
+                hist = s.get(key)
+                if hist is None:
+                    continue
+                counts = np.asarray(hist["counts"], dtype=float)
+                edges = np.asarray(hist["edges"])
+                centres = (edges[:-1] + edges[1:]) / 2
+                ax.plot(centres, counts / max(counts.sum(), 1.0), label=s["name"])
+            ax.set_title(f"{title} (fraction per bin)")
+            ax.legend(fontsize="x-small")
+        positions = np.arange(1, len(stats) + 1)
+        for key, label in (("act_std", "activation std"), ("grad_std", "kernel-gradient std")):
+            values = [np.nan if s[key] is None or s[key] <= 0 else s[key] for s in stats]
+            axes[2].semilogy(positions, values, "o-", label=label)
+        axes[2].set_xlabel("layer (1 = next to the input)")
+        axes[2].set_title("per-layer standard deviation")
+        axes[2].legend()
+        epochs_done = self.epochs[index]
+        fig.suptitle("at initialisation" if epochs_done == 0 else f"after epoch {epochs_done}")
+        fig.tight_layout()
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        return path
 
 
 def format_gradient_table(stats):
