@@ -116,3 +116,27 @@ def test_regularizer_formulas():
     assert regularizers.L1L2(0.1, 0.1)(w) == pytest.approx(2.0)
     np.testing.assert_allclose(regularizers.L1L2(0.1, 0.1).gradient(w),
                                0.1 * np.sign(w) + 0.2 * w)
+
+
+ISSUE_INITIALIZERS = ["zeros", "ones", "constant", "uniform", "normal", "glorot_uniform",
+                      "glorot_normal", "he_uniform", "he_normal", "lecun_normal"]
+
+
+@pytest.mark.parametrize("name", ISSUE_INITIALIZERS)
+@pytest.mark.parametrize("shape", [(300, 200), (5, 5, 16, 32), (7, 64, 48)])
+def test_every_initializer_by_name(name, shape):
+    w = initializers.get(name)(shape, np.random.default_rng(0), dtype="float64")
+    assert w.shape == shape and w.dtype == np.float64
+    if name in ("zeros", "constant"):
+        assert np.all(w == 0.0)
+    elif name == "ones":
+        assert np.all(w == 1.0)
+    elif name == "uniform":           # U(-0.05, 0.05)
+        assert np.abs(w).max() <= 0.05 and w.var() == pytest.approx(0.05 ** 2 / 3, rel=0.05)
+    elif name == "normal":            # N(0, 0.05^2)
+        assert w.std() == pytest.approx(0.05, rel=0.05)
+    else:
+        fan_in, fan_out = initializers.compute_fans(shape)
+        assert w.var() == pytest.approx(
+            (1.0 if name.startswith("lecun") else 2.0)
+            / (fan_in + fan_out if name.startswith("glorot") else fan_in), rel=0.05)

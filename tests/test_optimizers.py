@@ -165,7 +165,8 @@ Y = np.array([0, 1, 1, 0])
 @pytest.mark.parametrize("opt", [
     rp.optim.Adam(lr=0.05), rp.optim.AdamW(lr=0.05), rp.optim.RMSprop(lr=0.02),
     rp.optim.RMSprop(lr=0.01, momentum=0.9), rp.optim.Adagrad(lr=0.3),
-    rp.optim.SGD(lr=0.1, momentum=0.9)], ids=repr)
+    rp.optim.SGD(lr=0.5), rp.optim.SGD(lr=0.1, momentum=0.9),
+    rp.optim.SGD(lr=0.1, momentum=0.9, nesterov=True)], ids=repr)
 def test_every_optimizer_learns_xor(opt):
     model = rp.Sequential([Dense(8, activation="tanh"), Dense(2, activation="softmax")],
                           input_shape=(2,), seed=0)

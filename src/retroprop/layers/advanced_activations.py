@@ -12,7 +12,7 @@ All compute in NumPy on the layer's dtype.
 """
 import numpy as np
 
-from .. import initializers
+from .. import initializers, regularizers
 from .base import Layer
 
 
@@ -95,11 +95,22 @@ class PReLU(_ElementwiseLayer):
     (N, features) tables both get one slope per channel/feature) and is learned
     like any weight. ``alpha_initializer`` defaults to the constant 0.25 (He et
     al. 2015); a float is taken as that constant.
+
+    ``alpha_regularizer`` (Keras' name) penalises the slopes, counted in the
+    loss and the gradient like a Dense kernel's; ``kernel_regularizer`` is
+    accepted as the same argument, so every weighted layer takes that name.
+    PReLU has no bias.
     """
 
-    def __init__(self, alpha_initializer=0.25, name=None):
+    def __init__(self, alpha_initializer=0.25, alpha_regularizer=None, kernel_regularizer=None,
+                 name=None):
         super().__init__(name=name)
+        if alpha_regularizer is not None and kernel_regularizer is not None:
+            raise ValueError("PReLU: give alpha_regularizer or kernel_regularizer (the same "
+                             "argument), not both")
         self.alpha_initializer = alpha_initializer
+        self.alpha_regularizer = regularizers.get(
+            alpha_regularizer if alpha_regularizer is not None else kernel_regularizer)
 
     def build(self, input_shape, dtype, rng, backend=None):
         """Create ``alpha`` of shape (channels,)."""
@@ -128,6 +139,8 @@ class PReLU(_ElementwiseLayer):
         negative = x <= 0
         per_entry = np.where(negative, x * dy, 0.0)
         self.grads["alpha"][...] = per_entry.reshape(-1, x.shape[-1]).sum(axis=0)
+        if self.alpha_regularizer is not None:
+            self.grads["alpha"] += self.alpha_regularizer.gradient(self.params["alpha"])
         if not need_dx:
             return None
         return np.where(negative, self.params["alpha"] * dy, dy).astype(self.dtype, copy=False)
@@ -136,7 +149,16 @@ class PReLU(_ElementwiseLayer):
         init = self.alpha_initializer
         if not isinstance(init, (int, float, str)):
             init = getattr(init, "__name__", str(init))
-        return {"alpha_initializer": init, "name": self.name}
+        reg = self.alpha_regularizer
+        return {"alpha_initializer": init,
+                "alpha_regularizer": None if reg is None else reg.serialize(),
+                "name": self.name}
+
+    def regularization_loss(self):
+        """The slopes' penalty (0.0 without a regularizer)."""
+        if self.alpha_regularizer is None:
+            return 0.0
+        return float(self.alpha_regularizer(self.params["alpha"]))
 
 
 class RReLU(_ElementwiseLayer):
