@@ -1,11 +1,15 @@
 """Vanishing gradients in a deep MLP: how initialisation and activation change them.
 
     python benchmarks/vanishing_gradients.py [--layers 10] [--units 500] [--batch 256]
+                                             [--png vanishing_gradients.png] [--markdown]
 
 Builds four 10-layer, 500-unit MLPs on the same random data (784 inputs,
 10 classes, softmax + cross-entropy) and prints, per hidden layer, the
 standard deviation of its activations and of the loss gradient w.r.t. its
-kernel, from one forward/backward pass (no training):
+kernel, recorded by ``callbacks.GradientMonitor`` from one forward/backward
+pass at initialisation (no training). ``--png`` writes both curves per
+configuration (log scale) when matplotlib is installed; ``--markdown``
+prints the tables as Markdown.
 
 * tanh, weights ~ N(0, 1): saturated units (activation std ~ 1); the kernel
   gradient changes scale by a large factor per layer (with 500 inputs the
@@ -20,15 +24,21 @@ import argparse
 import numpy as np
 
 import retroprop as rp
-from retroprop.callbacks import gradient_statistics
+from retroprop.callbacks import GradientMonitor
+
+
+def standard_normal(shape, rng, dtype="float32"):
+    """N(0, 1) weights: the naive initialisation of the lesson."""
+    return rng.standard_normal(shape).astype(dtype)
+
 
 CONFIGS = [
-    ("tanh, N(0,1)", "tanh", lambda shape, rng, dtype="float32":
-        rng.standard_normal(shape).astype(dtype)),
+    ("tanh, N(0,1)", "tanh", standard_normal),
     ("tanh, Glorot", "tanh", "glorot_uniform"),
     ("sigmoid, Glorot", "sigmoid", "glorot_uniform"),
     ("ReLU, He", "relu", "he_normal"),
 ]
+TABLES = (("act_std", "activation std"), ("grad_std", "kernel-gradient std"))
 
 
 def parse_args():
@@ -38,6 +48,9 @@ def parse_args():
     p.add_argument("--units", type=int, default=500)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--png", default="vanishing_gradients.png",
+                   help="where to write the figure ('' for none)")
+    p.add_argument("--markdown", action="store_true", help="print Markdown tables")
     return p.parse_args()
 
 
@@ -48,6 +61,45 @@ def build(activation, init, layers, units, seed):
     return rp.Sequential(hidden + [output], input_shape=(784,), seed=seed)
 
 
+def print_table(columns, key, label, layers, markdown):
+    titles = list(columns)
+    print(f"\nPer-layer {label} (layer 1 = next to the input)\n")
+    if markdown:
+        print("| layer | " + " | ".join(titles) + " |")
+        print("|---:|" + "---:|" * len(titles))
+        for i in range(layers):
+            print(f"| {i + 1} | " + " | ".join(f"{columns[t][i][key]:.3e}" for t in titles)
+                  + " |")
+        return
+    print(f"{'layer':>6}" + "".join(f"{t:>18}" for t in titles))
+    for i in range(layers):
+        print(f"{i + 1:>6}" + "".join(f"{columns[t][i][key]:>18.3e}" for t in titles))
+
+
+def plot(columns, layers, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("\n(matplotlib is not installed: no figure written)")
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    positions = np.arange(1, layers + 1)
+    for ax, (key, label) in zip(axes, TABLES):
+        for title, stats in columns.items():
+            ax.semilogy(positions, [s[key] for s in stats], "o-", label=title)
+        ax.set_xlabel("hidden layer (1 = next to the input)")
+        ax.set_title(f"per-layer {label} at initialisation")
+        ax.set_xticks(positions)
+        ax.grid(True, which="major", alpha=0.3)
+    axes[1].legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    print(f"\nwrote {path}")
+
+
 def main():
     args = parse_args()
     rng = np.random.default_rng(args.seed)
@@ -56,15 +108,13 @@ def main():
     columns = {}
     for title, activation, init in CONFIGS:
         model = build(activation, init, args.layers, args.units, args.seed)
-        stats = gradient_statistics(model, "categorical_crossentropy", x, y)[:args.layers]
-        columns[title] = stats
-    titles = [c[0] for c in CONFIGS]
-    for key, label in (("act_std", "activation std"), ("grad_std", "kernel-gradient std")):
-        print(f"\nPer-layer {label} (layer 1 = next to the input)")
-        print(f"{'layer':>6}" + "".join(f"{t:>18}" for t in titles))
-        for i in range(args.layers):
-            row = "".join(f"{columns[t][i][key]:>18.3e}" for t in titles)
-            print(f"{i + 1:>6}" + row)
+        monitor = GradientMonitor(x, y)
+        stats = monitor.record(model, "categorical_crossentropy")
+        columns[title] = stats[:args.layers]       # the hidden layers, not the output
+    for key, label in TABLES:
+        print_table(columns, key, label, args.layers, args.markdown)
+    if args.png:
+        plot(columns, args.layers, args.png)
 
 
 if __name__ == "__main__":
