@@ -89,7 +89,7 @@ class ProgressBar(Callback):
       place after each batch (at most every ``min_interval`` seconds, and
       always after the last batch)::
 
-          Epoch 2/10  35/47 [======================>.......] - ETA 1s - loss: 0.4213 - accuracy: 0.8512 - 12,345 samples/s
+          Epoch 2/10  35/47 [=====>..] - ETA 1s - loss: 0.4213 - accuracy: 0.8512 - 9,870 samples/s
 
       where loss and metrics are the running means over the epoch so far;
       then, at the end of the epoch, the same line completed with the
@@ -97,7 +97,7 @@ class ProgressBar(Callback):
     * ``verbose=1`` when the stream is not a terminal (a log file, a pipe),
       and ``verbose=2`` always: one line per epoch and nothing per batch::
 
-          Epoch 2/10 - loss: 0.4102 - accuracy: 0.8550 - val_loss: 0.4400 - val_accuracy: 0.8400 - 12,345 samples/s - 3.81s
+          Epoch 2/10 - loss: 0.4102 - accuracy: 0.8550 - val_loss: 0.4400 - 9,870 samples/s - 3.81s
 
     samples/s counts training samples over the time spent on training
     batches (validation excluded); the duration includes validation.
