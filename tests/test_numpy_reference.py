@@ -118,8 +118,14 @@ def test_sigmoid_is_stable_at_extremes(dtype):
 
 
 def test_activation_validation():
+    with pytest.raises(ValueError, match="softsign"):
+        ref.activation_forward("softsign", np.zeros(3))
+    with pytest.raises(ValueError, match="needs the input x"):
+        ref.activation_backward("gelu", np.zeros(3), np.zeros(3))
     with pytest.raises(ValueError, match="softplus"):
-        ref.activation_forward("softplus", np.zeros(3))
+        ref.dense_forward(np.zeros((2, 3)), np.zeros((3, 4)), None, "softplus")
+    with pytest.raises(ValueError, match="alpha"):
+        ref.activation_forward("elu", np.zeros(3), param=-1.0)
     with pytest.raises(TypeError, match="x"):
         ref.activation_forward("relu", np.zeros(3, dtype=np.int64))
     with pytest.raises(ValueError, match="dy"):
@@ -318,4 +324,5 @@ def test_runtime_info():
     assert ref.backend_info()["backend"] == "numpy"
     with pytest.raises(ValueError):
         ref.set_num_threads(0)
-    assert ref.FUSED_ACTIVATIONS == ("linear", "relu", "sigmoid", "tanh")
+    assert ref.FUSED_ACTIVATIONS == ("linear", "relu", "sigmoid", "tanh", "step", "leaky_relu",
+                                     "elu")

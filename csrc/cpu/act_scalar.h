@@ -1,55 +1,80 @@
-/* Scalar activation formulas shared by the portable kernels and by every
- * edge (partial tile) write-back, so there is one definition of each. */
+/* Scalar activation formulas shared by the elementwise kernels, the GEMM
+ * write-back (edge tiles, the direct path, tiles of activations the SIMD
+ * microkernels do not know) and the dense/conv backward passes, so there is
+ * one definition of each. The formulas are in act_scalar_body.inc, written
+ * once and instantiated here for float and double. */
 #ifndef RETROPROP_ACT_SCALAR_H
 #define RETROPROP_ACT_SCALAR_H
 
 #include <math.h>
 #include "retroprop/act.h"
 
-static inline float rp_act_scalar_f32(rp_act act, float z)
+static inline int rp_act_needs_input(rp_act act)
+{
+    return act == RP_ACT_ARCTAN || act == RP_ACT_SOFTPLUS || act == RP_ACT_GELU ||
+           act == RP_ACT_SWISH;
+}
+
+static inline double rp_act_param_default(rp_act act)
 {
     switch (act) {
-    case RP_ACT_RELU: return z > 0.0f ? z : 0.0f;
-    /* exp of a negative argument only: no overflow, no inf/inf. */
-    case RP_ACT_SIGMOID:
-        if (z >= 0.0f) return 1.0f / (1.0f + expf(-z));
-        else { float e = expf(z); return e / (1.0f + e); }
-    case RP_ACT_TANH: return tanhf(z);
-    default: return z;
+    case RP_ACT_SIGMOID: return 1.0;
+    case RP_ACT_LEAKY_RELU: return 0.01;
+    case RP_ACT_ELU: return 1.0;
+    default: return 0.0;
     }
 }
 
-static inline double rp_act_scalar_f64(rp_act act, double z)
+/* The activations the SIMD GEMM microkernels apply themselves; the driver
+ * applies any other one to each finished tile while it is still in L1. */
+static inline int rp_act_in_microkernel(rp_act act, double param)
 {
-    switch (act) {
-    case RP_ACT_RELU: return z > 0.0 ? z : 0.0;
-    case RP_ACT_SIGMOID:
-        if (z >= 0.0) return 1.0 / (1.0 + exp(-z));
-        else { double e = exp(z); return e / (1.0 + e); }
-    case RP_ACT_TANH: return tanh(z);
-    default: return z;
-    }
+    return act == RP_ACT_LINEAR || act == RP_ACT_RELU || act == RP_ACT_TANH ||
+           (act == RP_ACT_SIGMOID && param == 1.0);
 }
 
-/* act'(z) written in terms of y = act(z). */
-static inline float rp_act_grad_from_output_f32(rp_act act, float y)
-{
-    switch (act) {
-    case RP_ACT_RELU: return y > 0.0f ? 1.0f : 0.0f;
-    case RP_ACT_SIGMOID: return y * (1.0f - y);
-    case RP_ACT_TANH: return 1.0f - y * y;
-    default: return 1.0f;
-    }
-}
+/* |z| beyond which gelu is z or 0 to the last bit in both precisions
+ * (s = sigmoid(2u) has saturated); past it z^2 could also overflow u'. */
+#define RP_GELU_SATURATED 1e4
 
-static inline double rp_act_grad_from_output_f64(rp_act act, double y)
-{
-    switch (act) {
-    case RP_ACT_RELU: return y > 0.0 ? 1.0 : 0.0;
-    case RP_ACT_SIGMOID: return y * (1.0 - y);
-    case RP_ACT_TANH: return 1.0 - y * y;
-    default: return 1.0;
-    }
-}
+#define REAL float
+#define SFX(name) name##_f32
+#define C(x) x##f
+#define EXP expf
+#define EXPM1 expm1f
+#define LOG1P log1pf
+#define TANH tanhf
+#define ATAN atanf
+#define FABS fabsf
+#include "act_scalar_body.inc"
+#undef REAL
+#undef SFX
+#undef C
+#undef EXP
+#undef EXPM1
+#undef LOG1P
+#undef TANH
+#undef ATAN
+#undef FABS
+
+#define REAL double
+#define SFX(name) name##_f64
+#define C(x) x
+#define EXP exp
+#define EXPM1 expm1
+#define LOG1P log1p
+#define TANH tanh
+#define ATAN atan
+#define FABS fabs
+#include "act_scalar_body.inc"
+#undef REAL
+#undef SFX
+#undef C
+#undef EXP
+#undef EXPM1
+#undef LOG1P
+#undef TANH
+#undef ATAN
+#undef FABS
 
 #endif

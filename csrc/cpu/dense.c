@@ -8,15 +8,17 @@
 #include "act_scalar.h"
 
 void rp_dense_forward_f32(int n_batch, int n_in, int n_out, const float *x,
-                          const float *w, const float *b, rp_act act, float *y)
+                          const float *w, const float *b, rp_act act, double act_param, float *y)
 {
-    rp_gemm_f32(0, 0, n_batch, n_out, n_in, 1.0f, x, n_in, w, n_out, 0.0f, y, n_out, b, act);
+    rp_gemm_act_f32(0, 0, n_batch, n_out, n_in, 1.0f, x, n_in, w, n_out, 0.0f, y, n_out, b, act,
+                    act_param);
 }
 
 void rp_dense_forward_f64(int n_batch, int n_in, int n_out, const double *x,
-                          const double *w, const double *b, rp_act act, double *y)
+                          const double *w, const double *b, rp_act act, double act_param, double *y)
 {
-    rp_gemm_f64(0, 0, n_batch, n_out, n_in, 1.0, x, n_in, w, n_out, 0.0, y, n_out, b, act);
+    rp_gemm_act_f64(0, 0, n_batch, n_out, n_in, 1.0, x, n_in, w, n_out, 0.0, y, n_out, b, act,
+                    act_param);
 }
 
 /* dz = dy * act'(y) and db = sum over rows of dz, in one sweep. Threads own
@@ -27,6 +29,7 @@ void rp_dense_forward_f64(int n_batch, int n_in, int n_out, const double *x,
         const int nt = (long)n_batch * n_out < RP_ELEMENTWISE_PARALLEL_MIN || n_out < 64 \
                            ? 1 : rp_get_num_threads();                                   \
         const int n_blocks = (n_out + 15) / 16;                                          \
+        const REAL p = (REAL)act_param;                                                  \
         (void)nt;                                                                        \
         _Pragma("omp parallel for schedule(static) num_threads(nt)")                     \
         for (int blk = 0; blk < n_blocks; ++blk) {                                       \
@@ -35,7 +38,7 @@ void rp_dense_forward_f64(int n_batch, int n_in, int n_out, const double *x,
             for (int i = 0; i < n_batch; ++i) {                                          \
                 const long row = (long)i * n_out;                                        \
                 for (int j = j0; j < j1; ++j) {                                          \
-                    REAL g = dy[row + j] * GRAD_FROM_OUTPUT(act, y[row + j]);            \
+                    REAL g = dy[row + j] * GRAD_FROM_OUTPUT(act, p, y[row + j]);         \
                     dz[row + j] = g;                                                     \
                     if (db) db[j] += g;                                                  \
                 }                                                                        \
@@ -45,9 +48,9 @@ void rp_dense_forward_f64(int n_batch, int n_in, int n_out, const double *x,
 
 void rp_dense_backward_f32(int n_batch, int n_in, int n_out, const float *x,
                            const float *w, const float *y, const float *dy, rp_act act,
-                           float *dz, float *dw, float *db, float *dx)
+                           double act_param, float *dz, float *dw, float *db, float *dx)
 {
-    DENSE_DZ_DB(float, rp_act_grad_from_output_f32)
+    DENSE_DZ_DB(float, rp_act_grad_output_f32)
     rp_gemm_f32(1, 0, n_in, n_out, n_batch, 1.0f, x, n_in, dz, n_out, 0.0f, dw, n_out, NULL, RP_ACT_LINEAR);
     if (dx)
         rp_gemm_f32(0, 1, n_batch, n_in, n_out, 1.0f, dz, n_out, w, n_out, 0.0f, dx, n_in, NULL, RP_ACT_LINEAR);
@@ -55,9 +58,9 @@ void rp_dense_backward_f32(int n_batch, int n_in, int n_out, const float *x,
 
 void rp_dense_backward_f64(int n_batch, int n_in, int n_out, const double *x,
                            const double *w, const double *y, const double *dy, rp_act act,
-                           double *dz, double *dw, double *db, double *dx)
+                           double act_param, double *dz, double *dw, double *db, double *dx)
 {
-    DENSE_DZ_DB(double, rp_act_grad_from_output_f64)
+    DENSE_DZ_DB(double, rp_act_grad_output_f64)
     rp_gemm_f64(1, 0, n_in, n_out, n_batch, 1.0, x, n_in, dz, n_out, 0.0, dw, n_out, NULL, RP_ACT_LINEAR);
     if (dx)
         rp_gemm_f64(0, 1, n_batch, n_in, n_out, 1.0, dz, n_out, w, n_out, 0.0, dx, n_in, NULL, RP_ACT_LINEAR);

@@ -13,7 +13,7 @@
 #define MC 240
 #define KC 256
 #define NC 3072
-#define ACT_SCALAR rp_act_scalar_f32
+#define ACT_APPLY rp_act_apply_f32
 #define UKERNEL_TYPE rp_ukernel_f32_fn
 #define UKERNEL_GENERIC rp_ukernel_f32_generic
 #define UKERNEL_AVX2 rp_ukernel_f32_avx2
@@ -27,7 +27,7 @@
 #undef MC
 #undef KC
 #undef NC
-#undef ACT_SCALAR
+#undef ACT_APPLY
 #undef UKERNEL_TYPE
 #undef UKERNEL_GENERIC
 #undef UKERNEL_AVX2
@@ -39,7 +39,7 @@
 #define MC 120
 #define KC 256
 #define NC 3072
-#define ACT_SCALAR rp_act_scalar_f64
+#define ACT_APPLY rp_act_apply_f64
 #define UKERNEL_TYPE rp_ukernel_f64_fn
 #define UKERNEL_GENERIC rp_ukernel_f64_generic
 #define UKERNEL_AVX2 rp_ukernel_f64_avx2

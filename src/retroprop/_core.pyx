@@ -31,10 +31,21 @@ cdef extern from "retroprop/act.h":
         RP_ACT_RELU
         RP_ACT_SIGMOID
         RP_ACT_TANH
-    void rp_act_forward_f32(rp_act act, size_t n, const float *x, float *y) nogil
-    void rp_act_forward_f64(rp_act act, size_t n, const double *x, double *y) nogil
-    void rp_act_backward_f32(rp_act act, size_t n, const float *y, const float *dy, float *dx) nogil
-    void rp_act_backward_f64(rp_act act, size_t n, const double *y, const double *dy, double *dx) nogil
+        RP_ACT_STEP
+        RP_ACT_LEAKY_RELU
+        RP_ACT_ELU
+        RP_ACT_ARCTAN
+        RP_ACT_SOFTPLUS
+        RP_ACT_GELU
+        RP_ACT_SWISH
+    int rp_act_derivative_needs_input(rp_act act)
+    double rp_act_default_param(rp_act act)
+    void rp_act_forward_f32(rp_act act, double param, size_t n, const float *x, float *y) nogil
+    void rp_act_forward_f64(rp_act act, double param, size_t n, const double *x, double *y) nogil
+    void rp_act_backward_f32(rp_act act, double param, size_t n, const float *x, const float *y,
+                             const float *dy, float *dx) nogil
+    void rp_act_backward_f64(rp_act act, double param, size_t n, const double *x, const double *y,
+                             const double *dy, double *dx) nogil
 
 cdef extern from "retroprop/gemm.h":
     void rp_gemm_f32(int trans_a, int trans_b, int m, int n, int k, float alpha,
@@ -46,14 +57,14 @@ cdef extern from "retroprop/gemm.h":
 
 cdef extern from "retroprop/dense.h":
     void rp_dense_forward_f32(int n_batch, int n_in, int n_out, const float *x, const float *w,
-                              const float *b, rp_act act, float *y) nogil
+                              const float *b, rp_act act, double act_param, float *y) nogil
     void rp_dense_forward_f64(int n_batch, int n_in, int n_out, const double *x, const double *w,
-                              const double *b, rp_act act, double *y) nogil
+                              const double *b, rp_act act, double act_param, double *y) nogil
     void rp_dense_backward_f32(int n_batch, int n_in, int n_out, const float *x, const float *w,
-                               const float *y, const float *dy, rp_act act, float *dz,
+                               const float *y, const float *dy, rp_act act, double act_param, float *dz,
                                float *dw, float *db, float *dx) nogil
     void rp_dense_backward_f64(int n_batch, int n_in, int n_out, const double *x, const double *w,
-                               const double *y, const double *dy, rp_act act, double *dz,
+                               const double *y, const double *dy, rp_act act, double act_param, double *dz,
                                double *dw, double *db, double *dx) nogil
 
 cdef extern from "retroprop/loss.h":
@@ -71,8 +82,15 @@ cdef extern from "retroprop/optim.h":
                          double momentum, int nesterov, double weight_decay) nogil
 
 
+# Activations whose derivative comes from the output: the GEMM write-back
+# (gemm, dense, conv2d) can fuse them.
 ACTIVATIONS = {"linear": RP_ACT_LINEAR, "relu": RP_ACT_RELU,
-               "sigmoid": RP_ACT_SIGMOID, "tanh": RP_ACT_TANH}
+               "sigmoid": RP_ACT_SIGMOID, "tanh": RP_ACT_TANH, "step": RP_ACT_STEP,
+               "leaky_relu": RP_ACT_LEAKY_RELU, "elu": RP_ACT_ELU}
+# Every elementwise activation (act_forward / act_backward); the last four
+# need the input for their derivative.
+ELEMENTWISE_ACTIVATIONS = dict(ACTIVATIONS, arctan=RP_ACT_ARCTAN, softplus=RP_ACT_SOFTPLUS,
+                               gelu=RP_ACT_GELU, swish=RP_ACT_SWISH)
 _INT_MAX = 2147483647
 _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
@@ -121,6 +139,31 @@ cdef rp_act _act_code(object activation) except *:
         return ACTIVATIONS[activation]
     except (KeyError, TypeError):
         raise ValueError(f"activation: expected one of {sorted(ACTIVATIONS)}, got {activation!r}") from None
+
+
+cdef rp_act _elementwise_code(object activation) except *:
+    try:
+        return ELEMENTWISE_ACTIVATIONS[activation]
+    except (KeyError, TypeError):
+        raise ValueError(f"activation: expected one of {sorted(ELEMENTWISE_ACTIVATIONS)}, "
+                         f"got {activation!r}") from None
+
+
+cdef double _act_param(rp_act act, object param, object name) except? -1.0:
+    """The activation's parameter: the default when None; checked where it has a meaning.
+
+    leaky_relu and elu need alpha >= 0 and sigmoid a slope > 0, because their
+    derivative is read from the sign of the output."""
+    if param is None:
+        return rp_act_default_param(act)
+    cdef double p = float(param)
+    if not np.isfinite(p):
+        raise ValueError(f"{name}: parameter must be finite, got {param!r}")
+    if act == RP_ACT_SIGMOID and not p > 0.0:
+        raise ValueError(f"sigmoid: slope must be > 0, got {param!r}")
+    if (act == RP_ACT_LEAKY_RELU or act == RP_ACT_ELU) and p < 0.0:
+        raise ValueError(f"{name}: alpha must be >= 0, got {param!r}")
+    return p
 
 
 cdef inline void *_ptr(object arr):
@@ -203,8 +246,8 @@ def gemm(a, b, c, bint trans_a=False, bint trans_b=False, double alpha=1.0, doub
     return c
 
 
-def dense_forward(x, w, b, activation, y):
-    """y = act(x @ w + b); b may be None."""
+def dense_forward(x, w, b, activation, y, param=None):
+    """y = act(x @ w + b); b may be None; param is the activation's parameter (None: default)."""
     cdef int kind = _real_kind(x, "x")
     _same_kind(w, "w", kind)
     _same_kind(y, "y", kind, 1)
@@ -219,6 +262,7 @@ def dense_forward(x, w, b, activation, y):
     for name, v in (("n_batch", n_batch), ("n_in", n_in), ("n_out", n_out)):
         _fits_int(name, v)
     cdef rp_act act = _act_code(activation)
+    cdef double p = _act_param(act, param, activation)
     cdef int nb = <int>n_batch, ni = <int>n_in, no = <int>n_out
     cdef void *px = _ptr(x)
     cdef void *pw = _ptr(w)
@@ -226,13 +270,14 @@ def dense_forward(x, w, b, activation, y):
     cdef void *py = _ptr(y)
     with nogil:
         if kind == 0:
-            rp_dense_forward_f32(nb, ni, no, <float *>px, <float *>pw, <float *>pb, act, <float *>py)
+            rp_dense_forward_f32(nb, ni, no, <float *>px, <float *>pw, <float *>pb, act, p, <float *>py)
         else:
-            rp_dense_forward_f64(nb, ni, no, <double *>px, <double *>pw, <double *>pb, act, <double *>py)
+            rp_dense_forward_f64(nb, ni, no, <double *>px, <double *>pw, <double *>pb, act, p,
+                                 <double *>py)
     return y
 
 
-def dense_backward(x, w, y, dy, activation, dz, dw, db, dx):
+def dense_backward(x, w, y, dy, activation, dz, dw, db, dx, param=None):
     """dz = dy * act'(y); dw = x.T @ dz; db = dz.sum(0) (db may be None); dx = dz @ w.T (dx may be None).
 
     dz is a workspace of dy's shape; it may be dy itself (dy is then overwritten)."""
@@ -259,6 +304,7 @@ def dense_backward(x, w, y, dy, activation, dz, dw, db, dx):
     for name, v in (("n_batch", n_batch), ("n_in", n_in), ("n_out", n_out)):
         _fits_int(name, v)
     cdef rp_act act = _act_code(activation)
+    cdef double p = _act_param(act, param, activation)
     cdef int nb = <int>n_batch, ni = <int>n_in, no = <int>n_out
     cdef void *px = _ptr(x)
     cdef void *pw = _ptr(w)
@@ -270,48 +316,62 @@ def dense_backward(x, w, y, dy, activation, dz, dw, db, dx):
     cdef void *pdx = _ptr_or_null(dx)
     with nogil:
         if kind == 0:
-            rp_dense_backward_f32(nb, ni, no, <float *>px, <float *>pw, <float *>py, <float *>pdy, act,
+            rp_dense_backward_f32(nb, ni, no, <float *>px, <float *>pw, <float *>py, <float *>pdy, act, p,
                                   <float *>pdz, <float *>pdw, <float *>pdb, <float *>pdx)
         else:
-            rp_dense_backward_f64(nb, ni, no, <double *>px, <double *>pw, <double *>py, <double *>pdy, act,
+            rp_dense_backward_f64(nb, ni, no, <double *>px, <double *>pw, <double *>py, <double *>pdy, act, p,
                                   <double *>pdz, <double *>pdw, <double *>pdb, <double *>pdx)
     return dx
 
 
-def act_forward(activation, x, y):
-    """y = act(x) elementwise; y may be x."""
+def act_forward(activation, x, y, param=None):
+    """y = act(x) elementwise (any name of ELEMENTWISE_ACTIVATIONS); y may be x."""
     cdef int kind = _real_kind(x, "x")
     _same_kind(y, "y", kind, 1)
     _shape(y, "y", x.shape)
-    cdef rp_act act = _act_code(activation)
+    cdef rp_act act = _elementwise_code(activation)
+    cdef double p = _act_param(act, param, activation)
     cdef size_t n = x.size
     cdef void *px = _ptr(x)
     cdef void *py = _ptr(y)
     with nogil:
         if kind == 0:
-            rp_act_forward_f32(act, n, <float *>px, <float *>py)
+            rp_act_forward_f32(act, p, n, <float *>px, <float *>py)
         else:
-            rp_act_forward_f64(act, n, <double *>px, <double *>py)
+            rp_act_forward_f64(act, p, n, <double *>px, <double *>py)
     return y
 
 
-def act_backward(activation, y, dy, dx):
-    """dx = dy * act'(z) from y = act(z); dx may be dy."""
-    cdef int kind = _real_kind(y, "y")
+def act_backward(activation, y, dy, dx, x=None, param=None):
+    """dx = dy * act'(z); dx may be dy.
+
+    The derivative is read from the output y = act(z) for the activations of
+    ACTIVATIONS (x may be None), from the input x = z for the others (y may be
+    None)."""
+    cdef rp_act act = _elementwise_code(activation)
+    cdef double p = _act_param(act, param, activation)
+    cdef bint from_input = rp_act_derivative_needs_input(act)
+    src = x if from_input else y
+    cdef str src_name = "x" if from_input else "y"
+    if src is None:
+        raise ValueError(f"{activation}: the derivative needs {src_name} "
+                         f"({'the input' if from_input else 'the output'}), got None")
+    cdef int kind = _real_kind(src, src_name)
     _same_kind(dy, "dy", kind)
     _same_kind(dx, "dx", kind, 1)
-    _shape(dy, "dy", y.shape)
-    _shape(dx, "dx", y.shape)
-    cdef rp_act act = _act_code(activation)
-    cdef size_t n = y.size
-    cdef void *py = _ptr(y)
+    _shape(dy, "dy", src.shape)
+    _shape(dx, "dx", src.shape)
+    cdef size_t n = src.size
+    cdef void *px = _ptr(src) if from_input else NULL
+    cdef void *py = NULL if from_input else _ptr(src)
     cdef void *pdy = _ptr(dy)
     cdef void *pdx = _ptr(dx)
     with nogil:
         if kind == 0:
-            rp_act_backward_f32(act, n, <float *>py, <float *>pdy, <float *>pdx)
+            rp_act_backward_f32(act, p, n, <float *>px, <float *>py, <float *>pdy, <float *>pdx)
         else:
-            rp_act_backward_f64(act, n, <double *>py, <double *>pdy, <double *>pdx)
+            rp_act_backward_f64(act, p, n, <double *>px, <double *>py, <double *>pdy,
+                                <double *>pdx)
     return dx
 
 

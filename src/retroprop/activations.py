@@ -5,13 +5,21 @@ An activation is a small object with a ``name`` and two methods:
 * ``forward(x, backend, out=None) -> y``
 * ``backward(y, dy, backend, x=None, out=None) -> dx``: the gradient with
   respect to the activation's input. Activations whose derivative can be
-  written from the output (relu, sigmoid, tanh, softmax) ignore ``x``; an
-  activation that needs its input sets ``needs_input = True`` and the layer
-  then keeps the pre-activation and passes it as ``x``.
+  written from the output (linear, relu, sigmoid, tanh, step, leaky_relu, elu,
+  softmax) ignore ``x``; an activation that needs its input (arctan, softplus,
+  gelu, swish) sets ``needs_input = True`` and the layer then keeps the
+  pre-activation and passes it as ``x``.
 
-``fused = True`` marks the activations the backend can apply inside the GEMM
-write-back of ``dense_forward`` (docs/BACKEND.md, FUSED_ACTIVATIONS); layers use
-that fused path for them.
+Every elementwise activation here runs in the backend's kernels (C with
+OpenMP by default; docs/BACKEND.md), its parameter (sigmoid slope,
+leaky_relu/elu alpha) passed explicitly as ``param``. Two flags tell layers
+how they may fuse it into the GEMM write-back of a dense or conv layer:
+
+* ``fusable``: the derivative comes from the output, so ``dense_forward`` /
+  ``dense_backward`` can apply it, given ``param`` (Dense does).
+* ``fused``: fusable *and* at its default parameter, so the name alone says
+  everything (Conv2D fuses these; with another parameter it applies the
+  elementwise kernel right after the convolution).
 
 New activations are added by subclassing :class:`Activation` and calling
 :func:`register`.
@@ -23,8 +31,10 @@ class Activation:
     """Base class of activation functions."""
 
     name = None
-    fused = False        # applied inside backend.dense_forward / dense_backward
+    fused = False        # the backend can fuse it by name (default parameter)
+    fusable = False      # the backend can fuse it given ``param``
     needs_input = False  # backward needs the pre-activation x, not only y
+    param = None         # the explicit parameter handed to the backend, if any
 
     def forward(self, x, backend, out=None):
         """Return act(x), written into ``out`` when given."""
@@ -48,86 +58,100 @@ class Activation:
         return hash(type(self))
 
 
-class _FusedActivation(Activation):
-    """An elementwise activation implemented by the backend's kernels."""
+class _KernelActivation(Activation):
+    """An elementwise activation computed by the backend's kernels.
+
+    Subclasses with a hyper-parameter list it in ``_params`` (attribute names)
+    and expose it as ``param``; ``_default`` is its default value.
+    """
 
     fused = True
+    fusable = True
+    _params = ()
+    _default = None
 
     def forward(self, x, backend, out=None):
-        return backend.activation_forward(self.name, x, out=out)
+        return backend.activation_forward(self.name, x, out=out, param=self.param)
 
     def backward(self, y, dy, backend, x=None, out=None):
-        return backend.activation_backward(self.name, y, dy, out=out)
+        if self.needs_input and x is None:
+            raise ValueError(f"{self.name} backward needs the pre-activation x")
+        return backend.activation_backward(self.name, y, dy, out=out, x=x, param=self.param)
+
+    def get_config(self):
+        if not self._params or self.param == self._default:
+            return self.name
+        config = {"name": self.name}
+        config.update({p: getattr(self, p) for p in self._params})
+        return config
+
+    def __repr__(self):
+        args = ", ".join(f"{p}={getattr(self, p)}" for p in self._params)
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other):
+        return type(self) is type(other) and all(
+            getattr(self, p) == getattr(other, p) for p in self._params)
+
+    def __hash__(self):
+        return hash((type(self),) + tuple(getattr(self, p) for p in self._params))
 
 
-class Linear(_FusedActivation):
+class _InputDerivativeActivation(_KernelActivation):
+    """A kernel activation whose derivative needs the input x (never fused)."""
+
+    fused = False
+    fusable = False
+    needs_input = True
+
+
+def _check_alpha(name, alpha):
+    alpha = float(alpha)
+    # The derivative is read from the output's sign, which needs alpha >= 0.
+    if not np.isfinite(alpha) or alpha < 0:
+        raise ValueError(f"{name} alpha must be a finite number >= 0, got {alpha}")
+    return alpha
+
+
+class Linear(_KernelActivation):
     """Identity: act(x) = x."""
 
     name = "linear"
 
 
-class ReLU(_FusedActivation):
+class ReLU(_KernelActivation):
     """Rectified linear unit: max(x, 0). The derivative at 0 is taken as 0."""
 
     name = "relu"
 
 
-class Sigmoid(_FusedActivation):
+class Sigmoid(_KernelActivation):
     """Logistic function with slope a: y = 1 / (1 + exp(-a x)).
 
-    The derivative is a * y * (1 - y). With the default slope 1 the backend's
-    fused kernel is used; any other slope runs in NumPy (the kernels know only
-    slope 1). As a grows, sigmoid(a x) tends to the Heaviside step.
+    The derivative is a * y * (1 - y), taken from the output. The slope is
+    passed to the C kernels explicitly; Dense fuses any slope, Conv2D fuses
+    slope 1 and applies the elementwise kernel after the convolution
+    otherwise. As a grows, sigmoid(a x) tends to the Heaviside step.
     """
 
     name = "sigmoid"
+    _params = ("slope",)
+    _default = 1.0
 
     def __init__(self, slope=1.0):
         slope = float(slope)
         if not np.isfinite(slope) or slope <= 0:
             raise ValueError(f"sigmoid slope must be a positive finite number, got {slope}")
         self.slope = slope
-        # An instance attribute shadows the class flag: only slope 1 is fused.
-        self.fused = slope == 1.0
+        # An instance attribute shadows the class flag: only slope 1 is fused by name.
+        self.fused = slope == self._default
 
-    def forward(self, x, backend, out=None):
-        if self.fused:
-            return backend.activation_forward(self.name, x, out=out)
-        if out is None:
-            out = np.empty_like(x)
-        # 0.5 * (1 + tanh(z / 2)) equals 1 / (1 + exp(-z)) and never overflows.
-        np.multiply(x, 0.5 * self.slope, out=out)
-        np.tanh(out, out=out)
-        out += 1.0
-        out *= 0.5
-        return out
-
-    def backward(self, y, dy, backend, x=None, out=None):
-        if self.fused:
-            return backend.activation_backward(self.name, y, dy, out=out)
-        if out is None:
-            out = np.empty_like(y)
-        np.multiply(y, 1.0 - y, out=out)
-        out *= self.slope
-        out *= dy
-        return out
-
-    def get_config(self):
-        if self.slope == 1.0:
-            return self.name
-        return {"name": self.name, "slope": self.slope}
-
-    def __repr__(self):
-        return f"Sigmoid(slope={self.slope})"
-
-    def __eq__(self, other):
-        return type(self) is type(other) and self.slope == other.slope
-
-    def __hash__(self):
-        return hash((type(self), self.slope))
+    @property
+    def param(self):
+        return self.slope
 
 
-class Tanh(_FusedActivation):
+class Tanh(_KernelActivation):
     """Hyperbolic tangent; derivative 1 - y**2."""
 
     name = "tanh"
@@ -164,179 +188,92 @@ class Softmax(Activation):
         return out
 
 
-class _NumpyActivation(Activation):
-    """An elementwise activation computed with NumPy from its input x.
-
-    Subclasses define ``_value(x)`` and ``_derivative(x, y)`` (dy/dx as an
-    array). Layers keep the pre-activation for non-fused activations, so the
-    derivative may use x as well as y.
-    """
-
-    needs_input = True
-    _params = ()   # names of float hyper-parameters, stored as attributes
-
-    def _value(self, x):
-        raise NotImplementedError
-
-    def _derivative(self, x, y):
-        raise NotImplementedError
-
-    def forward(self, x, backend, out=None):
-        y = self._value(x)
-        if out is None:
-            return np.asarray(y, dtype=x.dtype)
-        out[...] = y
-        return out
-
-    def backward(self, y, dy, backend, x=None, out=None):
-        if x is None:
-            raise ValueError(f"{self.name} backward needs the pre-activation x")
-        grad = self._derivative(x, y) * dy
-        if out is None:
-            return np.asarray(grad, dtype=dy.dtype)
-        out[...] = grad
-        return out
-
-    def get_config(self):
-        if not self._params:
-            return self.name
-        config = {"name": self.name}
-        config.update({p: getattr(self, p) for p in self._params})
-        return config
-
-    def __repr__(self):
-        args = ", ".join(f"{p}={getattr(self, p)}" for p in self._params)
-        return f"{type(self).__name__}({args})"
-
-    def __eq__(self, other):
-        return type(self) is type(other) and all(
-            getattr(self, p) == getattr(other, p) for p in self._params)
-
-    def __hash__(self):
-        return hash((type(self),) + tuple(getattr(self, p) for p in self._params))
-
-
-class Step(_NumpyActivation):
+class Step(_KernelActivation):
     """Heaviside step: 1 for x >= 0 (so H(0) = 1), else 0.
 
     Its derivative is 0 everywhere it exists (and undefined at 0), so the
-    backward pass returns zeros: a network of step units cannot be trained by
-    gradient descent. It is here for the perceptron examples of the course.
+    backward pass returns zeros (zero gradient): a network of step units cannot
+    be trained by gradient descent. It is here for the perceptron examples of
+    the course.
     """
 
     name = "step"
 
-    def _value(self, x):
-        return (x >= 0).astype(x.dtype)
 
-    def _derivative(self, x, y):
-        return np.zeros_like(x)
+class LeakyReLU(_KernelActivation):
+    """x for x > 0, alpha * x otherwise (alpha >= 0, 0.01 by default).
 
-
-class Arctan(_NumpyActivation):
-    """arctan(x), range (-pi/2, pi/2); derivative 1 / (1 + x**2)."""
-
-    name = "arctan"
-
-    def _value(self, x):
-        return np.arctan(x)
-
-    def _derivative(self, x, y):
-        return 1.0 / (1.0 + x * x)
-
-
-class LeakyReLU(_NumpyActivation):
-    """x for x > 0, alpha * x otherwise (alpha = 0.01 by default).
-
-    The derivative at 0 is taken as alpha (the left one), like relu's 0.
+    The derivative (1 or alpha) is taken from the output, so it can be fused
+    into dense/conv; at 0 it is taken as alpha (the left one), like relu's 0.
     """
 
     name = "leaky_relu"
     _params = ("alpha",)
+    _default = 0.01
 
     def __init__(self, alpha=0.01):
-        self.alpha = float(alpha)
+        self.alpha = _check_alpha("leaky_relu", alpha)
+        self.fused = self.alpha == self._default
 
-    def _value(self, x):
-        return np.where(x > 0, x, self.alpha * x)
-
-    def _derivative(self, x, y):
-        return np.where(x > 0, 1.0, self.alpha)
+    @property
+    def param(self):
+        return self.alpha
 
 
-class ELU(_NumpyActivation):
-    """x for x > 0, alpha * (exp(x) - 1) otherwise (alpha = 1 by default).
+class ELU(_KernelActivation):
+    """x for x > 0, alpha * (exp(x) - 1) otherwise (alpha >= 0, 1 by default).
 
-    expm1 keeps precision near 0; the exponential is taken of min(x, 0) only,
-    so large positive inputs cannot overflow in the branch that np.where
-    discards. Derivative: 1 for x > 0, alpha * exp(x) otherwise.
+    Computed with expm1, which keeps precision near 0. The derivative is 1 for
+    x > 0 and alpha * exp(x) = y + alpha otherwise: taken from the output, so
+    it can be fused into dense/conv.
     """
 
     name = "elu"
     _params = ("alpha",)
+    _default = 1.0
 
     def __init__(self, alpha=1.0):
-        self.alpha = float(alpha)
+        self.alpha = _check_alpha("elu", alpha)
+        self.fused = self.alpha == self._default
 
-    def _value(self, x):
-        return np.where(x > 0, x, self.alpha * np.expm1(np.minimum(x, 0)))
-
-    def _derivative(self, x, y):
-        return np.where(x > 0, 1.0, self.alpha * np.exp(np.minimum(x, 0)))
-
-
-def _stable_sigmoid(x):
-    # 0.5 * (1 + tanh(x / 2)) == 1 / (1 + exp(-x)), without overflow for any x.
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
+    @property
+    def param(self):
+        return self.alpha
 
 
-class Softplus(_NumpyActivation):
-    """log(1 + exp(x)), computed as logaddexp(0, x) so it never overflows.
+class Arctan(_InputDerivativeActivation):
+    """arctan(x), range (-pi/2, pi/2); derivative 1 / (1 + x**2) (from the input)."""
 
-    Derivative: sigmoid(x).
+    name = "arctan"
+
+
+class Softplus(_InputDerivativeActivation):
+    """log(1 + exp(x)), computed as max(x, 0) + log1p(exp(-|x|)) so it never overflows.
+
+    Derivative: sigmoid(x), from the input.
     """
 
     name = "softplus"
 
-    def _value(self, x):
-        return np.logaddexp(0.0, x)
 
-    def _derivative(self, x, y):
-        return _stable_sigmoid(x)
-
-
-class GELU(_NumpyActivation):
+class GELU(_InputDerivativeActivation):
     """Gaussian error linear unit, **tanh approximation** (Hendrycks & Gimpel)::
 
         gelu(x) = 0.5 x (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x**3)
 
     (PyTorch's ``gelu(approximate="tanh")``). It differs from the exact
-    x * Phi(x) by less than 1e-3 and needs no erf, which NumPy lacks.
+    x * Phi(x) by less than 1e-3. The C kernel evaluates it as
+    x * sigmoid(2u), the same function without the cancellation in 1 + tanh(u)
+    for negative x. Derivative from the input.
     """
 
     name = "gelu"
-    _C = np.sqrt(2.0 / np.pi)
-
-    def _value(self, x):
-        return 0.5 * x * (1.0 + np.tanh(self._C * (x + 0.044715 * x ** 3)))
-
-    def _derivative(self, x, y):
-        t = np.tanh(self._C * (x + 0.044715 * x ** 3))
-        du = self._C * (1.0 + 3 * 0.044715 * x * x)
-        return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du
 
 
-class Swish(_NumpyActivation):
-    """x * sigmoid(x) (also called SiLU); derivative s + x s (1 - s)."""
+class Swish(_InputDerivativeActivation):
+    """x * sigmoid(x) (also called SiLU); derivative s + x s (1 - s), from the input."""
 
     name = "swish"
-
-    def _value(self, x):
-        return x * _stable_sigmoid(x)
-
-    def _derivative(self, x, y):
-        s = _stable_sigmoid(x)
-        return s + x * s * (1.0 - s)
 
 
 _REGISTRY = {}

@@ -10,21 +10,23 @@
 extern "C" {
 #endif
 
-/* y = act(x W + b): one GEMM with bias and activation applied in its write-back. */
+/* y = act(x W + b): one GEMM with bias and activation applied in its write-back.
+ * act must be one whose derivative comes from the output (act.h); act_param is
+ * its parameter (sigmoid slope, leaky_relu / elu alpha), ignored by the others. */
 void rp_dense_forward_f32(int n_batch, int n_in, int n_out, const float *x,
-                          const float *w, const float *b, rp_act act, float *y);
+                          const float *w, const float *b, rp_act act, double act_param, float *y);
 void rp_dense_forward_f64(int n_batch, int n_in, int n_out, const double *x,
-                          const double *w, const double *b, rp_act act, double *y);
+                          const double *w, const double *b, rp_act act, double act_param, double *y);
 
-/* dz = dy * act'(y) (into the caller's workspace dz, n_batch x n_out, which may
- * alias dy), db = column sums of dz (skipped when db is NULL), dW = x^T dz,
+/* dz = dy * act'(y), from the output y with forward's act_param (into the
+ * caller's workspace dz, n_batch x n_out, which may alias dy), db = column sums of dz (skipped when db is NULL), dW = x^T dz,
  * dx = dz W^T (skipped when dx is NULL). Outputs are overwritten. */
 void rp_dense_backward_f32(int n_batch, int n_in, int n_out, const float *x,
                            const float *w, const float *y, const float *dy, rp_act act,
-                           float *dz, float *dw, float *db, float *dx);
+                           double act_param, float *dz, float *dw, float *db, float *dx);
 void rp_dense_backward_f64(int n_batch, int n_in, int n_out, const double *x,
                            const double *w, const double *y, const double *dy, rp_act act,
-                           double *dz, double *dw, double *db, double *dx);
+                           double act_param, double *dz, double *dw, double *db, double *dx);
 
 #ifdef __cplusplus
 }

@@ -13,7 +13,13 @@ import numpy as np
 
 from .. import _core
 
-FUSED_ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh")
+# Activations (docs/BACKEND.md): FUSED ones have their derivative taken from
+# the output and may be applied in the GEMM write-back; the INPUT_DERIVATIVE
+# ones are elementwise only and their backward reads the pre-activation x.
+FUSED_ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "step", "leaky_relu", "elu")
+INPUT_DERIVATIVE_ACTIVATIONS = ("arctan", "softplus", "gelu", "swish")
+ELEMENTWISE_ACTIVATIONS = FUSED_ACTIVATIONS + INPUT_DERIVATIVE_ACTIVATIONS
+ACTIVATION_DEFAULT_PARAMS = {"sigmoid": 1.0, "leaky_relu": 0.01, "elu": 1.0}
 _REAL = (np.dtype(np.float32), np.dtype(np.float64))
 _local = threading.local()
 
@@ -112,7 +118,7 @@ def gemm(a, b, out=None, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
     return _core.gemm(a, b, out, bool(trans_a), bool(trans_b), float(alpha), float(beta))
 
 
-def dense_forward(x, w, b, activation, out=None):
+def dense_forward(x, w, b, activation, out=None, *, param=None):
     x = _input(x, "x")
     w = _input(w, "w", x.dtype)
     if b is not None:
@@ -120,10 +126,10 @@ def dense_forward(x, w, b, activation, out=None):
     if x.ndim != 2 or w.ndim != 2:
         raise ValueError(f"dense_forward: expected 2-D x and w, got shapes {x.shape} and {w.shape}")
     out = _output(out, "out", (x.shape[0], w.shape[1]), x.dtype)
-    return _core.dense_forward(x, w, b, _fused(activation), out)
+    return _core.dense_forward(x, w, b, _fused(activation), out, param)
 
 
-def dense_backward(x, w, y, dy, activation, dw, db=None, dx=None):
+def dense_backward(x, w, y, dy, activation, dw, db=None, dx=None, *, param=None):
     x = _input(x, "x")
     w = _input(w, "w", x.dtype)
     y = _input(y, "y", x.dtype)
@@ -131,20 +137,37 @@ def dense_backward(x, w, y, dy, activation, dw, db=None, dx=None):
     if x.ndim != 2 or w.ndim != 2:
         raise ValueError(f"dense_backward: expected 2-D x and w, got shapes {x.shape} and {w.shape}")
     dz = _workspace(dy.shape, dy.dtype)
-    return _core.dense_backward(x, w, y, dy, _fused(activation), dz, dw, db, dx)
+    return _core.dense_backward(x, w, y, dy, _fused(activation), dz, dw, db, dx, param)
 
 
-def activation_forward(name, x, out=None):
+def _elementwise(name):
+    if name not in ELEMENTWISE_ACTIVATIONS:
+        raise ValueError(f"activation: expected one of {ELEMENTWISE_ACTIVATIONS}, got {name!r}")
+    return name
+
+
+def activation_forward(name, x, out=None, *, param=None):
+    """out = act(x) elementwise; param: sigmoid slope, leaky_relu/elu alpha (None: default)."""
     x = _input(x, "x")
     out = _output(out, "out", x.shape, x.dtype)
-    return _core.act_forward(_fused(name), x, out)
+    return _core.act_forward(_elementwise(name), x, out, param)
 
 
-def activation_backward(name, y, dy, out=None):
-    y = _input(y, "y")
-    dy = _input(dy, "dy", y.dtype)
-    out = _output(out, "out", y.shape, y.dtype)
-    return _core.act_backward(_fused(name), y, dy, out)
+def activation_backward(name, y, dy, out=None, *, x=None, param=None):
+    """dx = dy * act'(z): from the output y for FUSED_ACTIVATIONS, from the input x
+    (keyword, required) for INPUT_DERIVATIVE_ACTIVATIONS, where y may be None."""
+    name = _elementwise(name)
+    if name in INPUT_DERIVATIVE_ACTIVATIONS:
+        if x is None:
+            raise ValueError(f"activation_backward: {name}'s derivative needs the input x")
+        src = x = _input(x, "x")
+        y = None
+    else:
+        src = y = _input(y, "y")
+        x = None
+    dy = _input(dy, "dy", src.dtype)
+    out = _output(out, "out", src.shape, src.dtype)
+    return _core.act_backward(name, y, dy, out, x, param)
 
 
 def softmax(x, out=None):

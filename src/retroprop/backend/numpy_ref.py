@@ -18,7 +18,12 @@ and returned.
 """
 import numpy as np
 
-FUSED_ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh")
+# Same names as backend/cpu.py (docs/BACKEND.md): derivative from the output
+# (fusable into dense/conv) or from the input (elementwise only).
+FUSED_ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "step", "leaky_relu", "elu")
+INPUT_DERIVATIVE_ACTIVATIONS = ("arctan", "softplus", "gelu", "swish")
+ELEMENTWISE_ACTIVATIONS = FUSED_ACTIVATIONS + INPUT_DERIVATIVE_ACTIVATIONS
+ACTIVATION_DEFAULT_PARAMS = {"sigmoid": 1.0, "leaky_relu": 0.01, "elu": 1.0}
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _num_threads = 1
@@ -52,9 +57,23 @@ def _check_out(out, argname, shape, dtype):
     return out
 
 
-def _check_activation(name):
-    if name not in FUSED_ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; expected one of {FUSED_ACTIVATIONS}")
+def _check_activation(name, allowed=FUSED_ACTIVATIONS):
+    if name not in allowed:
+        raise ValueError(f"unknown activation {name!r}; expected one of {allowed}")
+
+
+def _activation_param(name, param):
+    """The activation's parameter (default when None), checked like the C backend does."""
+    if param is None:
+        return ACTIVATION_DEFAULT_PARAMS.get(name, 0.0)
+    param = float(param)
+    if not np.isfinite(param):
+        raise ValueError(f"{name}: parameter must be finite, got {param}")
+    if name == "sigmoid" and not param > 0:
+        raise ValueError(f"sigmoid: slope must be > 0, got {param}")
+    if name in ("leaky_relu", "elu") and param < 0:
+        raise ValueError(f"{name}: alpha must be >= 0, got {param}")
+    return param
 
 
 # --------------------------------------------------------------------------
@@ -117,8 +136,10 @@ def gemm(a, b, out=None, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
 
 
 # --------------------------------------------------------------------------
-# elementwise activations (derivatives taken from the output y)
+# elementwise activations
 # --------------------------------------------------------------------------
+# Written as the textbook formulas (gelu with tanh, softplus with logaddexp),
+# not the forms the C kernels use, so that the two check each other.
 
 def _sigmoid(x, out):
     # exp(-|x|) never overflows; the two branches are the same function:
@@ -130,9 +151,17 @@ def _sigmoid(x, out):
     return out
 
 
-def activation_forward(name, x, out=None):
-    """Elementwise activation ``name`` (one of FUSED_ACTIVATIONS) of x."""
-    _check_activation(name)
+_GELU_K = np.sqrt(2.0 / np.pi)
+_GELU_C = 0.044715
+
+
+def activation_forward(name, x, out=None, *, param=None):
+    """Elementwise activation ``name`` (one of ELEMENTWISE_ACTIVATIONS) of x.
+
+    ``param`` is the sigmoid slope a (sigmoid(a x)) or the leaky_relu / elu
+    alpha; None means the default (ACTIVATION_DEFAULT_PARAMS)."""
+    _check_activation(name, ELEMENTWISE_ACTIVATIONS)
+    a = _activation_param(name, param)
     _check_float(x, "x")
     out = _check_out(out, "out", x.shape, x.dtype)
     if name == "linear":
@@ -140,29 +169,84 @@ def activation_forward(name, x, out=None):
     elif name == "relu":
         np.maximum(x, 0, out=out)
     elif name == "sigmoid":
-        _sigmoid(x, out)
-    else:  # tanh
+        _sigmoid(x * x.dtype.type(a), out)
+    elif name == "tanh":
         np.tanh(x, out=out)
+    elif name == "step":
+        np.copyto(out, x >= 0)               # Heaviside with H(0) = 1
+    elif name == "leaky_relu":
+        np.copyto(out, np.where(x > 0, x, a * x))
+    elif name == "elu":
+        # exponential of min(x, 0) only: the branch np.where drops cannot overflow.
+        np.copyto(out, np.where(x > 0, x, a * np.expm1(np.minimum(x, 0))))
+    elif name == "arctan":
+        np.arctan(x, out=out)
+    elif name == "softplus":
+        np.logaddexp(0, x, out=out)
+    elif name == "gelu":
+        # tanh approximation, PyTorch's gelu(approximate="tanh").
+        with np.errstate(over="ignore"):
+            u = _GELU_K * (x + _GELU_C * x ** 3)
+        np.copyto(out, 0.5 * x * (1 + np.tanh(u)))
+    else:  # swish
+        np.copyto(out, x * _sigmoid(x, np.empty_like(x)))
     return out
 
 
-def activation_backward(name, y, dy, out=None):
-    """dx = dy * act'(y), where y is the activation's output."""
-    _check_activation(name)
-    _check_float(y, "y")
-    _check_float(dy, "dy", y.dtype)
-    if dy.shape != y.shape:
-        raise ValueError(f"dy has shape {dy.shape}, expected the shape of y {y.shape}")
-    out = _check_out(out, "out", y.shape, y.dtype)
+def _input_derivative(name, x):
+    """act'(x) for the activations whose derivative needs the input."""
+    if name == "arctan":
+        with np.errstate(over="ignore"):
+            return 1 / (1 + x * x)
+    if name == "softplus":
+        return _sigmoid(x, np.empty_like(x))
+    if name == "gelu":
+        # Past |x| = 1e4 tanh has saturated; clipping keeps x^2 finite in u'.
+        xc = np.clip(x, -1e4, 1e4)
+        t = np.tanh(_GELU_K * (xc + _GELU_C * xc ** 3))
+        du = _GELU_K * (1 + 3 * _GELU_C * xc * xc)
+        return 0.5 * (1 + t) + 0.5 * xc * (1 - t * t) * du
+    s = _sigmoid(x, np.empty_like(x))  # swish
+    return s + x * s * (1 - s)
+
+
+def activation_backward(name, y, dy, out=None, *, x=None, param=None):
+    """dx = dy * act'(z).
+
+    For FUSED_ACTIVATIONS the derivative is written from the output y = act(z);
+    for INPUT_DERIVATIVE_ACTIVATIONS it needs the input ``x`` = z (keyword) and
+    y may be None. ``param`` as in :func:`activation_forward`."""
+    _check_activation(name, ELEMENTWISE_ACTIVATIONS)
+    a = _activation_param(name, param)
+    if name in INPUT_DERIVATIVE_ACTIVATIONS:
+        if x is None:
+            raise ValueError(f"activation_backward: {name}'s derivative needs the input x")
+        src, src_name = x, "x"
+    else:
+        src, src_name = y, "y"
+    _check_float(src, src_name)
+    _check_float(dy, "dy", src.dtype)
+    if dy.shape != src.shape:
+        raise ValueError(f"dy has shape {dy.shape}, expected the shape of {src_name} {src.shape}")
+    out = _check_out(out, "out", src.shape, src.dtype)
     if name == "linear":
         np.copyto(out, dy)
     elif name == "relu":
         # relu'(z) = 1 where the output is positive, 0 elsewhere (0 at the kink).
         np.multiply(dy, y > 0, out=out)
     elif name == "sigmoid":
-        np.multiply(dy, y * (1 - y), out=out)
-    else:  # tanh
+        np.multiply(dy, a * y * (1 - y), out=out)
+    elif name == "tanh":
         np.multiply(dy, 1 - y * y, out=out)
+    elif name == "step":
+        out[...] = 0                         # no gradient flows through a step
+    elif name == "leaky_relu":
+        np.multiply(dy, np.where(y > 0, 1, a), out=out)
+    elif name == "elu":
+        # alpha e^z = y + alpha on the negative side.
+        np.multiply(dy, np.where(y > 0, 1, y + a), out=out)
+    else:
+        np.multiply(dy, _input_derivative(name, x), out=out)
     return out
 
 
@@ -181,18 +265,19 @@ def _check_dense_args(x, w, b):
             raise ValueError(f"b has shape {b.shape}, expected ({w.shape[1]},)")
 
 
-def dense_forward(x, w, b, activation, out=None):
-    """out = act(x @ w + b); x (N, K), w (K, M), b (M,) or None."""
+def dense_forward(x, w, b, activation, out=None, *, param=None):
+    """out = act(x @ w + b); x (N, K), w (K, M), b (M,) or None; activation in
+    FUSED_ACTIVATIONS, ``param`` its parameter (None: default)."""
     _check_activation(activation)
     _check_dense_args(x, w, b)
     out = _check_out(out, "out", (x.shape[0], w.shape[1]), x.dtype)
     z = x @ w
     if b is not None:
         z += b
-    return activation_forward(activation, z, out=out)
+    return activation_forward(activation, z, out=out, param=param)
 
 
-def dense_backward(x, w, y, dy, activation, dw, db=None, dx=None):
+def dense_backward(x, w, y, dy, activation, dw, db=None, dx=None, *, param=None):
     """Gradients of a dense layer from its output y and upstream gradient dy.
 
     dz = dy * act'(y); dw = x.T @ dz; db = dz.sum(0); dx = dz @ w.T.
@@ -215,7 +300,7 @@ def dense_backward(x, w, y, dy, activation, dw, db=None, dx=None):
     if dx is not None:
         _check_out(dx, "dx", x.shape, x.dtype)
 
-    dz = activation_backward(activation, y, dy)
+    dz = activation_backward(activation, y, dy, param=param)
     np.matmul(x.T, dz, out=dw)
     if db is not None:
         np.sum(dz, axis=0, out=db)

@@ -8,12 +8,14 @@
   own slope uniformly in [lower, upper], at inference the mean slope
   (lower + upper) / 2 is used so the output is deterministic.
 
-All compute in NumPy on the layer's dtype.
+LeakyReLU and ELU run in the backend's elementwise kernels (C by default),
+their derivative taken from the output; PReLU and RReLU compute in NumPy on
+the layer's dtype (their slopes vary per channel / per element).
 """
 import numpy as np
 
 from .. import initializers, regularizers
-from .base import Layer
+from .base import BufferCache, Layer
 
 
 class _ElementwiseLayer(Layer):
@@ -29,63 +31,67 @@ class _ElementwiseLayer(Layer):
         self.check_output_grad(dy, self._x.shape[0])
 
 
-class LeakyReLU(_ElementwiseLayer):
-    """y = x for x > 0, alpha * x otherwise; alpha >= 0 (default 0.01).
+class _KernelElementwiseLayer(_ElementwiseLayer):
+    """A fixed-parameter activation run by the backend's kernels.
 
-    The derivative at exactly 0 is taken as alpha.
+    Forward keeps the output y (backward reads the derivative from it);
+    results go into reused buffers.
     """
 
-    def __init__(self, alpha=0.01, name=None):
+    _activation = None   # backend activation name
+
+    def __init__(self, alpha, name=None):
         super().__init__(name=name)
         alpha = float(alpha)
         if not np.isfinite(alpha) or alpha < 0:
-            raise ValueError(f"LeakyReLU: alpha must be a finite number >= 0, got {alpha}")
+            raise ValueError(f"{type(self).__name__}: alpha must be a finite number >= 0, "
+                             f"got {alpha}")
         self.alpha = alpha
+        self._buffers = BufferCache()
+        self._y = None
 
     def forward(self, x, training=False):
-        """max-like selection between x and alpha * x."""
         self.check_input(x)
+        out = self._buffers.get("out", x.shape, self.dtype)
+        self.backend.activation_forward(self._activation, x, out=out, param=self.alpha)
         self._x = x
-        return np.where(x > 0, x, self.alpha * x).astype(self.dtype, copy=False)
+        self._y = out
+        return out
 
     def backward(self, dy, need_dx=True):
-        """dL/dx = dy where x > 0, alpha * dy elsewhere."""
         self._check_backward(dy)
         if not need_dx:
             return None
-        return np.where(self._x > 0, dy, self.alpha * dy).astype(self.dtype, copy=False)
+        dx = self._buffers.get("dx", self._x.shape, self.dtype)
+        return self.backend.activation_backward(self._activation, self._y, dy, out=dx,
+                                                param=self.alpha)
 
     def get_config(self):
         return {"alpha": self.alpha, "name": self.name}
 
 
-class ELU(_ElementwiseLayer):
-    """y = x for x > 0, alpha * (exp(x) - 1) otherwise (default alpha = 1)."""
+class LeakyReLU(_KernelElementwiseLayer):
+    """y = x for x > 0, alpha * x otherwise; alpha >= 0 (default 0.01).
+
+    dL/dx = dy where y > 0, alpha * dy elsewhere (so alpha at exactly 0).
+    """
+
+    _activation = "leaky_relu"
+
+    def __init__(self, alpha=0.01, name=None):
+        super().__init__(alpha, name=name)
+
+
+class ELU(_KernelElementwiseLayer):
+    """y = x for x > 0, alpha * (exp(x) - 1) otherwise (default alpha = 1).
+
+    dL/dx = dy for y > 0, (y + alpha) * dy = alpha * exp(x) * dy elsewhere.
+    """
+
+    _activation = "elu"
 
     def __init__(self, alpha=1.0, name=None):
-        super().__init__(name=name)
-        alpha = float(alpha)
-        if not np.isfinite(alpha) or alpha < 0:
-            raise ValueError(f"ELU: alpha must be a finite number >= 0, got {alpha}")
-        self.alpha = alpha
-
-    def forward(self, x, training=False):
-        """expm1 of min(x, 0) only: no overflow in the branch np.where drops."""
-        self.check_input(x)
-        self._x = x
-        neg = self.alpha * np.expm1(np.minimum(x, 0))
-        return np.where(x > 0, x, neg).astype(self.dtype, copy=False)
-
-    def backward(self, dy, need_dx=True):
-        """dL/dx = dy for x > 0, alpha * exp(x) * dy elsewhere."""
-        self._check_backward(dy)
-        if not need_dx:
-            return None
-        slope = np.where(self._x > 0, 1.0, self.alpha * np.exp(np.minimum(self._x, 0)))
-        return (slope * dy).astype(self.dtype, copy=False)
-
-    def get_config(self):
-        return {"alpha": self.alpha, "name": self.name}
+        super().__init__(alpha, name=name)
 
 
 class PReLU(_ElementwiseLayer):

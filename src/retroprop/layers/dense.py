@@ -18,10 +18,13 @@ class Dense(Layer):
     units : int
         Number of outputs.
     activation : str, Activation or None
-        Applied to x @ W + b. linear/relu/sigmoid/tanh run fused inside the
-        backend's ``dense_forward``/``dense_backward``; other activations
-        (softmax) are applied after a linear ``dense_forward`` whose result is
-        kept as ``self.logits``.
+        Applied to x @ W + b. Activations whose derivative comes from the
+        output (linear, relu, sigmoid with any slope, tanh, step, leaky_relu,
+        elu: ``activation.fusable``) run fused inside the backend's
+        ``dense_forward``/``dense_backward``, in the GEMM write-back; the
+        others (arctan, softplus, gelu, swish, softmax) are applied by the
+        elementwise kernel after a linear ``dense_forward`` whose result is
+        kept as ``self.logits`` for their backward.
     use_bias : bool
     kernel_initializer, bias_initializer : str or callable(shape, rng, dtype)
     kernel_regularizer, bias_regularizer : Regularizer or None
@@ -82,8 +85,9 @@ class Dense(Layer):
         n = x.shape[0]
         out = self._buffers.get("out", (n, self.units), self.dtype)
         kernel = self.params["W"]
-        if self.activation.fused:
-            self.backend.dense_forward(x, kernel, self._bias, self.activation.name, out=out)
+        if self.activation.fusable:
+            self.backend.dense_forward(x, kernel, self._bias, self.activation.name, out=out,
+                                       param=self.activation.param)
             self.logits = out if self.activation.name == "linear" else None
         else:
             logits = self._buffers.get("logits", (n, self.units), self.dtype)
@@ -98,8 +102,9 @@ class Dense(Layer):
         """Write dL/dW, dL/db into ``grads`` (overwriting) and return dL/dx."""
         self._check_backward_ready()
         self.check_output_grad(dy, self._x.shape[0])
-        if self.activation.fused:
-            return self._dense_backward(self._y, dy, self.activation.name, need_dx)
+        if self.activation.fusable:
+            return self._dense_backward(self._y, dy, self.activation.name, need_dx,
+                                        self.activation.param)
         dz = self._buffers.get("dz", dy.shape, self.dtype)
         self.activation.backward(self._y, dy, self.backend, x=self.logits, out=dz)
         return self._dense_backward(self.logits, dz, "linear", need_dx)
@@ -119,11 +124,11 @@ class Dense(Layer):
         if self._x is None:
             raise RuntimeError(f"{self._describe()}: backward called before forward")
 
-    def _dense_backward(self, y, dz, activation, need_dx):
+    def _dense_backward(self, y, dz, activation, need_dx, param=None):
         dx = self._buffers.get("dx", self._x.shape, self.dtype) if need_dx else None
         db = self.grads["b"] if self.use_bias else None
         self.backend.dense_backward(self._x, self.params["W"], y, dz, activation,
-                                    self.grads["W"], db=db, dx=dx)
+                                    self.grads["W"], db=db, dx=dx, param=param)
         self._add_regularization_gradients()
         return dx
 
