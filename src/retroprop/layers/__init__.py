@@ -42,3 +42,9 @@ __all__ += ["LeakyReLU", "ELU", "PReLU", "RReLU"]
 from .dropout import Dropout  # noqa: E402
 
 __all__ += ["Dropout"]
+
+# Normalisation and residual blocks.
+from .norm import BatchNormalization  # noqa: E402
+from .residual import Residual  # noqa: E402
+
+__all__ += ["BatchNormalization", "Residual"]
