@@ -6,7 +6,7 @@ import pytest
 
 import retroprop as rp
 from retroprop.gradcheck import check_layer_gradients
-from retroprop.layers import (Activation, BatchNormalization, Conv2D, Dense, Flatten,
+from retroprop.layers import (Activation, BatchNormalization, Conv2D, Dense,
                               GlobalAvgPool2D, Residual)
 
 
@@ -98,8 +98,9 @@ def resnet_model(dtype="float32", seed=0):
     """A small ResNet for 8x8 digits: a stem, an identity block, a projection block."""
     def block(filters, strides=1, project=False):
         return Residual([
-            Conv2D(filters, 3, strides=strides, padding="same"), BatchNormalization(momentum=0.9),
-            Activation("relu"), Conv2D(filters, 3, padding="same"), BatchNormalization(momentum=0.9),
+            Conv2D(filters, 3, strides=strides, padding="same"),
+            BatchNormalization(momentum=0.9), Activation("relu"),
+            Conv2D(filters, 3, padding="same"), BatchNormalization(momentum=0.9),
         ], shortcut=Conv2D(filters, 1, strides=strides) if project else None,
             activation="relu")
     return rp.Sequential([
