@@ -852,3 +852,137 @@ def adagrad_step(param, grad, acc, double lr, double eps):
             rp_adagrad_step_f32(n, <float *>pp, <float *>pg, <float *>pa, <float>lr, <float>eps)
         else:
             rp_adagrad_step_f64(n, <double *>pp, <double *>pg, <double *>pa, lr, eps)
+
+
+# ================================================================ batch normalisation
+# Per-channel statistics, normalisation and the fused backward over (rows, C)
+# data (csrc/include/retroprop/norm.h has the formulas).
+
+cdef extern from "retroprop/norm.h":
+    int rp_batchnorm_stats_f32(long rows, int c, const float *x, float *mean, float *var) nogil
+    int rp_batchnorm_stats_f64(long rows, int c, const double *x, double *mean, double *var) nogil
+    int rp_batchnorm_apply_f32(long rows, int c, const float *x, const float *mean,
+                               const float *var, const float *gamma, const float *beta,
+                               float eps, float *y) nogil
+    int rp_batchnorm_apply_f64(long rows, int c, const double *x, const double *mean,
+                               const double *var, const double *gamma, const double *beta,
+                               double eps, double *y) nogil
+    int rp_batchnorm_backward_f32(long rows, int c, const float *x, const float *dy,
+                                  const float *mean, const float *var, const float *gamma,
+                                  float eps, int batch_stats, float *dgamma, float *dbeta,
+                                  float *dx) nogil
+    int rp_batchnorm_backward_f64(long rows, int c, const double *x, const double *dy,
+                                  const double *mean, const double *var, const double *gamma,
+                                  double eps, int batch_stats, double *dgamma, double *dbeta,
+                                  double *dx) nogil
+
+
+cdef int _bn_rows_channels(object x, Py_ssize_t *rows, Py_ssize_t *c) except -1:
+    """(rows, C) view of a channels-last array: C = last axis, rows = all the others."""
+    if x.ndim < 1 or x.size == 0:
+        raise ValueError(f"batchnorm: expected a non-empty array (..., C), got shape {x.shape}")
+    c[0] = x.shape[x.ndim - 1]
+    rows[0] = x.size // c[0]
+    _fits_int("x", c[0])
+    return 0
+
+
+cdef int _bn_vector(object arr, str name, int kind, Py_ssize_t c, int writable,
+                    int optional=1) except -1:
+    if arr is None:
+        if not optional:
+            raise TypeError(f"{name}: expected a numpy.ndarray, got None")
+        return 0
+    _same_kind(arr, name, kind, writable)
+    _shape(arr, name, (c,))
+    return 0
+
+
+def batchnorm_stats(x, mean, var):
+    """mean, var (C,) <- per-channel mean and biased variance of x (..., C)."""
+    cdef int kind = _real_kind(x, "x")
+    cdef Py_ssize_t rows, c
+    _bn_rows_channels(x, &rows, &c)
+    _bn_vector(mean, "mean", kind, c, 1, 0)
+    _bn_vector(var, "var", kind, c, 1, 0)
+    cdef void *px = _ptr(x)
+    cdef void *pm = _ptr(mean)
+    cdef void *pv = _ptr(var)
+    cdef int rc
+    with nogil:
+        if kind == 0:
+            rc = rp_batchnorm_stats_f32(rows, <int>c, <float *>px, <float *>pm, <float *>pv)
+        else:
+            rc = rp_batchnorm_stats_f64(rows, <int>c, <double *>px, <double *>pm, <double *>pv)
+    if rc != 0:
+        raise MemoryError("batchnorm_stats: out of memory")
+    return mean, var
+
+
+def batchnorm_apply(x, mean, var, gamma, beta, double eps, y):
+    """y = (x - mean) / sqrt(var + eps) * gamma + beta; gamma/beta may be None."""
+    cdef int kind = _real_kind(x, "x")
+    cdef Py_ssize_t rows, c
+    _bn_rows_channels(x, &rows, &c)
+    _bn_vector(mean, "mean", kind, c, 0, 0)
+    _bn_vector(var, "var", kind, c, 0, 0)
+    _bn_vector(gamma, "gamma", kind, c, 0)
+    _bn_vector(beta, "beta", kind, c, 0)
+    _same_kind(y, "y", kind, 1)
+    _shape(y, "y", x.shape)
+    cdef void *px = _ptr(x)
+    cdef void *pm = _ptr(mean)
+    cdef void *pv = _ptr(var)
+    cdef void *pg = _ptr_or_null(gamma)
+    cdef void *pb = _ptr_or_null(beta)
+    cdef void *py = _ptr(y)
+    cdef int rc
+    with nogil:
+        if kind == 0:
+            rc = rp_batchnorm_apply_f32(rows, <int>c, <float *>px, <float *>pm, <float *>pv,
+                                        <float *>pg, <float *>pb, <float>eps, <float *>py)
+        else:
+            rc = rp_batchnorm_apply_f64(rows, <int>c, <double *>px, <double *>pm, <double *>pv,
+                                        <double *>pg, <double *>pb, eps, <double *>py)
+    if rc != 0:
+        raise MemoryError("batchnorm_apply: out of memory")
+    return y
+
+
+def batchnorm_backward(x, dy, mean, var, gamma, double eps, bint batch_stats, dgamma, dbeta, dx):
+    """dgamma, dbeta, dx (each may be None) of batchnorm_apply; batch_stats: training mode."""
+    cdef int kind = _real_kind(x, "x")
+    cdef Py_ssize_t rows, c
+    _bn_rows_channels(x, &rows, &c)
+    _same_kind(dy, "dy", kind)
+    _shape(dy, "dy", x.shape)
+    _bn_vector(mean, "mean", kind, c, 0, 0)
+    _bn_vector(var, "var", kind, c, 0, 0)
+    _bn_vector(gamma, "gamma", kind, c, 0)
+    _bn_vector(dgamma, "dgamma", kind, c, 1)
+    _bn_vector(dbeta, "dbeta", kind, c, 1)
+    if dx is not None:
+        _same_kind(dx, "dx", kind, 1)
+        _shape(dx, "dx", x.shape)
+    cdef void *px = _ptr(x)
+    cdef void *pdy = _ptr(dy)
+    cdef void *pm = _ptr(mean)
+    cdef void *pv = _ptr(var)
+    cdef void *pg = _ptr_or_null(gamma)
+    cdef void *pdg = _ptr_or_null(dgamma)
+    cdef void *pdb = _ptr_or_null(dbeta)
+    cdef void *pdx = _ptr_or_null(dx)
+    cdef int rc
+    with nogil:
+        if kind == 0:
+            rc = rp_batchnorm_backward_f32(rows, <int>c, <float *>px, <float *>pdy, <float *>pm,
+                                           <float *>pv, <float *>pg, <float>eps, batch_stats,
+                                           <float *>pdg, <float *>pdb, <float *>pdx)
+        else:
+            rc = rp_batchnorm_backward_f64(rows, <int>c, <double *>px, <double *>pdy,
+                                           <double *>pm, <double *>pv, <double *>pg, eps,
+                                           batch_stats, <double *>pdg, <double *>pdb,
+                                           <double *>pdx)
+    if rc != 0:
+        raise MemoryError("batchnorm_backward: out of memory")
+    return dx

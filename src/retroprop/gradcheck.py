@@ -24,8 +24,11 @@ differences. A float32 model is rejected with a ValueError asking for a
 model built with ``dtype="float64"`` (same architecture and seed give the
 same starting weights, see initializers).
 
-Layers are run with ``training=False`` so that stochastic layers are
-deterministic during the check.
+Layers are run with ``training=False`` by default so that stochastic layers
+are deterministic during the check. ``training=True`` checks the training-mode
+gradients of deterministic layers whose training forward differs
+(BatchNormalization's batch statistics); non-trainable state the forward
+passes update (moving statistics) is restored afterwards.
 """
 import numpy as np
 
@@ -72,15 +75,26 @@ def _numeric_gradient(array, indices, objective, eps):
     return out
 
 
+def _restoring_state(arrays):
+    """Copies of the state arrays and a function that puts them back."""
+    saved = [(arr, arr.copy()) for arr in arrays]
+
+    def restore():
+        for arr, copy in saved:
+            np.copyto(arr, copy)
+    return restore
+
+
 def gradcheck(model, x, y, loss="categorical_crossentropy", eps=1e-5,
               max_params_per_tensor=None, seed=0, abs_floor=1e-8, denom_floor=1e-4,
-              return_details=False):
+              return_details=False, training=False):
     """Maximum relative error between backprop and finite-difference gradients.
 
     Checks every parameter tensor of ``model`` (at most
     ``max_params_per_tensor`` randomly chosen entries of each, seeded by
     ``seed``) and the input x. ``model`` must be float64. With
     ``return_details=True`` returns ``(max_error, {"layer/param" or "input": error})``.
+    ``training=True`` runs the layers in training mode (see the module notes).
     """
     if not model.built:
         model.build(np.asarray(x).shape[1:])
@@ -93,12 +107,14 @@ def gradcheck(model, x, y, loss="categorical_crossentropy", eps=1e-5,
     pred_shape = (x.shape[0],) + tuple(model.output_shape)
     targets = loss.prepare_targets(y, pred_shape, model.dtype, argname="y")
 
+    restore_state = _restoring_state([arr for _, _, arr in model.states()])
+
     def objective():
-        value, _, _ = forward_loss(model, loss, x, targets, training=False)
+        value, _, _ = forward_loss(model, loss, x, targets, training=training)
         return value + model.regularization_loss()
 
     # Analytic gradients (copied: the numeric passes reuse the layers' buffers).
-    _, _, seed_grad = forward_loss(model, loss, x, targets, training=False, with_grad=True)
+    _, _, seed_grad = forward_loss(model, loss, x, targets, training=training, with_grad=True)
     dx = backpropagate(model, loss, seed_grad, input_grad=True)
     analytic = {f"{layer.name}/{name}": grad.copy() for layer, name, _, grad in model.parameters()}
     analytic_dx = np.array(dx, dtype=np.float64, copy=True)
@@ -114,6 +130,7 @@ def gradcheck(model, x, y, loss="categorical_crossentropy", eps=1e-5,
     numeric = _numeric_gradient(x, idx, objective, eps)
     errors["input"] = relative_error(analytic_dx.reshape(-1)[idx], numeric,
                                      abs_floor, denom_floor)
+    restore_state()
 
     worst = max(errors.values())
     return (worst, errors) if return_details else worst
@@ -121,14 +138,15 @@ def gradcheck(model, x, y, loss="categorical_crossentropy", eps=1e-5,
 
 def check_layer_gradients(layer, input_shape, batch_size=3, eps=1e-5, seed=0, x=None,
                           backend=None, abs_floor=1e-8, denom_floor=1e-4,
-                          return_details=False):
+                          return_details=False, training=False):
     """Gradient check of one layer on its own, in float64.
 
     Builds ``layer`` for per-sample ``input_shape`` (float64, seeded) unless it
     is already built, and uses the loss L = sum(y * R) with a fixed random R,
     so dL/dy = R exercises every output. ``x`` defaults to standard normal
     data of shape (batch_size, *input_shape). Returns the maximum relative
-    error over the layer's parameters and its input (see :func:`gradcheck`).
+    error over the layer's parameters and its input (see :func:`gradcheck`,
+    also for ``training``).
     """
     rng = np.random.default_rng(seed)
     if not layer.built:
@@ -139,11 +157,12 @@ def check_layer_gradients(layer, input_shape, batch_size=3, eps=1e-5, seed=0, x=
     if x is None:
         x = rng.standard_normal((batch_size,) + tuple(input_shape))
     x = np.array(x, dtype=np.float64, copy=True)
-    y = layer.forward(x, training=False)
+    restore_state = _restoring_state(layer.state.values())
+    y = layer.forward(x, training=training)
     weights = rng.standard_normal(y.shape)
 
     def objective():
-        out = layer.forward(x, training=False)
+        out = layer.forward(x, training=training)
         return float(np.sum(out * weights)) + layer.regularization_loss()
 
     dx = layer.backward(weights.copy(), need_dx=True)
@@ -159,5 +178,6 @@ def check_layer_gradients(layer, input_shape, batch_size=3, eps=1e-5, seed=0, x=
     numeric = _numeric_gradient(x, np.arange(x.size), objective, eps)
     errors["input"] = relative_error(analytic_dx.reshape(-1), numeric,
                                      abs_floor, denom_floor)
+    restore_state()
     worst = max(errors.values())
     return (worst, errors) if return_details else worst

@@ -79,6 +79,8 @@ def save_model(model, path, optimizer=None, extra=None):
 
     for layer, pname, param, _ in model.parameters():
         add("weights", f"{layer.name}/{pname}", param)
+    for layer, sname, arr in model.states():  # non-trainable (moving statistics)
+        add("state", f"{layer.name}/{sname}", arr)
     meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "model": model.get_config(),
             "arrays": records, "extra": extra or {}}
     if optimizer is not None:
@@ -158,6 +160,14 @@ def load_model(path, backend=None, return_optimizer=False):
             raise ValueError(f"{path}: weights for {key[1]} have shape {arr.shape}, "
                              f"the layer needs {param.shape}")
         weights.append(arr)
+    for layer, sname, state in model.states():  # set_weights takes state after params
+        key = ("state", f"{layer.name}/{sname}")
+        if key not in arrays:
+            raise ValueError(f"{path}: incomplete file, no state for {key[1]}")
+        if arrays[key].shape != state.shape:
+            raise ValueError(f"{path}: state {key[1]} has shape {arrays[key].shape}, "
+                             f"the layer needs {state.shape}")
+        weights.append(arrays[key])
     model.set_weights(weights)
     if not return_optimizer:
         return model

@@ -184,8 +184,16 @@ class Sequential:
     def named_parameters(self, trainable_only=True):
         """Iterate over ("layer/name", param, grad): the optimizer's input."""
         for layer, name, param, grad in self.parameters():
-            if layer.trainable or not trainable_only:
+            if not trainable_only or layer.is_param_trainable(name):
                 yield f"{layer.name}/{name}", param, grad
+
+    def states(self):
+        """Iterate over (layer, name, array) of every non-trainable state array
+        (e.g. BatchNormalization's moving statistics): saved with the weights,
+        never updated by an optimizer."""
+        for layer in self.layers:
+            for name, arr in layer.state.items():
+                yield layer, name, arr
 
     def regularization_loss(self):
         """Sum of all layers' weight penalties."""
@@ -196,23 +204,26 @@ class Sequential:
         return int(sum(layer.count_params() for layer in self.layers))
 
     def get_weights(self):
-        """Copies of all parameters, in ``parameters()`` order."""
-        return [param.copy() for _, _, param, _ in self.parameters()]
+        """Copies of all parameters, in ``parameters()`` order, followed by the
+        non-trainable state arrays in ``states()`` order."""
+        return [param.copy() for _, _, param, _ in self.parameters()] + \
+            [arr.copy() for _, _, arr in self.states()]
 
     def set_weights(self, weights):
-        """Copy ``weights`` (as from ``get_weights``) into the parameters, in place."""
-        params = list(self.parameters())
+        """Copy ``weights`` (as from ``get_weights``) into the parameters and state, in place."""
+        params = [(layer, name, param) for layer, name, param, _ in self.parameters()]
+        params += list(self.states())
         weights = list(weights)
         if len(weights) != len(params):
             raise ValueError(f"model {self.name!r} has {len(params)} weight arrays, "
                              f"got {len(weights)}")
-        for (layer, name, param, _), w in zip(params, weights):
+        for (layer, name, param), w in zip(params, weights):
             w = np.asarray(w)
             if w.shape != param.shape:
                 raise ValueError(f"{type(layer).__name__} '{layer.name}' {name} has shape "
                                  f"{param.shape}, got {w.shape}")
         # In place, so optimizer state and cached references stay valid.
-        for (_, _, param, _), w in zip(params, weights):
+        for (_, _, param), w in zip(params, weights):
             np.copyto(param, np.asarray(w), casting="same_kind")
 
     # -- description --------------------------------------------------------------
@@ -245,7 +256,14 @@ class Sequential:
         if not self.built:
             raise ValueError(f"model {self.name!r} is not built; pass input_shape=... "
                              f"or call build() first")
-        widths = (33, 26, 12)
+
+        def names(layer, indent):  # "name (Class)" cells, nested ones indented
+            yield f"{indent}{layer.name} ({type(layer).__name__})"
+            for child in layer.sublayers():
+                yield from names(child, indent + "  ")
+
+        longest = max(len(cell) for layer in self.layers for cell in names(layer, ""))
+        widths = (max(33, longest + 2), 26, 12)
         line = "_" * sum(widths)
 
         def row(cells):
@@ -253,14 +271,20 @@ class Sequential:
 
         rows = [f'Model: "{self.name}"', line,
                 row(("Layer (type)", "Output Shape", "Param #")), "=" * sum(widths)]
-        for i, layer in enumerate(self.layers):
+
+        def layer_rows(layer, indent):
             shape = "(None, " + ", ".join(str(s) for s in layer.output_shape) + ")"
-            rows.append(row((f"{layer.name} ({type(layer).__name__})", shape,
-                             f"{layer.count_params():,}")))
+            rows.append(row((next(names(layer, indent)), shape, f"{layer.count_params():,}")))
+            # Container layers (Residual) list their inner layers, indented.
+            for child in layer.sublayers():
+                layer_rows(child, indent + "  ")
+
+        for i, layer in enumerate(self.layers):
+            layer_rows(layer, "")
             if i < len(self.layers) - 1:
                 rows.append("")
         total = self.count_params()
-        trainable = sum(layer.count_params() for layer in self.layers if layer.trainable)
+        trainable = sum(layer.count_trainable_params() for layer in self.layers)
         rows += ["=" * sum(widths),
                  f"Total params: {total:,}",
                  f"Trainable params: {trainable:,}",

@@ -386,3 +386,52 @@ def adagrad_step(param, grad, acc, *, lr, epsilon):
     """In-place Adagrad step."""
     grad = _input(grad, "grad", param.dtype)
     _core.adagrad_step(param, grad, acc, float(lr), float(epsilon))
+
+
+# ---------------------------------------------------------------- batch normalisation
+# x is channels-last (..., C); statistics are per channel over all other axes.
+
+def _channel_vector(arr, name, dtype, c, optional=True):
+    if arr is None and optional:
+        return None
+    arr = _input(arr, name, dtype)
+    if arr.shape != (c,):
+        raise ValueError(f"{name}: expected shape ({c},), got {arr.shape}")
+    return arr
+
+
+def batchnorm_stats(x, mean=None, var=None):
+    """(mean, var): per-channel mean and biased variance (divided by the count) of x (..., C)."""
+    x = _input(x, "x")
+    c = x.shape[-1] if x.ndim else 0
+    mean = _output(mean, "mean", (c,), x.dtype)
+    var = _output(var, "var", (c,), x.dtype)
+    return _core.batchnorm_stats(x, mean, var)
+
+
+def batchnorm_apply(x, mean, var, gamma, beta, *, epsilon, out=None):
+    """out = (x - mean) / sqrt(var + epsilon) * gamma + beta; gamma/beta None mean 1/0."""
+    x = _input(x, "x")
+    c = x.shape[-1] if x.ndim else 0
+    mean = _channel_vector(mean, "mean", x.dtype, c, optional=False)
+    var = _channel_vector(var, "var", x.dtype, c, optional=False)
+    gamma = _channel_vector(gamma, "gamma", x.dtype, c)
+    beta = _channel_vector(beta, "beta", x.dtype, c)
+    out = _output(out, "out", x.shape, x.dtype)
+    return _core.batchnorm_apply(x, mean, var, gamma, beta, float(epsilon), out)
+
+
+def batchnorm_backward(x, dy, mean, var, gamma, *, epsilon, training, dgamma=None, dbeta=None,
+                       dx=None):
+    """Gradients of batchnorm_apply; overwrites dgamma/dbeta/dx (each may be None). Returns dx.
+
+    training=True: mean/var are x's batch statistics and are differentiated too;
+    training=False: they are constants (moving statistics)."""
+    x = _input(x, "x")
+    dy = _input(dy, "dy", x.dtype)
+    c = x.shape[-1] if x.ndim else 0
+    mean = _channel_vector(mean, "mean", x.dtype, c, optional=False)
+    var = _channel_vector(var, "var", x.dtype, c, optional=False)
+    gamma = _channel_vector(gamma, "gamma", x.dtype, c)
+    return _core.batchnorm_backward(x, dy, mean, var, gamma, float(epsilon), bool(training),
+                                    dgamma, dbeta, dx)

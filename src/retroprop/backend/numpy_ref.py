@@ -660,3 +660,94 @@ def adagrad_step(param, grad, acc, *, lr, epsilon):
     dt = param.dtype.type
     acc += grad * grad
     param -= dt(lr) * grad / (np.sqrt(acc) + dt(epsilon))
+
+
+# --------------------------------------------------------------------------
+# batch normalisation: x is channels-last (..., C), statistics per channel
+# --------------------------------------------------------------------------
+
+def _as_rows(x, argname="x"):
+    """x (..., C) as a 2-D (rows, C) array (a view when possible)."""
+    _check_float(x, argname)
+    if x.ndim < 1 or x.size == 0:
+        raise ValueError(f"{argname} must be a non-empty array (..., C), got shape {x.shape}")
+    return x.reshape(-1, x.shape[-1])
+
+
+def _check_channel_vector(arr, argname, dtype, c, optional=True):
+    if arr is None and optional:
+        return None
+    _check_float(arr, argname, dtype)
+    if arr.shape != (c,):
+        raise ValueError(f"{argname} has shape {arr.shape}, expected ({c},)")
+    return arr
+
+
+def batchnorm_stats(x, mean=None, var=None):
+    """(mean, var): per-channel mean and biased variance (divided by the count) of x (..., C)."""
+    rows = _as_rows(x)
+    c = rows.shape[1]
+    mean = _check_out(mean, "mean", (c,), x.dtype)
+    var = _check_out(var, "var", (c,), x.dtype)
+    m = rows.mean(axis=0, dtype=np.float64)
+    mean[...] = m
+    var[...] = ((rows - m) ** 2).mean(axis=0)
+    return mean, var
+
+
+def batchnorm_apply(x, mean, var, gamma, beta, *, epsilon, out=None):
+    """out = (x - mean) / sqrt(var + epsilon) * gamma + beta; gamma/beta None mean 1/0."""
+    rows = _as_rows(x)
+    c = rows.shape[1]
+    _check_channel_vector(mean, "mean", x.dtype, c, optional=False)
+    _check_channel_vector(var, "var", x.dtype, c, optional=False)
+    _check_channel_vector(gamma, "gamma", x.dtype, c)
+    _check_channel_vector(beta, "beta", x.dtype, c)
+    out = _check_out(out, "out", x.shape, x.dtype)
+    y = (x - mean) / np.sqrt(var.astype(np.float64) + epsilon)
+    if gamma is not None:
+        y = y * gamma
+    if beta is not None:
+        y = y + beta
+    out[...] = y
+    return out
+
+
+def batchnorm_backward(x, dy, mean, var, gamma, *, epsilon, training, dgamma=None, dbeta=None,
+                       dx=None):
+    """Gradients of batchnorm_apply; overwrites dgamma/dbeta/dx (each may be None). Returns dx.
+
+    With xhat = (x - mean) / sqrt(var + epsilon) and n rows per channel:
+    dgamma = sum(dy * xhat); dbeta = sum(dy);
+    training (mean/var are x's batch statistics):
+        dx = gamma / sqrt(var + eps) / n * (n dy - sum(dy) - xhat sum(dy xhat))
+    otherwise (constant statistics): dx = gamma / sqrt(var + eps) * dy.
+    """
+    rows = _as_rows(x)
+    c = rows.shape[1]
+    _check_float(dy, "dy", x.dtype)
+    if dy.shape != x.shape:
+        raise ValueError(f"dy has shape {dy.shape}, expected {x.shape}")
+    _check_channel_vector(mean, "mean", x.dtype, c, optional=False)
+    _check_channel_vector(var, "var", x.dtype, c, optional=False)
+    _check_channel_vector(gamma, "gamma", x.dtype, c)
+    g = dy.reshape(-1, c).astype(np.float64)
+    inv_std = 1.0 / np.sqrt(var.astype(np.float64) + epsilon)
+    xhat = (rows.astype(np.float64) - mean) * inv_std
+    sum_dy = g.sum(axis=0)
+    sum_dy_xhat = (g * xhat).sum(axis=0)
+    if dgamma is not None:
+        _check_channel_vector(dgamma, "dgamma", x.dtype, c)[...] = sum_dy_xhat
+    if dbeta is not None:
+        _check_channel_vector(dbeta, "dbeta", x.dtype, c)[...] = sum_dy
+    if dx is None:
+        return None
+    dx = _check_out(dx, "dx", x.shape, x.dtype)
+    scale = inv_std if gamma is None else gamma * inv_std
+    n = g.shape[0]
+    if training:
+        d = scale / n * (n * g - sum_dy - xhat * sum_dy_xhat)
+    else:
+        d = scale * g
+    dx[...] = d.reshape(x.shape)
+    return dx

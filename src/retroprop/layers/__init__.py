@@ -47,3 +47,9 @@ __all__ += ["Dropout"]
 from .augmentation import RandomCrop, RandomFlip, RandomTranslation  # noqa: E402
 
 __all__ += ["RandomFlip", "RandomTranslation", "RandomCrop"]
+
+# Normalisation and residual blocks.
+from .norm import BatchNormalization  # noqa: E402
+from .residual import Residual  # noqa: E402
+
+__all__ += ["BatchNormalization", "Residual"]

@@ -11,6 +11,12 @@ Contract (see DESIGN.md):
   input gradient of its first layer during training; layers may then return
   None.
 * ``get_config()`` is JSON-serialisable and enough to rebuild the layer.
+* ``state`` (name -> array) holds non-trainable values the layer updates
+  itself (BatchNormalization's moving statistics): saved and loaded with
+  the weights and counted by ``summary()``, but never given to an optimizer
+  and without gradients. Create them with ``add_state``.
+* Layers containing layers (``Residual``) return them from ``sublayers()``
+  and expose their parameters and state under "child/name" keys.
 
 Layers call ``self.backend.<op>`` (docs/BACKEND.md), never ``_core``.
 
@@ -56,6 +62,7 @@ class Layer:
         self.name = name
         self.params = {}
         self.grads = {}
+        self.state = {}
         self.built = False
         self.trainable = True
         self.backend = None
@@ -98,6 +105,19 @@ class Layer:
         self.params[name] = np.ascontiguousarray(value, dtype=self.dtype)
         self.grads[name] = np.zeros_like(self.params[name])
         return self.params[name]
+
+    def add_state(self, name, value):
+        """Register a non-trainable state array (no gradient; not seen by optimizers)."""
+        self.state[name] = np.ascontiguousarray(value, dtype=self.dtype)
+        return self.state[name]
+
+    def sublayers(self):
+        """Layers contained in this one (empty except for container layers)."""
+        return []
+
+    def is_param_trainable(self, name):
+        """Whether the optimizer updates ``params[name]`` (containers ask the owning child)."""
+        return self.trainable
 
     # -- computation ----------------------------------------------------------
 
@@ -144,8 +164,13 @@ class Layer:
     # -- bookkeeping ----------------------------------------------------------
 
     def count_params(self):
-        """Number of scalars in the layer's parameters."""
-        return int(sum(p.size for p in self.params.values()))
+        """Number of scalars in the layer's parameters and non-trainable state (as Keras)."""
+        return int(sum(p.size for p in self.params.values())
+                   + sum(s.size for s in self.state.values()))
+
+    def count_trainable_params(self):
+        """Number of scalars the optimizer updates."""
+        return int(sum(p.size for name, p in self.params.items() if self.is_param_trainable(name)))
 
     def get_config(self):
         """JSON-serialisable constructor arguments."""
