@@ -202,3 +202,42 @@ def test_initial_epoch_is_validated():
         trainer.fit(x, np.zeros(4, np.int64), epochs=2, initial_epoch=3, verbose=0)
     with pytest.raises(ValueError, match="initial_epoch"):
         trainer.fit(x, np.zeros(4, np.int64), epochs=2, initial_epoch=-1, verbose=0)
+
+
+def _damage_entry(path, entry, mangle):
+    """Rewrite the compressed bytes of one ZIP entry in place (directory intact)."""
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(entry)
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    data[start:start + info.compress_size] = mangle(bytes(data[start:start + info.compress_size]))
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("entry", ["retroprop.json", "arrays/0.npy", "arrays/3.npy"])
+@pytest.mark.parametrize("mangle", [
+    lambda b: bytes(len(b)),                                    # zeroed
+    lambda b: b[:len(b) // 2] + bytes([b[len(b) // 2] ^ 0x55]) + b[len(b) // 2 + 1:],  # one byte
+], ids=["zeroed", "flipped"])
+def test_damaged_entries_are_refused_with_value_error(tmp_path, entry, mangle):
+    path = tmp_path / "m.rpz"
+    small_model().save(path)
+    _damage_entry(path, entry, mangle)
+    with pytest.raises(ValueError, match="m.rpz"):
+        rp.load_model(path)
+
+
+def test_tampered_configuration_is_refused(tmp_path):
+    """Metadata edited to a different architecture: the arrays no longer fit."""
+    path = tmp_path / "m.rpz"
+    small_model().save(path)
+    with zipfile.ZipFile(path) as zf:
+        entries = {name: zf.read(name) for name in zf.namelist()}
+    meta = json.loads(entries["retroprop.json"])
+    meta["model"]["layers"][0]["config"]["units"] = 8
+    entries["retroprop.json"] = json.dumps(meta).encode()
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+    with pytest.raises(ValueError, match="shape"):
+        rp.load_model(path)

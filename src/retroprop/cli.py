@@ -27,13 +27,37 @@ class CLIError(Exception):
 
 # ---------------------------------------------------------------- data and models
 
+def one_line(message):
+    """Fold a multi-line message into one line ("Header: item; item. Next: ...")."""
+    out = ""
+    for line in str(message).splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        is_item = line.startswith("- ")
+        line = line[2:] if is_item else line
+        if not out:
+            out = line
+        elif is_item and not out.endswith(":"):
+            out += "; " + line
+        elif not is_item and not out.endswith((".", ":")):
+            out += ". " + line
+        else:
+            out += " " + line
+    return out
+
+
 def load_dataset(name, data_dir=None, seed=0):
     """(x_train, y_train), (x_test, y_test) for a CLI dataset name."""
     from . import datasets
-    if name == "fashion-mnist":
-        return datasets.load_fashion_mnist(data_dir)
-    if name == "mnist":
-        return datasets.load_mnist(data_dir)
+    if name in ("fashion-mnist", "mnist"):
+        loader = datasets.load_fashion_mnist if name == "fashion-mnist" else datasets.load_mnist
+        try:
+            return loader(data_dir)
+        except datasets.DatasetNotFoundError as e:
+            # Same message as the library's, in CLI terms and on one line.
+            raise CLIError(one_line(str(e).replace("pass data_dir='/path/to/dir'",
+                                                   "pass --data-dir DIR"))) from e
     if name == "digits":
         return datasets.load_digits()
     if name == "xor":
@@ -265,9 +289,14 @@ def cmd_info(args):
 def make_parser():
     parser = argparse.ArgumentParser(prog="retroprop", description="Train and use retroprop models.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    # --debug is also accepted after the command ("retroprop train --debug");
+    # SUPPRESS keeps the subcommand's default from overwriting the main one.
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    t = sub.add_parser("train", help="train a preset model on a dataset")
+    t = sub.add_parser("train", parents=[debug], help="train a preset model on a dataset")
     t.add_argument("--dataset", choices=DATASETS, default="fashion-mnist")
     t.add_argument("--model", choices=MODELS, default="mlp")
     t.add_argument("--epochs", type=int, default=None,
@@ -285,7 +314,8 @@ def make_parser():
     t.add_argument("--json", default=None, help="write history and test scores as JSON")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("evaluate", help="loss, accuracy and confusion matrix of a saved model")
+    e = sub.add_parser("evaluate", parents=[debug],
+                       help="loss, accuracy and confusion matrix of a saved model")
     e.add_argument("model")
     e.add_argument("--dataset", choices=DATASETS, default="fashion-mnist")
     e.add_argument("--data-dir", default=None)
@@ -293,17 +323,19 @@ def make_parser():
     e.add_argument("--plot", default=None, help="write the confusion matrix to this PNG")
     e.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="class probabilities for inputs in a .npy file")
+    p = sub.add_parser("predict", parents=[debug],
+                       help="class probabilities for inputs in a .npy file")
     p.add_argument("model")
     p.add_argument("--input", required=True)
     p.add_argument("--output", required=True)
     p.set_defaults(func=cmd_predict)
 
-    s = sub.add_parser("summary", help="print a saved model's layers and parameter counts")
+    s = sub.add_parser("summary", parents=[debug],
+                       help="print a saved model's layers and parameter counts")
     s.add_argument("model")
     s.set_defaults(func=cmd_summary)
 
-    i = sub.add_parser("info", help="version, SIMD level, threads, OpenMP, CUDA")
+    i = sub.add_parser("info", parents=[debug], help="version, SIMD level, threads, OpenMP, CUDA")
     i.set_defaults(func=cmd_info)
     return parser
 
@@ -336,7 +368,7 @@ def main(argv=None):
         if args.debug:
             raise
         status = 2 if isinstance(e, (CLIError, ValueError, TypeError, OSError)) else 1
-        print(f"retroprop: error: {e}", file=sys.stderr)
+        print(f"retroprop: error: {one_line(e) or type(e).__name__}", file=sys.stderr)
         return status
 
 
