@@ -181,3 +181,27 @@ def test_predict_with_wrong_input_shape_is_a_one_line_error(tmp_path, capsys):
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert "expects input of shape (N, 2), got (4, 3)" in err
     assert not (tmp_path / "y.npy").exists()
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+def test_train_learning_rate_schedule(monkeypatch, capsys, schedule):
+    import retroprop as rp
+    made = []
+
+    class SpyTrainer(rp.Trainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+    monkeypatch.setattr(rp, "Trainer", SpyTrainer)
+    # xor: 400 samples, 10% held out -> 360 / batch 16 -> 23 steps per epoch
+    assert cli.main(["train", "--dataset", "xor", "--epochs", "3", "--lr", "0.2",
+                     "--schedule", schedule]) == 0
+    assert f"lr=0.2 ({schedule})" in capsys.readouterr().out
+    optimizer = made[0].optimizer
+    assert optimizer.iterations == 3 * 23
+    if schedule == "constant":
+        assert optimizer.lr == 0.2
+    else:
+        assert isinstance(optimizer.lr, rp.schedules.CosineDecay)
+        assert optimizer.lr.decay_steps == 3 * 23
+        assert optimizer.lr(0) == pytest.approx(0.2) and optimizer.lr(3 * 23) == 0.0

@@ -1,6 +1,6 @@
 """The ``retroprop`` command line: train, evaluate, predict, summary, info.
 
-    retroprop train                      # an MLP on Fashion-MNIST, offline
+    retroprop train                      # an MLP on Fashion-MNIST, offline (5 epochs)
     retroprop train --dataset digits --model mlp --epochs 20
     retroprop evaluate model.rpz --dataset fashion-mnist
     retroprop predict model.rpz --input x.npy --output y.npy
@@ -197,12 +197,20 @@ def cmd_train(args):
     n_classes = int(max(y.max(), yt.max())) + 1
     model = build_model(args.model, x.shape[1:], n_classes, args.seed)
     lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
+    schedule = lr
+    if args.schedule == "cosine":
+        # Decay to zero over the whole run: the last epochs take small steps,
+        # so the final weights are not left wherever the last noisy large
+        # step put them (worth about a point of test accuracy on Fashion-MNIST).
+        n_train = len(x) - int(len(x) * args.val_split)
+        steps = args.epochs * -(-n_train // args.batch_size)
+        schedule = rp.schedules.CosineDecay(lr, decay_steps=steps)
     trainer = rp.Trainer(model, loss="categorical_crossentropy",
-                         optimizer=make_optimizer(args.optimizer, lr), metrics=["accuracy"])
+                         optimizer=make_optimizer(args.optimizer, schedule), metrics=["accuracy"])
     info = rp.backend_info()
     print(f"retroprop {rp.__version__} | {args.dataset}: {len(x)} train / {len(xt)} test | "
-          f"model {args.model} ({model.count_params():,} parameters) | {args.optimizer} lr={lr} | "
-          f"{info['simd']}, {info['threads']} threads")
+          f"model {args.model} ({model.count_params():,} parameters) | {args.optimizer} lr={lr} "
+          f"({args.schedule}) | batch {args.batch_size} | {info['simd']}, {info['threads']} threads")
     start = time.perf_counter()
     history = trainer.fit(x, y, epochs=args.epochs, batch_size=args.batch_size,
                           validation_split=args.val_split, seed=args.seed, verbose=1)
@@ -305,6 +313,8 @@ def make_parser():
                    help="default: 128 (images), 16 (xor, spirals)")
     t.add_argument("--lr", type=float, default=None, help="learning rate (default by optimizer)")
     t.add_argument("--optimizer", choices=OPTIMIZERS, default="momentum")
+    t.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
+                   help="learning rate over the run: cosine decay to 0 (default) or constant")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--val-split", type=float, default=0.1)
     t.add_argument("--threads", type=int, default=None)
