@@ -205,3 +205,9 @@ def test_train_learning_rate_schedule(monkeypatch, capsys, schedule):
         assert isinstance(optimizer.lr, rp.schedules.CosineDecay)
         assert optimizer.lr.decay_steps == 3 * 23
         assert optimizer.lr(0) == pytest.approx(0.2) and optimizer.lr(3 * 23) == 0.0
+
+
+def test_training_defaults():
+    assert cli.training_defaults("xor") == (100, 16)
+    assert cli.training_defaults("fashion-mnist", "mlp") == (5, 128)
+    assert cli.training_defaults("fashion-mnist", "lenet") == (5, 64)
