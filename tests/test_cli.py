@@ -99,3 +99,115 @@ def test_plot_without_matplotlib_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     with pytest.raises(cli.CLIError, match=r"pip install 'retroprop\[plot\]'"):
         cli.plot_history(None, "x.png")
+
+
+def test_debug_shows_the_traceback_before_or_after_the_command():
+    proc = run_cli("--debug", "summary", "absent.rpz")
+    assert proc.returncode != 0
+    assert "Traceback" in proc.stderr and "FileNotFoundError" in proc.stderr
+    # After the command too; in-process, the exception itself propagates.
+    with pytest.raises(FileNotFoundError):
+        cli.main(["summary", "absent.rpz", "--debug"])
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"this is not a model", "not a retroprop model file"),
+    (None, "corrupted"),   # None: a real model file cut in half
+])
+def test_bad_model_files_are_one_line_errors(tmp_path, capsys, content, message):
+    import retroprop as rp
+    path = tmp_path / "bad.rpz"
+    if content is None:
+        good = tmp_path / "good.rpz"
+        cli.build_model("mlp", (2,), 2, 0).save(good)
+        data = good.read_bytes()
+        # Keep the central directory, damage the first array's bytes.
+        with __import__("zipfile").ZipFile(good) as zf:
+            info = zf.getinfo("arrays/0.npy")
+        start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+        data = data[:start] + bytes(info.compress_size) + data[start + info.compress_size:]
+        path.write_bytes(data)
+        with pytest.raises(ValueError):
+            rp.load_model(path)
+    else:
+        path.write_bytes(content)
+    for command in (["summary", str(path)], ["evaluate", str(path), "--dataset", "xor"],
+                    ["predict", str(path), "--input", "x.npy", "--output", "y.npy"]):
+        assert cli.main(command) == 2, command
+        err = capsys.readouterr().err
+        assert message in err and str(path) in err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_offline_without_data_one_line_listing_the_ways(tmp_path, monkeypatch, capsys):
+    from retroprop import datasets
+    monkeypatch.delenv("RETROPROP_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setitem(datasets.SYSTEM_DATA_DIRS, "fashion-mnist", str(tmp_path / "none"))
+
+    def offline(url, timeout):
+        raise OSError("network is unreachable")
+    monkeypatch.setattr(datasets, "_urlopen", offline)
+    assert cli.main(["train", "--dataset", "fashion-mnist"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    for way in ("--data-dir DIR", "RETROPROP_DATA", "apt-get install dataset-fashion-mnist",
+                "network is unreachable", str(tmp_path / "cache")):
+        assert way in err
+
+
+def test_evaluate_prints_a_consistent_confusion_matrix(tmp_path, capsys):
+    model_path = tmp_path / "s.rpz"
+    assert cli.main(["train", "--dataset", "spirals", "--epochs", "5", "--out",
+                     str(model_path)]) == 0
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(model_path), "--dataset", "spirals"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    loss, accuracy = (float(v.split()[-1]) for v in lines[0].split(","))
+    assert lines[0].startswith("loss") and loss > 0
+    header = lines.index("confusion matrix (rows: true class, columns: predicted):")
+    matrix = np.array([[int(v) for v in row.split()[1:]] for row in lines[header + 2:]])
+    assert matrix.shape == (2, 2) and matrix.sum() == 300   # the spirals test set
+    assert np.trace(matrix) / matrix.sum() == pytest.approx(accuracy, abs=1e-4)
+
+
+def test_predict_with_wrong_input_shape_is_a_one_line_error(tmp_path, capsys):
+    model_path = tmp_path / "x.rpz"
+    cli.build_model("mlp", (2,), 2, 0).save(model_path)
+    np.save(tmp_path / "x.npy", np.zeros((4, 3), np.float32))
+    assert cli.main(["predict", str(model_path), "--input", str(tmp_path / "x.npy"),
+                     "--output", str(tmp_path / "y.npy")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "expects input of shape (N, 2), got (4, 3)" in err
+    assert not (tmp_path / "y.npy").exists()
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+def test_train_learning_rate_schedule(monkeypatch, capsys, schedule):
+    import retroprop as rp
+    made = []
+
+    class SpyTrainer(rp.Trainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+    monkeypatch.setattr(rp, "Trainer", SpyTrainer)
+    # xor: 400 samples, 10% held out -> 360 / batch 16 -> 23 steps per epoch
+    assert cli.main(["train", "--dataset", "xor", "--epochs", "3", "--lr", "0.2",
+                     "--schedule", schedule]) == 0
+    assert f"lr=0.2 ({schedule})" in capsys.readouterr().out
+    optimizer = made[0].optimizer
+    assert optimizer.iterations == 3 * 23
+    if schedule == "constant":
+        assert optimizer.lr == 0.2
+    else:
+        assert isinstance(optimizer.lr, rp.schedules.CosineDecay)
+        assert optimizer.lr.decay_steps == 3 * 23
+        assert optimizer.lr(0) == pytest.approx(0.2) and optimizer.lr(3 * 23) == 0.0
+
+
+def test_training_defaults():
+    assert cli.training_defaults("xor") == (100, 16)
+    assert cli.training_defaults("fashion-mnist", "mlp") == (5, 128)
+    assert cli.training_defaults("fashion-mnist", "lenet") == (5, 64)

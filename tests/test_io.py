@@ -134,5 +134,110 @@ def test_killed_save_leaves_previous_file_intact(tmp_path):
     assert path.read_bytes() == before
     rp.load_model(path)  # still a valid model
     leftovers = [p for p in os.listdir(tmp_path) if p != "m.rpz"]
-    # the dead process's temporary file may remain, but never under the real name
-    assert all(name.startswith(".tmp-") for name in leftovers)
+    # The dead process's half-written temporary file remains (proof that the
+    # kill came mid-write), but only under a hidden temporary name.
+    assert leftovers and all(name.startswith(".tmp-") for name in leftovers)
+    with pytest.raises(ValueError):
+        rp.load_model(tmp_path / leftovers[0])
+
+
+@pytest.mark.parametrize("make_optimizer", [
+    lambda: rp.optim.SGD(lr=0.05, momentum=0.9),
+    lambda: rp.optim.Adam(lr=0.01),
+], ids=["momentum", "adam"])
+def test_checkpoint_resume_matches_uninterrupted_training(tmp_path, make_optimizer):
+    """2 epochs, a checkpoint, a fresh process-like reload, 2 more epochs ==
+    4 epochs straight: same weights and optimizer state, bit for bit."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((60, 5)).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] > 0).astype(np.int64) + (x[:, 2] > 1)
+
+    straight = small_model(seed=5)
+    straight_opt = make_optimizer()
+    rp.Trainer(straight, "categorical_crossentropy", straight_opt).fit(
+        x, y, epochs=4, batch_size=8, validation_split=0.2, verbose=0)
+
+    first = small_model(seed=5)
+    ckpt = rp.callbacks.ModelCheckpoint(str(tmp_path / "ckpt-{epoch}.rpz"))
+    rp.Trainer(first, "categorical_crossentropy", make_optimizer(), callbacks=[ckpt]).fit(
+        x, y, epochs=2, batch_size=8, validation_split=0.2, verbose=0)
+
+    model, optimizer, extra = rp.load_model(ckpt.saved[-1], return_optimizer=True)
+    assert extra == {"epoch": 2}
+    assert type(optimizer) is type(straight_opt) and optimizer.iterations == 2 * 6
+    history = rp.Trainer(model, "categorical_crossentropy", optimizer).fit(
+        x, y, epochs=4, batch_size=8, validation_split=0.2, verbose=0,
+        initial_epoch=extra["epoch"])
+    assert history.epoch == [2, 3] and len(history.history["loss"]) == 2
+    for resumed, reference in zip(model.get_weights(), straight.get_weights()):
+        np.testing.assert_array_equal(resumed, reference)
+    assert optimizer.iterations == straight_opt.iterations
+    for key, arr in straight_opt.state_arrays().items():
+        np.testing.assert_array_equal(optimizer.state_arrays()[key], arr)
+
+
+def test_resume_without_the_optimizer_state_differs(tmp_path):
+    """The check above can fail: a fresh optimizer (zero momentum) diverges."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((60, 5)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    straight = small_model(seed=5)
+    rp.Trainer(straight, "categorical_crossentropy", rp.optim.SGD(lr=0.05, momentum=0.9)).fit(
+        x, y, epochs=4, batch_size=8, verbose=0)
+    ckpt = rp.callbacks.ModelCheckpoint(str(tmp_path / "c.rpz"), save_optimizer=False)
+    rp.Trainer(small_model(seed=5), "categorical_crossentropy",
+               rp.optim.SGD(lr=0.05, momentum=0.9), callbacks=[ckpt]).fit(
+        x, y, epochs=2, batch_size=8, verbose=0)
+    model, optimizer, extra = rp.load_model(ckpt.saved[-1], return_optimizer=True)
+    assert optimizer is None and extra == {"epoch": 2}
+    rp.Trainer(model, "categorical_crossentropy", rp.optim.SGD(lr=0.05, momentum=0.9)).fit(
+        x, y, epochs=4, batch_size=8, verbose=0, initial_epoch=2)
+    assert not np.array_equal(model.get_weights()[0], straight.get_weights()[0])
+
+
+def test_initial_epoch_is_validated():
+    trainer = rp.Trainer(small_model(), "categorical_crossentropy", "sgd")
+    x = np.zeros((4, 5), np.float32)
+    with pytest.raises(ValueError, match="initial_epoch"):
+        trainer.fit(x, np.zeros(4, np.int64), epochs=2, initial_epoch=3, verbose=0)
+    with pytest.raises(ValueError, match="initial_epoch"):
+        trainer.fit(x, np.zeros(4, np.int64), epochs=2, initial_epoch=-1, verbose=0)
+
+
+def _damage_entry(path, entry, mangle):
+    """Rewrite the compressed bytes of one ZIP entry in place (directory intact)."""
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(entry)
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    data[start:start + info.compress_size] = mangle(bytes(data[start:start + info.compress_size]))
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("entry", ["retroprop.json", "arrays/0.npy", "arrays/3.npy"])
+@pytest.mark.parametrize("mangle", [
+    lambda b: bytes(len(b)),                                    # zeroed
+    lambda b: b[:len(b) // 2] + bytes([b[len(b) // 2] ^ 0x55]) + b[len(b) // 2 + 1:],  # one byte
+], ids=["zeroed", "flipped"])
+def test_damaged_entries_are_refused_with_value_error(tmp_path, entry, mangle):
+    path = tmp_path / "m.rpz"
+    small_model().save(path)
+    _damage_entry(path, entry, mangle)
+    with pytest.raises(ValueError, match="m.rpz"):
+        rp.load_model(path)
+
+
+def test_tampered_configuration_is_refused(tmp_path):
+    """Metadata edited to a different architecture: the arrays no longer fit."""
+    path = tmp_path / "m.rpz"
+    small_model().save(path)
+    with zipfile.ZipFile(path) as zf:
+        entries = {name: zf.read(name) for name in zf.namelist()}
+    meta = json.loads(entries["retroprop.json"])
+    meta["model"]["layers"][0]["config"]["units"] = 8
+    entries["retroprop.json"] = json.dumps(meta).encode()
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+    with pytest.raises(ValueError, match="shape"):
+        rp.load_model(path)

@@ -295,10 +295,17 @@ class ModelCheckpoint(Callback):
     only epochs where ``monitor`` improves on the best value so far are saved
     (``mode`` "min", "max" or "auto": "max" for names containing "acc").
     ``saved`` lists the paths written, in order.
+
+    With ``save_optimizer=True`` (the default) each file also holds the
+    optimizer's state and ``{"epoch": epochs done}``, so training can resume
+    from it: ``rp.load_model(path, return_optimizer=True)`` returns
+    ``(model, optimizer, extra)``; see ``Trainer.fit(initial_epoch=...)``.
     """
 
-    def __init__(self, path, monitor="val_loss", save_best_only=False, mode="auto"):
+    def __init__(self, path, monitor="val_loss", save_best_only=False, mode="auto",
+                 save_optimizer=True):
         super().__init__()
+        self.save_optimizer = bool(save_optimizer)
         if mode not in ("auto", "min", "max"):
             raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
         self.path = str(path)
@@ -327,7 +334,8 @@ class ModelCheckpoint(Callback):
                 return
             self.best = value
         path = self.path.format(epoch=epoch + 1, **logs)
-        self.model.save(path)
+        optimizer = self.trainer.optimizer if self.save_optimizer else None
+        self.model.save(path, optimizer=optimizer, extra={"epoch": epoch + 1})
         self.saved.append(path)
 
 

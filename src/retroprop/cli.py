@@ -1,6 +1,6 @@
 """The ``retroprop`` command line: train, evaluate, predict, summary, info.
 
-    retroprop train                      # an MLP on Fashion-MNIST, offline
+    retroprop train                      # an MLP on Fashion-MNIST, offline (5 epochs)
     retroprop train --dataset digits --model mlp --epochs 20
     retroprop evaluate model.rpz --dataset fashion-mnist
     retroprop predict model.rpz --input x.npy --output y.npy
@@ -27,13 +27,37 @@ class CLIError(Exception):
 
 # ---------------------------------------------------------------- data and models
 
+def one_line(message):
+    """Fold a multi-line message into one line ("Header: item; item. Next: ...")."""
+    out = ""
+    for line in str(message).splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        is_item = line.startswith("- ")
+        line = line[2:] if is_item else line
+        if not out:
+            out = line
+        elif is_item and not out.endswith(":"):
+            out += "; " + line
+        elif not is_item and not out.endswith((".", ":")):
+            out += ". " + line
+        else:
+            out += " " + line
+    return out
+
+
 def load_dataset(name, data_dir=None, seed=0):
     """(x_train, y_train), (x_test, y_test) for a CLI dataset name."""
     from . import datasets
-    if name == "fashion-mnist":
-        return datasets.load_fashion_mnist(data_dir)
-    if name == "mnist":
-        return datasets.load_mnist(data_dir)
+    if name in ("fashion-mnist", "mnist"):
+        loader = datasets.load_fashion_mnist if name == "fashion-mnist" else datasets.load_mnist
+        try:
+            return loader(data_dir)
+        except datasets.DatasetNotFoundError as e:
+            # Same message as the library's, in CLI terms and on one line.
+            raise CLIError(one_line(str(e).replace("pass data_dir='/path/to/dir'",
+                                                   "pass --data-dir DIR"))) from e
     if name == "digits":
         return datasets.load_digits()
     if name == "xor":
@@ -100,9 +124,15 @@ DEFAULT_LR = {"sgd": 0.1, "momentum": 0.05, "adam": 0.001}
 TOY_DATASETS = ("xor", "spirals")
 
 
-def training_defaults(dataset):
-    """(epochs, batch size) when not given: small data needs more, smaller steps."""
-    return (100, 16) if dataset in TOY_DATASETS else (5, 128)
+def training_defaults(dataset, model="mlp"):
+    """(epochs, batch size) when not given: small data needs more, smaller steps.
+
+    The convolutional presets take batches of 64: in 5 epochs on Fashion-MNIST
+    LeNet-5 reached 0.894 validation accuracy with 64 against 0.890 with 128.
+    """
+    if dataset in TOY_DATASETS:
+        return 100, 16
+    return 5, (64 if model in ("lenet", "cnn") else 128)
 
 
 # ---------------------------------------------------------------- plots
@@ -166,19 +196,27 @@ def cmd_train(args):
     import retroprop as rp
     if args.threads is not None:
         rp.set_num_threads(args.threads)
-    default_epochs, default_batch = training_defaults(args.dataset)
+    default_epochs, default_batch = training_defaults(args.dataset, args.model)
     args.epochs = args.epochs or default_epochs
     args.batch_size = args.batch_size or default_batch
     (x, y), (xt, yt) = load_dataset(args.dataset, args.data_dir, args.seed)
     n_classes = int(max(y.max(), yt.max())) + 1
     model = build_model(args.model, x.shape[1:], n_classes, args.seed)
     lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
+    schedule = lr
+    if args.schedule == "cosine":
+        # Decay to zero over the whole run: the last epochs take small steps,
+        # so the final weights are not left wherever the last noisy large
+        # step put them (worth about a point of test accuracy on Fashion-MNIST).
+        n_train = len(x) - int(len(x) * args.val_split)
+        steps = args.epochs * -(-n_train // args.batch_size)
+        schedule = rp.schedules.CosineDecay(lr, decay_steps=steps)
     trainer = rp.Trainer(model, loss="categorical_crossentropy",
-                         optimizer=make_optimizer(args.optimizer, lr), metrics=["accuracy"])
+                         optimizer=make_optimizer(args.optimizer, schedule), metrics=["accuracy"])
     info = rp.backend_info()
     print(f"retroprop {rp.__version__} | {args.dataset}: {len(x)} train / {len(xt)} test | "
-          f"model {args.model} ({model.count_params():,} parameters) | {args.optimizer} lr={lr} | "
-          f"{info['simd']}, {info['threads']} threads")
+          f"model {args.model} ({model.count_params():,} parameters) | {args.optimizer} lr={lr} "
+          f"({args.schedule}) | batch {args.batch_size} | {info['simd']}, {info['threads']} threads")
     start = time.perf_counter()
     history = trainer.fit(x, y, epochs=args.epochs, batch_size=args.batch_size,
                           validation_split=args.val_split, seed=args.seed, verbose=1)
@@ -265,17 +303,24 @@ def cmd_info(args):
 def make_parser():
     parser = argparse.ArgumentParser(prog="retroprop", description="Train and use retroprop models.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    # --debug is also accepted after the command ("retroprop train --debug");
+    # SUPPRESS keeps the subcommand's default from overwriting the main one.
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    t = sub.add_parser("train", help="train a preset model on a dataset")
+    t = sub.add_parser("train", parents=[debug], help="train a preset model on a dataset")
     t.add_argument("--dataset", choices=DATASETS, default="fashion-mnist")
     t.add_argument("--model", choices=MODELS, default="mlp")
     t.add_argument("--epochs", type=int, default=None,
                    help="default: 5 (images), 100 (xor, spirals)")
     t.add_argument("--batch-size", type=int, default=None,
-                   help="default: 128 (images), 16 (xor, spirals)")
+                   help="default: 128 (images; 64 for lenet, cnn), 16 (xor, spirals)")
     t.add_argument("--lr", type=float, default=None, help="learning rate (default by optimizer)")
     t.add_argument("--optimizer", choices=OPTIMIZERS, default="momentum")
+    t.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
+                   help="learning rate over the run: cosine decay to 0 (default) or constant")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--val-split", type=float, default=0.1)
     t.add_argument("--threads", type=int, default=None)
@@ -285,7 +330,8 @@ def make_parser():
     t.add_argument("--json", default=None, help="write history and test scores as JSON")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("evaluate", help="loss, accuracy and confusion matrix of a saved model")
+    e = sub.add_parser("evaluate", parents=[debug],
+                       help="loss, accuracy and confusion matrix of a saved model")
     e.add_argument("model")
     e.add_argument("--dataset", choices=DATASETS, default="fashion-mnist")
     e.add_argument("--data-dir", default=None)
@@ -293,17 +339,19 @@ def make_parser():
     e.add_argument("--plot", default=None, help="write the confusion matrix to this PNG")
     e.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="class probabilities for inputs in a .npy file")
+    p = sub.add_parser("predict", parents=[debug],
+                       help="class probabilities for inputs in a .npy file")
     p.add_argument("model")
     p.add_argument("--input", required=True)
     p.add_argument("--output", required=True)
     p.set_defaults(func=cmd_predict)
 
-    s = sub.add_parser("summary", help="print a saved model's layers and parameter counts")
+    s = sub.add_parser("summary", parents=[debug],
+                       help="print a saved model's layers and parameter counts")
     s.add_argument("model")
     s.set_defaults(func=cmd_summary)
 
-    i = sub.add_parser("info", help="version, SIMD level, threads, OpenMP, CUDA")
+    i = sub.add_parser("info", parents=[debug], help="version, SIMD level, threads, OpenMP, CUDA")
     i.set_defaults(func=cmd_info)
     return parser
 
@@ -336,7 +384,7 @@ def main(argv=None):
         if args.debug:
             raise
         status = 2 if isinstance(e, (CLIError, ValueError, TypeError, OSError)) else 1
-        print(f"retroprop: error: {e}", file=sys.stderr)
+        print(f"retroprop: error: {one_line(e) or type(e).__name__}", file=sys.stderr)
         return status
 
 

@@ -13,6 +13,7 @@ import json
 import os
 import tempfile
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -111,7 +112,7 @@ def _read_archive(path):
             meta = json.loads(zf.read(_META).decode("utf-8"))
         except KeyError:
             raise ValueError(f"{path}: not a retroprop model file (no {_META})") from None
-        except (zipfile.BadZipFile, ValueError, UnicodeDecodeError, EOFError) as e:
+        except (zipfile.BadZipFile, ValueError, UnicodeDecodeError, EOFError, zlib.error) as e:
             raise ValueError(f"{path}: corrupted model metadata ({e})") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
             raise ValueError(f"{path}: not a retroprop model file (format {meta.get('format')!r})"
@@ -127,7 +128,8 @@ def _read_archive(path):
             except KeyError:
                 raise ValueError(f"{path}: incomplete file, array {rec.get('file')!r} "
                                  f"({rec.get('key')}) is missing") from None
-            except (zipfile.BadZipFile, ValueError, EOFError, OSError) as e:
+            # zlib.error: deflate data damaged in place (sizes and directory intact)
+            except (zipfile.BadZipFile, ValueError, EOFError, OSError, zlib.error) as e:
                 raise ValueError(f"{path}: array {rec.get('key')!r} is corrupted ({e})") from None
             if list(arr.shape) != rec["shape"] or arr.dtype.str != rec["dtype"] \
                     or _sha256(arr) != rec["sha256"]:

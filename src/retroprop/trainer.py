@@ -272,7 +272,7 @@ class Trainer:
     # -- public API -----------------------------------------------------------------
 
     def fit(self, x, y, epochs=1, batch_size=32, validation_data=None, validation_split=0.0,
-            shuffle=True, verbose=1, seed=None):
+            shuffle=True, verbose=1, seed=None, initial_epoch=0):
         """Train for ``epochs`` passes over (x, y); returns a :class:`History`.
 
         ``validation_data`` is an (x_val, y_val) pair; otherwise
@@ -281,10 +281,27 @@ class Trainer:
         from the model's seed). ``verbose``: 0 silent; 1 a per-batch progress
         bar on a terminal, one line per epoch otherwise; 2 one line per epoch
         (see :class:`callbacks.ProgressBar`, added unless ``callbacks`` has one).
+
+        ``initial_epoch`` resumes a run (as in Keras, ``epochs`` is then the
+        epoch to stop at, not a count): epochs ``initial_epoch`` to
+        ``epochs - 1`` (0-based) are trained, with the shuffling order those
+        epochs would have had in one uninterrupted run. With the model and
+        optimizer from a checkpoint (``ModelCheckpoint`` saves the optimizer
+        state and the epoch reached)::
+
+            model, optimizer, extra = rp.load_model(path, return_optimizer=True)
+            trainer = rp.Trainer(model, "categorical_crossentropy", optimizer)
+            trainer.fit(x, y, epochs=10, initial_epoch=extra["epoch"])
+
+        continues exactly where the saved run stopped.
         """
         if verbose not in (0, 1, 2):
             raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
         epochs = _check_positive_int(epochs, "epochs", minimum=0)
+        initial_epoch = _check_positive_int(initial_epoch, "initial_epoch", minimum=0)
+        if initial_epoch > epochs:
+            raise ValueError(f"initial_epoch ({initial_epoch}) must not exceed epochs ({epochs}): "
+                             f"epochs is the epoch to stop at when resuming")
         batch_size = _check_positive_int(batch_size, "batch_size")
         x, targets = self._check_xy(x, y)
 
@@ -322,9 +339,14 @@ class Trainer:
 
         n = x.shape[0]
         n_batches = (n + batch_size - 1) // batch_size
+        if shuffle:
+            # Draw (and drop) the orders of the epochs already trained, so a
+            # resumed run sees the same order as an uninterrupted one.
+            for _ in range(initial_epoch):
+                rng.permutation(n)
         for cb in callbacks:
             cb.on_train_begin({})
-        for epoch in range(epochs):
+        for epoch in range(initial_epoch, epochs):
             for cb in callbacks:
                 cb.on_epoch_begin(epoch, {})
             order = rng.permutation(n) if shuffle else None
