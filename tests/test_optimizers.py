@@ -238,3 +238,96 @@ def test_saved_with_the_model(make, tmp_path):
     for slot in opt.slots:
         for key in a[slot]:
             np.testing.assert_array_equal(a[slot][key], b[slot][key])
+
+
+# -- check_only: the trainer's all-or-nothing step ------------------------------------
+
+CHECK_CASES = [
+    ("sgd_step", lambda n, d: [None], dict(lr=0.1)),
+    ("sgd_step", lambda n, d: [np.zeros(n, d)], dict(lr=0.1, momentum=0.9, weight_decay=0.01)),
+    ("sgd_step", lambda n, d: [np.zeros(n, d)], dict(lr=0.1, momentum=0.9, nesterov=True)),
+    ("adam_step", lambda n, d: [np.zeros(n, d), np.zeros(n, d)],
+     dict(lr=0.01, beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=1)),
+    ("adam_step", lambda n, d: [np.zeros(n, d), np.zeros(n, d)],
+     dict(lr=0.01, beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=3, weight_decay=0.1,
+          decoupled=True)),
+    ("rmsprop_step", lambda n, d: [np.zeros(n, d), None], dict(lr=0.01, rho=0.9, epsilon=1e-7)),
+    ("rmsprop_step", lambda n, d: [np.zeros(n, d), np.zeros(n, d)],
+     dict(lr=0.01, rho=0.9, momentum=0.5, epsilon=1e-7)),
+    ("adagrad_step", lambda n, d: [np.full(n, 0.1, d)], dict(lr=0.01, epsilon=1e-7)),
+]
+
+
+@pytest.mark.parametrize("backend", [pytest.param(cpu, id="cpu", marks=needs_c),
+                                     pytest.param(numpy_ref, id="numpy")])
+@pytest.mark.parametrize("step,make_states,kwargs", CHECK_CASES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [1, 13, 70001])
+def test_check_only_counts_nonfinite_and_writes_nothing(backend, step, make_states, kwargs,
+                                                        dtype, n):
+    rng = np.random.default_rng(n)
+    param = rng.standard_normal(n).astype(dtype)
+    grad = rng.standard_normal(n).astype(dtype)
+    states = make_states(n, dtype)
+    fn = getattr(backend, step)
+
+    def unchanged(p, s):
+        np.testing.assert_array_equal(p, param)
+        for a, b in zip(s, states):
+            if a is not None:
+                np.testing.assert_array_equal(a, b)
+
+    # A finite step: count 0, nothing written.
+    p, s = param.copy(), [None if a is None else a.copy() for a in states]
+    assert fn(p, grad, *s, **kwargs, check_only=True) == 0
+    unchanged(p, s)
+    # NaN and Inf gradients: counted (one per bad element), nothing written.
+    bad = grad.copy()
+    bad[0] = np.nan
+    bad[n // 2] = np.inf
+    expected = 1 if n == 1 else 2
+    assert fn(p, bad, *s, **kwargs, check_only=True) >= expected
+    unchanged(p, s)
+    # The real step on the finite gradient changes the parameter and returns 0.
+    assert fn(p, grad, *s, **kwargs) == 0
+    assert not np.array_equal(p, param)
+
+
+@needs_c
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_check_only_sees_an_overflowing_update(dtype):
+    big = np.finfo(dtype).max
+    param = np.array([1.0, -1.0, 0.5], dtype)
+    grad = np.array([2.0, 1e-3, -2.0], dtype)
+    for backend in (cpu, numpy_ref):
+        p, v = param.copy(), np.zeros(3, dtype)
+        # lr * grad overflows for the first and third element only.
+        count = backend.sgd_step(p, grad, v, lr=big, momentum=0.5, check_only=True)
+        assert count == 2
+        np.testing.assert_array_equal(p, param)
+
+
+def test_trainer_refuses_a_step_with_a_nan_gradient_without_touching_state():
+    x = np.ones((4, 3))
+    model = rp.Sequential([Dense(2)], input_shape=(3,), dtype="float64", seed=0)
+    optimizer = rp.optim.Adam(lr=0.1)
+    trainer = rp.Trainer(model, "mse", optimizer, metrics=[])
+    trainer.fit(x, np.zeros((4, 2)), epochs=1, batch_size=4, verbose=0)
+    before = model.get_weights()
+    state = {k: a.copy() for k, a in optimizer.state_arrays().items()}
+    # A regularizer whose gradient is NaN makes the next gradient NaN with a finite loss.
+    layer = model.layers[0]
+
+    class NanGradient(rp.regularizers.L2):
+        def gradient(self, w):
+            return np.full_like(w, np.nan)
+
+    layer.kernel_regularizer = NanGradient(0.0)
+    with pytest.raises(rp.NonFiniteError, match=r"gradient of dense/W contains NaN or Inf "
+                                                r"at epoch 1/1, batch 1/1"):
+        trainer.fit(x, np.zeros((4, 2)), epochs=1, batch_size=4, verbose=0)
+    for a, b in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(a, b)
+    for k, a in optimizer.state_arrays().items():
+        np.testing.assert_array_equal(a, state[k])
+    assert optimizer.iterations == 1

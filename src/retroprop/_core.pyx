@@ -76,10 +76,11 @@ cdef extern from "retroprop/loss.h":
                                const double *targets, double *grad) nogil
 
 cdef extern from "retroprop/optim.h":
-    void rp_sgd_step_f32(size_t n, float *param, const float *grad, float *velocity, float lr,
-                         float momentum, int nesterov, float weight_decay) nogil
-    void rp_sgd_step_f64(size_t n, double *param, const double *grad, double *velocity, double lr,
-                         double momentum, int nesterov, double weight_decay) nogil
+    size_t rp_sgd_step_f32(size_t n, float *param, const float *grad, float *velocity, float lr,
+                           float momentum, int nesterov, float weight_decay, int check_only) nogil
+    size_t rp_sgd_step_f64(size_t n, double *param, const double *grad, double *velocity,
+                           double lr, double momentum, int nesterov, double weight_decay,
+                           int check_only) nogil
 
 
 # Activations whose derivative comes from the output: the GEMM write-back
@@ -434,8 +435,12 @@ def softmax_cross_entropy(z, labels, targets, grad):
     return loss
 
 
-def sgd_step(param, grad, velocity, double lr, double momentum, bint nesterov, double weight_decay):
-    """In-place SGD update of param (and velocity, which may be None when momentum == 0)."""
+def sgd_step(param, grad, velocity, double lr, double momentum, bint nesterov, double weight_decay,
+             bint check_only=False):
+    """In-place SGD update of param (and velocity, which may be None when momentum == 0).
+
+    With check_only nothing is written; returns the number of elements the
+    step would make NaN/Inf (0 after a real update)."""
     cdef int kind = _real_kind(param, "param")
     _same_kind(grad, "grad", kind)
     if not param.flags.writeable:
@@ -453,13 +458,15 @@ def sgd_step(param, grad, velocity, double lr, double momentum, bint nesterov, d
     cdef void *pp = _ptr(param)
     cdef void *pg = _ptr(grad)
     cdef void *pv = _ptr_or_null(velocity)
+    cdef size_t bad
     with nogil:
         if kind == 0:
-            rp_sgd_step_f32(n, <float *>pp, <float *>pg, <float *>pv, <float>lr, <float>momentum,
-                            nesterov, <float>weight_decay)
+            bad = rp_sgd_step_f32(n, <float *>pp, <float *>pg, <float *>pv, <float>lr,
+                                  <float>momentum, nesterov, <float>weight_decay, check_only)
         else:
-            rp_sgd_step_f64(n, <double *>pp, <double *>pg, <double *>pv, lr, momentum,
-                            nesterov, weight_decay)
+            bad = rp_sgd_step_f64(n, <double *>pp, <double *>pg, <double *>pv, lr, momentum,
+                                  nesterov, weight_decay, check_only)
+    return bad
 
 
 # ================================================================ convolution and pooling
@@ -771,21 +778,21 @@ def avgpool2d_backward(dy, pool, stride, padding, dx):
 # (csrc/include/retroprop/optim.h has the formulas).
 
 cdef extern from "retroprop/optim.h":
-    void rp_adam_step_f32(size_t n, float *param, const float *grad, float *m, float *v,
+    size_t rp_adam_step_f32(size_t n, float *param, const float *grad, float *m, float *v,
                           float lr, float beta1, float beta2, float eps, float weight_decay,
-                          int decoupled, float c1, float c2) nogil
-    void rp_adam_step_f64(size_t n, double *param, const double *grad, double *m, double *v,
+                          int decoupled, float c1, float c2, int check_only) nogil
+    size_t rp_adam_step_f64(size_t n, double *param, const double *grad, double *m, double *v,
                           double lr, double beta1, double beta2, double eps, double weight_decay,
-                          int decoupled, double c1, double c2) nogil
-    void rp_rmsprop_step_f32(size_t n, float *param, const float *grad, float *ms, float *mom,
-                             float lr, float rho, float momentum, float eps) nogil
-    void rp_rmsprop_step_f64(size_t n, double *param, const double *grad, double *ms,
+                          int decoupled, double c1, double c2, int check_only) nogil
+    size_t rp_rmsprop_step_f32(size_t n, float *param, const float *grad, float *ms, float *mom,
+                             float lr, float rho, float momentum, float eps, int check_only) nogil
+    size_t rp_rmsprop_step_f64(size_t n, double *param, const double *grad, double *ms,
                              double *mom, double lr, double rho, double momentum,
-                             double eps) nogil
-    void rp_adagrad_step_f32(size_t n, float *param, const float *grad, float *acc,
-                             float lr, float eps) nogil
-    void rp_adagrad_step_f64(size_t n, double *param, const double *grad, double *acc,
-                             double lr, double eps) nogil
+                             double eps, int check_only) nogil
+    size_t rp_adagrad_step_f32(size_t n, float *param, const float *grad, float *acc,
+                             float lr, float eps, int check_only) nogil
+    size_t rp_adagrad_step_f64(size_t n, double *param, const double *grad, double *acc,
+                             double lr, double eps, int check_only) nogil
 
 
 cdef int _check_step_arrays(object param, object grad, tuple states) except -1:
@@ -802,7 +809,7 @@ cdef int _check_step_arrays(object param, object grad, tuple states) except -1:
 
 
 def adam_step(param, grad, m, v, double lr, double beta1, double beta2, double eps,
-              double weight_decay, bint decoupled, double c1, double c2):
+              double weight_decay, bint decoupled, double c1, double c2, bint check_only=False):
     """In-place Adam (decoupled=False) or AdamW (decoupled=True) update of param, m and v."""
     cdef int kind = _check_step_arrays(param, grad, (("m", m), ("v", v)))
     cdef size_t n = param.size
@@ -810,17 +817,21 @@ def adam_step(param, grad, m, v, double lr, double beta1, double beta2, double e
     cdef void *pg = _ptr(grad)
     cdef void *pm = _ptr(m)
     cdef void *pv = _ptr(v)
+    cdef size_t bad
     with nogil:
         if kind == 0:
-            rp_adam_step_f32(n, <float *>pp, <float *>pg, <float *>pm, <float *>pv, <float>lr,
-                             <float>beta1, <float>beta2, <float>eps, <float>weight_decay,
-                             decoupled, <float>c1, <float>c2)
+            bad = rp_adam_step_f32(n, <float *>pp, <float *>pg, <float *>pm, <float *>pv,
+                                   <float>lr, <float>beta1, <float>beta2, <float>eps,
+                                   <float>weight_decay, decoupled, <float>c1, <float>c2,
+                                   check_only)
         else:
-            rp_adam_step_f64(n, <double *>pp, <double *>pg, <double *>pm, <double *>pv, lr,
-                             beta1, beta2, eps, weight_decay, decoupled, c1, c2)
+            bad = rp_adam_step_f64(n, <double *>pp, <double *>pg, <double *>pm, <double *>pv, lr,
+                                   beta1, beta2, eps, weight_decay, decoupled, c1, c2, check_only)
+    return bad
 
 
-def rmsprop_step(param, grad, ms, mom, double lr, double rho, double momentum, double eps):
+def rmsprop_step(param, grad, ms, mom, double lr, double rho, double momentum, double eps,
+                 bint check_only=False):
     """In-place RMSprop update; ``mom`` may be None when momentum == 0."""
     states = (("ms", ms),) if mom is None else (("ms", ms), ("mom", mom))
     if momentum != 0.0 and mom is None:
@@ -831,27 +842,34 @@ def rmsprop_step(param, grad, ms, mom, double lr, double rho, double momentum, d
     cdef void *pg = _ptr(grad)
     cdef void *ps = _ptr(ms)
     cdef void *pb = _ptr_or_null(mom)
+    cdef size_t bad
     with nogil:
         if kind == 0:
-            rp_rmsprop_step_f32(n, <float *>pp, <float *>pg, <float *>ps, <float *>pb,
-                                <float>lr, <float>rho, <float>momentum, <float>eps)
+            bad = rp_rmsprop_step_f32(n, <float *>pp, <float *>pg, <float *>ps, <float *>pb,
+                                      <float>lr, <float>rho, <float>momentum, <float>eps,
+                                      check_only)
         else:
-            rp_rmsprop_step_f64(n, <double *>pp, <double *>pg, <double *>ps, <double *>pb,
-                                lr, rho, momentum, eps)
+            bad = rp_rmsprop_step_f64(n, <double *>pp, <double *>pg, <double *>ps, <double *>pb,
+                                      lr, rho, momentum, eps, check_only)
+    return bad
 
 
-def adagrad_step(param, grad, acc, double lr, double eps):
+def adagrad_step(param, grad, acc, double lr, double eps, bint check_only=False):
     """In-place Adagrad update of param and its accumulator acc."""
     cdef int kind = _check_step_arrays(param, grad, (("acc", acc),))
     cdef size_t n = param.size
     cdef void *pp = _ptr(param)
     cdef void *pg = _ptr(grad)
     cdef void *pa = _ptr(acc)
+    cdef size_t bad
     with nogil:
         if kind == 0:
-            rp_adagrad_step_f32(n, <float *>pp, <float *>pg, <float *>pa, <float>lr, <float>eps)
+            bad = rp_adagrad_step_f32(n, <float *>pp, <float *>pg, <float *>pa, <float>lr,
+                                      <float>eps, check_only)
         else:
-            rp_adagrad_step_f64(n, <double *>pp, <double *>pg, <double *>pa, lr, eps)
+            bad = rp_adagrad_step_f64(n, <double *>pp, <double *>pg, <double *>pa, lr, eps,
+                                      check_only)
+    return bad
 
 
 # ================================================================ batch normalisation

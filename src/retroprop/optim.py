@@ -55,21 +55,35 @@ class Optimizer:
             self.update(key, param, grad, lr, backend)
         self.iterations += 1
 
-    def update(self, key, param, grad, lr, backend):
+    def find_nonfinite_update(self, params_and_grads):
+        """Key of the first parameter that the next :meth:`step` would make NaN or
+        Inf (in the weights or in the optimizer state), or None when the whole
+        step is finite. Changes no weight and no state value: the kernels run
+        the same update rule in a check-only mode. A NaN/Inf gradient always
+        gives a non-finite update, so this also checks the gradients."""
+        backend = self.backend if self.backend is not None else get_backend()
+        lr = self.current_lr()
+        for key, param, grad in params_and_grads:
+            if self.update(key, param, grad, lr, backend, check_only=True):
+                return key
+        return None
+
+    def update(self, key, param, grad, lr, backend, check_only=False):
+        """Apply (or with ``check_only`` only test) one parameter's update; returns the
+        number of elements that would become NaN/Inf in a check, 0 otherwise."""
         raise NotImplementedError
 
     def state_arrays(self):
         """Dict key -> array of the per-parameter state that ``step`` updates in place.
 
-        The Trainer copies these before a step so that a step which overflows
-        can be rolled back completely.
+        Saved in checkpoints (with :meth:`state_dict`) and inspected by tests.
         """
         return {}
 
     def initial_state_value(self, key):
         """Value a state array of :meth:`state_arrays` starts from (0 unless overridden).
 
-        The Trainer uses it to reset state created by a step it rolls back.
+        State arrays are created with this value on a parameter's first update.
         """
         return 0.0
 
@@ -123,7 +137,7 @@ class SGD(Optimizer):
         self.weight_decay = weight_decay
         self.velocity = {}
 
-    def update(self, key, param, grad, lr, backend):
+    def update(self, key, param, grad, lr, backend, check_only=False):
         velocity = None
         if self.momentum > 0.0:
             velocity = self.velocity.get(key)
@@ -133,8 +147,9 @@ class SGD(Optimizer):
                 raise ValueError(f"optimizer state for {key!r} has shape {velocity.shape} "
                                  f"({velocity.dtype}) but the parameter is {param.shape} "
                                  f"({param.dtype})")
-        backend.sgd_step(param, grad, velocity, lr=lr, momentum=self.momentum,
-                         nesterov=self.nesterov, weight_decay=self.weight_decay)
+        return backend.sgd_step(param, grad, velocity, lr=lr, momentum=self.momentum,
+                                nesterov=self.nesterov, weight_decay=self.weight_decay,
+                                check_only=check_only)
 
     def state_arrays(self):
         return self.velocity
@@ -199,7 +214,7 @@ class _StatefulOptimizer(Optimizer):
         return arr
 
     def state_arrays(self):
-        # Flat view for the Trainer's roll-back copy; keys must be unique.
+        # Flat view, one entry per (slot, parameter); keys are unique.
         return {f"{slot}:{key}": arr for slot, arrays in self.slots.items()
                 for key, arr in arrays.items()}
 
@@ -241,13 +256,14 @@ class Adam(_StatefulOptimizer):
         self.epsilon = _check_positive(epsilon, "epsilon")
         self.weight_decay = _check_positive(weight_decay, "weight_decay", allow_zero=True)
 
-    def update(self, key, param, grad, lr, backend):
+    def update(self, key, param, grad, lr, backend, check_only=False):
         m = self._slot("m", key, param)
         v = self._slot("v", key, param)
         # iterations counts the steps already taken, so this is step t = iterations + 1.
-        backend.adam_step(param, grad, m, v, lr=lr, beta_1=self.beta_1, beta_2=self.beta_2,
-                          epsilon=self.epsilon, step=self.iterations + 1,
-                          weight_decay=self.weight_decay, decoupled=self._decoupled)
+        return backend.adam_step(param, grad, m, v, lr=lr, beta_1=self.beta_1,
+                                 beta_2=self.beta_2, epsilon=self.epsilon,
+                                 step=self.iterations + 1, weight_decay=self.weight_decay,
+                                 decoupled=self._decoupled, check_only=check_only)
 
     def get_config(self):
         config = super().get_config()
@@ -291,11 +307,12 @@ class RMSprop(_StatefulOptimizer):
         self.momentum = _check_unit_interval(momentum, "momentum")
         self.epsilon = _check_positive(epsilon, "epsilon")
 
-    def update(self, key, param, grad, lr, backend):
+    def update(self, key, param, grad, lr, backend, check_only=False):
         ms = self._slot("ms", key, param)
         mom = self._slot("mom", key, param) if self.momentum > 0.0 else None
-        backend.rmsprop_step(param, grad, ms, mom, lr=lr, rho=self.rho,
-                             momentum=self.momentum, epsilon=self.epsilon)
+        return backend.rmsprop_step(param, grad, ms, mom, lr=lr, rho=self.rho,
+                                    momentum=self.momentum, epsilon=self.epsilon,
+                                    check_only=check_only)
 
     def get_config(self):
         config = super().get_config()
@@ -327,9 +344,10 @@ class Adagrad(_StatefulOptimizer):
     def initial_state_value(self, key):
         return self.initial_accumulator_value
 
-    def update(self, key, param, grad, lr, backend):
+    def update(self, key, param, grad, lr, backend, check_only=False):
         acc = self._slot("acc", key, param)
-        backend.adagrad_step(param, grad, acc, lr=lr, epsilon=self.epsilon)
+        return backend.adagrad_step(param, grad, acc, lr=lr, epsilon=self.epsilon,
+                                    check_only=check_only)
 
     def get_config(self):
         config = super().get_config()

@@ -106,30 +106,6 @@ def _first_nonfinite_index(arr):
     return index[0] if len(index) == 1 else index
 
 
-def _all_finite(arr):
-    """True when arr has no NaN/Inf.
-
-    A finite sum of squares implies finite entries (NaN and Inf propagate),
-    and ``dot`` is a fast, allocation-free BLAS reduction; only when it is not
-    finite (a NaN, an Inf, or a sum that overflowed) is the exact elementwise
-    test needed.
-    """
-    flat = arr.reshape(-1)
-    with np.errstate(over="ignore", invalid="ignore"):
-        if np.isfinite(np.dot(flat, flat)):
-            return True
-    return bool(np.isfinite(arr).all())
-
-
-def _copy_into(backups, arrays):
-    """Copy every array of ``arrays`` into ``backups[key]``, reusing the backup buffers."""
-    for key, arr in arrays.items():
-        backup = backups.get(key)
-        if backup is None or backup.shape != arr.shape or backup.dtype != arr.dtype:
-            backup = backups[key] = np.empty_like(arr)
-        np.copyto(backup, arr)
-
-
 def _check_positive_int(value, argname, minimum=1):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{argname} must be an integer >= {minimum}, got {value!r}")
@@ -147,11 +123,13 @@ class Trainer:
     metrics : iterable of names or callables ``f(y_true, y_pred) -> float``
     callbacks : list of Callback
     check_finite : bool (default True)
-        Before each optimizer step check that the gradients are finite, and
-        after it that the parameters are; a step that makes them non-finite
-        is undone (weights and optimizer state restored from copies taken
-        before the step). This costs about two copies of the parameters per
-        step. With False only the loss is checked (which is free), so an
+        Before each optimizer step, run the step's update rule in check-only
+        mode over every parameter (``Optimizer.find_nonfinite_update``): a
+        step whose gradients are NaN/Inf, or which would overflow a weight or
+        an optimizer state value, is refused before anything is written, so
+        the weights stay those of the last good step. This costs one extra
+        read of the parameters, gradients and state per step and no copies.
+        With False only the loss is checked (which is free), so an
         overflowing step is reported one step later, with the weights already
         non-finite.
     """
@@ -175,8 +153,6 @@ class Trainer:
         self.check_finite = bool(check_finite)
         self.stop_training = False
         self.history = None
-        self._backup = {}        # parameter copies taken before each step
-        self._state_backup = {}  # optimizer state copies taken before each step
 
     # -- validation -----------------------------------------------------------
 
@@ -218,39 +194,19 @@ class Trainer:
         metric_values = [fn(yb, y_pred) for fn in self.metric_fns]
         backpropagate(model, self.loss, seed, input_grad=False)
         params = list(model.named_parameters())
-        if not self.check_finite:
-            self.optimizer.step(params)
-            return total, metric_values
-        for key, _, grad in params:
-            if not _all_finite(grad):
-                raise NonFiniteError(f"gradient of {key} contains NaN or Inf {where}; "
-                                     f"the step was not applied", epoch, batch)
-        # Copies of the weights and the optimizer state, so that a step which
-        # overflows them can be undone.
-        param_arrays = {key: param for key, param, _ in params}
-        state_before = dict(self.optimizer.state_arrays())
-        _copy_into(self._backup, param_arrays)
-        _copy_into(self._state_backup, state_before)
+        if self.check_finite:
+            bad_key = self.optimizer.find_nonfinite_update(params)
+            if bad_key is not None:
+                grad = next(g for key, _, g in params if key == bad_key)
+                if not np.isfinite(grad).all():
+                    raise NonFiniteError(f"gradient of {bad_key} contains NaN or Inf {where}; "
+                                         f"the step was not applied", epoch, batch)
+                raise NonFiniteError(f"parameter {bad_key} would become NaN or Inf with the "
+                                     f"optimizer step {where}; the step was not applied and "
+                                     f"the weights are unchanged (try a lower learning rate)",
+                                     epoch, batch)
         self.optimizer.step(params)
-        for key, param in param_arrays.items():
-            if not _all_finite(param):
-                self._undo_step(param_arrays, state_before)
-                raise NonFiniteError(f"parameter {key} became NaN or Inf after the optimizer "
-                                     f"step {where}; the weights were restored (try a lower "
-                                     f"learning rate)", epoch, batch)
         return total, metric_values
-
-    def _undo_step(self, param_arrays, state_before):
-        """Put back the parameters and optimizer state copied before the last step."""
-        for key, param in param_arrays.items():
-            np.copyto(param, self._backup[key])
-        for key, arr in self.optimizer.state_arrays().items():
-            if key in state_before:
-                np.copyto(arr, self._state_backup[key])
-            else:
-                # Created by this step: back to its initial value.
-                arr[...] = self.optimizer.initial_state_value(key)
-        self.optimizer.iterations -= 1
 
     def _evaluate_arrays(self, x, targets, batch_size):
         n = x.shape[0]

@@ -194,11 +194,12 @@ def softmax_cross_entropy(logits, targets, grad=None):
     return loss, grad
 
 
-def sgd_step(param, grad, velocity, *, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
+def sgd_step(param, grad, velocity, *, lr, momentum=0.0, nesterov=False, weight_decay=0.0,
+             check_only=False):
     # param and velocity are updated in place, so they cannot be copies.
     grad = _input(grad, "grad", param.dtype)
-    _core.sgd_step(param, grad, velocity, float(lr), float(momentum), bool(nesterov),
-                   float(weight_decay))
+    return _core.sgd_step(param, grad, velocity, float(lr), float(momentum), bool(nesterov),
+                          float(weight_decay), bool(check_only))
 
 
 # ---------------------------------------------------------------- convolution and pooling (NHWC)
@@ -367,25 +368,26 @@ def _bias_corrections(beta_1, beta_2, step):
 
 
 def adam_step(param, grad, m, v, *, lr, beta_1, beta_2, epsilon, step, weight_decay=0.0,
-              decoupled=False):
+              decoupled=False, check_only=False):
     """In-place Adam (L2 ``weight_decay``) or AdamW (``decoupled=True``) step."""
     grad = _input(grad, "grad", param.dtype)
     c1, c2 = _bias_corrections(beta_1, beta_2, step)
-    _core.adam_step(param, grad, m, v, float(lr), float(beta_1), float(beta_2), float(epsilon),
-                    float(weight_decay), bool(decoupled), c1, c2)
+    return _core.adam_step(param, grad, m, v, float(lr), float(beta_1), float(beta_2),
+                           float(epsilon), float(weight_decay), bool(decoupled), c1, c2,
+                           bool(check_only))
 
 
-def rmsprop_step(param, grad, ms, mom, *, lr, rho, momentum=0.0, epsilon):
+def rmsprop_step(param, grad, ms, mom, *, lr, rho, momentum=0.0, epsilon, check_only=False):
     """In-place RMSprop step; ``mom`` may be None when momentum == 0."""
     grad = _input(grad, "grad", param.dtype)
-    _core.rmsprop_step(param, grad, ms, mom, float(lr), float(rho), float(momentum),
-                       float(epsilon))
+    return _core.rmsprop_step(param, grad, ms, mom, float(lr), float(rho), float(momentum),
+                              float(epsilon), bool(check_only))
 
 
-def adagrad_step(param, grad, acc, *, lr, epsilon):
+def adagrad_step(param, grad, acc, *, lr, epsilon, check_only=False):
     """In-place Adagrad step."""
     grad = _input(grad, "grad", param.dtype)
-    _core.adagrad_step(param, grad, acc, float(lr), float(epsilon))
+    return _core.adagrad_step(param, grad, acc, float(lr), float(epsilon), bool(check_only))
 
 
 # ---------------------------------------------------------------- batch normalisation

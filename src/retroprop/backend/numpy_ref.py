@@ -374,14 +374,32 @@ def softmax_cross_entropy(logits, targets, grad=None):
 # optimizer
 # --------------------------------------------------------------------------
 
-def sgd_step(param, grad, velocity, *, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
+def _count_nonfinite_step(step_fn, param, grad, states, **kwargs):
+    """check_only for the reference steps: run the step on copies of the
+    parameter and its state, count NaN/Inf among the new values."""
+    param_copy = param.copy()
+    state_copies = [None if a is None else a.copy() for a in states]
+    with np.errstate(over="ignore", invalid="ignore"):
+        step_fn(param_copy, grad, *state_copies, **kwargs)
+    return int(sum(np.count_nonzero(~np.isfinite(a)) for a in [param_copy] + state_copies
+                   if a is not None))
+
+
+def sgd_step(param, grad, velocity, *, lr, momentum=0.0, nesterov=False, weight_decay=0.0,
+             check_only=False):
     """One in-place SGD step (momentum, Nesterov, L2 weight decay).
 
     g = grad + weight_decay * param
     momentum == 0: param -= lr * g            (velocity may be None)
     otherwise:     v = momentum * v + g
                    param -= lr * (g + momentum * v) if nesterov else lr * v
+    check_only: change nothing, return how many new values would be NaN/Inf.
     """
+    if check_only:
+        return _count_nonfinite_step(sgd_step, param, grad,
+                                     [velocity if momentum != 0.0 else None], lr=lr,
+                                     momentum=momentum, nesterov=nesterov,
+                                     weight_decay=weight_decay)
     _check_float(param, "param")
     _check_float(grad, "grad", param.dtype)
     if grad.shape != param.shape:
@@ -396,14 +414,14 @@ def sgd_step(param, grad, velocity, *, lr, momentum=0.0, nesterov=False, weight_
     g = grad + weight_decay * param if weight_decay != 0.0 else grad
     if momentum == 0.0:
         param -= lr * g
-        return None
+        return 0
     velocity *= momentum
     velocity += g
     if nesterov:
         param -= lr * (g + momentum * velocity)
     else:
         param -= lr * velocity
-    return None
+    return 0
 
 
 # --------------------------------------------------------------------------
@@ -603,14 +621,19 @@ def _check_state(arr, argname, param):
 
 
 def adam_step(param, grad, m, v, *, lr, beta_1, beta_2, epsilon, step, weight_decay=0.0,
-              decoupled=False):
+              decoupled=False, check_only=False):
     """One in-place Adam / AdamW step; ``step`` is t >= 1 (for the bias corrections).
 
     Adam:  g = grad + weight_decay * param.  AdamW: g = grad and
     param -= lr * weight_decay * param (decoupled decay). Then
     m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
     param -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + epsilon).
+    check_only: change nothing, return how many new values would be NaN/Inf.
     """
+    if check_only:
+        return _count_nonfinite_step(adam_step, param, grad, [m, v], lr=lr, beta_1=beta_1,
+                                     beta_2=beta_2, epsilon=epsilon, step=step,
+                                     weight_decay=weight_decay, decoupled=decoupled)
     _check_float(param, "param")
     _check_state(grad, "grad", param)
     _check_state(m, "m", param)
@@ -626,15 +649,21 @@ def adam_step(param, grad, m, v, *, lr, beta_1, beta_2, epsilon, step, weight_de
     v[...] = b2 * v + (dt(1) - b2) * g * g
     shrink = dt(1) - lr * wd if decoupled else dt(1)
     param[...] = param * shrink - lr * (m * c1) / (np.sqrt(v * c2) + eps)
+    return 0
 
 
-def rmsprop_step(param, grad, ms, mom, *, lr, rho, momentum=0.0, epsilon):
+def rmsprop_step(param, grad, ms, mom, *, lr, rho, momentum=0.0, epsilon, check_only=False):
     """One in-place RMSprop step.
 
     ms = rho ms + (1 - rho) grad^2; u = lr grad / (sqrt(ms) + epsilon);
     momentum == 0: param -= u (``mom`` may be None); otherwise
     mom = momentum mom + u; param -= mom.
+    check_only: change nothing, return how many new values would be NaN/Inf.
     """
+    if check_only:
+        return _count_nonfinite_step(rmsprop_step, param, grad,
+                                     [ms, mom if momentum != 0.0 else None], lr=lr, rho=rho,
+                                     momentum=momentum, epsilon=epsilon)
     _check_float(param, "param")
     _check_state(grad, "grad", param)
     _check_state(ms, "ms", param)
@@ -644,22 +673,28 @@ def rmsprop_step(param, grad, ms, mom, *, lr, rho, momentum=0.0, epsilon):
     update = lr * grad / (np.sqrt(ms) + eps)
     if momentum == 0.0:
         param -= update
-        return
+        return 0
     if mom is None:
         raise ValueError("mom is required when momentum != 0")
     _check_state(mom, "mom", param)
     mom[...] = dt(momentum) * mom + update
     param -= mom
+    return 0
 
 
-def adagrad_step(param, grad, acc, *, lr, epsilon):
-    """One in-place Adagrad step: acc += grad^2; param -= lr grad / (sqrt(acc) + epsilon)."""
+def adagrad_step(param, grad, acc, *, lr, epsilon, check_only=False):
+    """One in-place Adagrad step: acc += grad^2; param -= lr grad / (sqrt(acc) + epsilon).
+
+    check_only: change nothing, return how many new values would be NaN/Inf."""
+    if check_only:
+        return _count_nonfinite_step(adagrad_step, param, grad, [acc], lr=lr, epsilon=epsilon)
     _check_float(param, "param")
     _check_state(grad, "grad", param)
     _check_state(acc, "acc", param)
     dt = param.dtype.type
     acc += grad * grad
     param -= dt(lr) * grad / (np.sqrt(acc) + dt(epsilon))
+    return 0
 
 
 # --------------------------------------------------------------------------
