@@ -352,6 +352,43 @@ def test_results_do_not_depend_on_the_thread_count():
         np.testing.assert_array_equal(one, two)
 
 
+@pytest.mark.parametrize("col_elements", [None, 20 * 256 * 18],
+                         ids=["one_chunk", "chunks_of_20_images"])
+def test_blocked_path_matches_numpy_reference_and_ignores_thread_count(monkeypatch, col_elements):
+    """Batches with many output lines take the fused per-block path (im2col and
+    GEMMs per block of lines, per-block dW/db partial sums). It must agree with
+    the NumPy backend, also when the batch is split into chunks (the last one,
+    of 5 images, too small to split into blocks), and give bit-identical
+    results with 1 and 2 threads."""
+    from retroprop.backend import numpy_ref
+    if col_elements is not None:
+        monkeypatch.setattr(cpu_backend, "COL_WORKSPACE_ELEMENTS", col_elements)
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((45, 16, 16, 2))
+    w = rng.standard_normal((3, 3, 2, 5))
+    b = rng.standard_normal(5)
+    geometry = dict(stride=(1, 1), dilation=(1, 1), padding=(1, 1, 1, 1))
+    y_ref = numpy_ref.conv2d_forward(x, w, b, "tanh", **geometry)
+    dy = rng.standard_normal(y_ref.shape)
+    ref = [np.empty_like(w), np.empty_like(b), np.empty_like(x)]
+    numpy_ref.conv2d_backward(x, w, y_ref, dy, "tanh", *ref, **geometry)
+    before = cpu_backend.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            cpu_backend.set_num_threads(threads)
+            y = cpu_backend.conv2d_forward(x, w, b, "tanh", **geometry)
+            grads = [np.empty_like(w), np.empty_like(b), np.empty_like(x)]
+            cpu_backend.conv2d_backward(x, w, y, dy, "tanh", *grads, **geometry)
+            results.append([y] + grads)
+    finally:
+        cpu_backend.set_num_threads(before)
+    for got, want in zip(results[0], [y_ref] + ref):
+        np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-11)
+    for one, two in zip(*results):
+        np.testing.assert_array_equal(one, two)
+
+
 def test_zero_sized_input_is_refused():
     with pytest.raises(ValueError, match="Conv2D 'conv2d'.*positive"):
         Conv2D(2, 1).build((0, 5, 1), np.float32, np.random.default_rng(0))

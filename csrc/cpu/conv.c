@@ -2,10 +2,16 @@
  * then the blocked GEMM with bias + activation fused into its write-back.
  * Backward recomputes the column matrix (chunk by chunk) instead of keeping
  * it from the forward pass: one workspace then serves every layer, at the
- * price of one extra memory-bound gather per backward. Every result is
- * independent of the thread count: im2col and dz are elementwise, col2im
- * gives each thread whole images, db is summed serially, and dW is reduced
- * in a fixed number of row blocks.
+ * price of one extra memory-bound gather per backward.
+ *
+ * When a batch has enough output lines, forward and backward run as one
+ * parallel region over blocks of lines: each block is gathered and
+ * multiplied by one-thread GEMMs while it is in cache, and dW/db are summed
+ * per block, then added in block order. Otherwise im2col, the threaded GEMM
+ * and col2im run one after another. Every result is independent of the
+ * thread count: blocks depend on the geometry and batch only, im2col and dz
+ * are elementwise, col2im gives each thread whole images, and the sums run
+ * in a fixed order.
  *
  * The element-type dependent part is written once, below the #else, and
  * this file includes itself twice to instantiate it for float and double
