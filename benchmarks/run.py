@@ -1,6 +1,7 @@
 """retroprop against its peers, on the same workloads, in the same run.
 
     python benchmarks/run.py [--threads 2] [--repeats 3] [--quick] [--json out.json]
+                             [--only micro,mlp,lenet]
 
 Peers: PyTorch on the CPU (when importable), NumPy (OpenBLAS matmul; a plain
 NumPy backprop loop for the MLP) and scikit-learn's MLPClassifier (when
@@ -317,6 +318,8 @@ def main():
     p.add_argument("--repeats", type=int, default=3, help="repetitions of each training workload")
     p.add_argument("--quick", action="store_true", help="fewer shapes and a 12,000-sample epoch")
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--only", default=None,
+                   help="comma-separated workloads to run: micro, mlp, lenet (default: all)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--framework", default=None, help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, default=32, help=argparse.SUPPRESS)
@@ -353,15 +356,22 @@ def main():
         pass
     print(f"# {machine}")
 
+    only = None if args.only is None else set(args.only.split(","))
+    if only is not None and not only <= {"micro", "mlp", "lenet"}:
+        p.error(f"--only: unknown workload in {args.only!r} (choose from micro, mlp, lenet)")
+
     shapes = [(256, 256, 256), (1024, 1024, 1024), (32, 784, 256), (128, 784, 256), (128, 256, 128)]
     if not args.quick:
         shapes = [(512, 512, 512), (2048, 2048, 2048), (1, 784, 256)] + shapes
-    rows = micro_dense(args.threads, shapes, frameworks) + micro_latency(args.threads, frameworks)
+    rows = []
+    if only is None or "micro" in only:
+        rows = micro_dense(args.threads, shapes, frameworks) + micro_latency(args.threads, frameworks)
 
     n_train = 12000 if args.quick else 60000
     training = [("mlp", 32), ("mlp", 128)]
     if hasattr(rp.layers, "Conv2D"):
         training.append(("lenet", 64))
+    training = [(w, b) for w, b in training if only is None or w in only]
     for workload, batch in training:
         peers = [f for f in frameworks if workload == "mlp" or f != "numpy"]
         if workload == "mlp" and have_sklearn:

@@ -193,31 +193,56 @@ def test_conv1d_is_conv2d_with_height_one():
     np.testing.assert_allclose(layer.grads["b"], db_ref, rtol=1e-10, atol=1e-12)
 
 
-def test_conv2d_matches_torch():
+@pytest.mark.parametrize("cid,shape,filters,kwargs,pads,dtype,activation", CONFIGS,
+                         ids=[c[0] for c in CONFIGS])
+def test_conv2d_matches_torch(cid, shape, filters, kwargs, pads, dtype, activation):
+    """The same configurations against torch.nn.functional.conv2d (NCHW, so axes
+    are permuted; the padding, asymmetric for "same" with even kernels or
+    strides, is applied explicitly with F.pad as PyTorch has no such mode)."""
     torch = pytest.importorskip("torch")
-    rng = np.random.default_rng(2)
-    for kwargs, torch_kwargs, pads in [
-        (dict(kernel_size=3, strides=2, padding=1), dict(stride=2, padding=1), None),
-        (dict(kernel_size=(3, 2), dilation_rate=(1, 2)), dict(dilation=(1, 2)), None),
-        (dict(kernel_size=5, padding="same"), dict(padding="same"), None),
-    ]:
-        layer = Conv2D(5, **kwargs)
-        layer.build((9, 8, 3), np.float64, rng)
-        x = rng.standard_normal((2, 9, 8, 3))
-        y = layer.forward(x)
-        xt = torch.tensor(x).permute(0, 3, 1, 2).requires_grad_(True)
-        wt = torch.tensor(layer.params["W"]).permute(3, 2, 0, 1).requires_grad_(True)
-        bt = torch.tensor(layer.params["b"]).requires_grad_(True)
-        yt = torch.nn.functional.conv2d(xt, wt, bt, **torch_kwargs)
-        np.testing.assert_allclose(y, yt.permute(0, 2, 3, 1).detach().numpy(),
-                                   rtol=1e-10, atol=1e-12)
-        dy = rng.standard_normal(y.shape)
-        dx = layer.backward(dy)
-        yt.backward(torch.tensor(dy).permute(0, 3, 1, 2))
-        np.testing.assert_allclose(dx, xt.grad.permute(0, 2, 3, 1).numpy(), rtol=1e-10, atol=1e-12)
-        np.testing.assert_allclose(layer.grads["W"], wt.grad.permute(2, 3, 1, 0).numpy(),
-                                   rtol=1e-10, atol=1e-12)
-        np.testing.assert_allclose(layer.grads["b"], bt.grad.numpy(), rtol=1e-10, atol=1e-12)
+    F = torch.nn.functional
+    rng = np.random.default_rng(12)
+    layer = Conv2D(filters, activation=activation, bias_initializer="glorot_uniform", **kwargs)
+    layer.build(shape[1:], np.float64, rng)
+    x = rng.standard_normal(shape)
+    y = layer.forward(x, training=True).copy()
+    top, bottom, left, right = pads
+    xt = torch.tensor(x).permute(0, 3, 1, 2).contiguous().requires_grad_(True)
+    wt = torch.tensor(layer.params["W"]).permute(3, 2, 0, 1).contiguous().requires_grad_(True)
+    bt = torch.tensor(layer.params["b"]).requires_grad_(True)
+    zt = F.conv2d(F.pad(xt, (left, right, top, bottom)), wt, bt,
+                  stride=layer._stride2, dilation=layer._dilation2)
+    yt = {"linear": lambda v: v, "relu": torch.relu, "sigmoid": torch.sigmoid,
+          "tanh": torch.tanh}[activation](zt)
+    np.testing.assert_allclose(y, yt.permute(0, 2, 3, 1).detach().numpy(), rtol=1e-10, atol=1e-12)
+    dy = rng.standard_normal(y.shape)
+    dx = layer.backward(dy)
+    yt.backward(torch.tensor(dy).permute(0, 3, 1, 2))
+    np.testing.assert_allclose(dx, xt.grad.permute(0, 2, 3, 1).numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(layer.grads["W"], wt.grad.permute(2, 3, 1, 0).numpy(),
+                               rtol=1e-10, atol=1e-11)
+    np.testing.assert_allclose(layer.grads["b"], bt.grad.numpy(), rtol=1e-10, atol=1e-11)
+
+
+def test_conv1d_matches_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(13)
+    layer = Conv1D(4, 4, strides=2, padding="same", activation="relu")
+    layer.build((11, 3), np.float64, rng)
+    x = rng.standard_normal((2, 11, 3))
+    y = layer.forward(x, training=True).copy()
+    before, after = same_pads(11, 4, 2)
+    xt = torch.tensor(x).permute(0, 2, 1).requires_grad_(True)
+    wt = torch.tensor(layer.params["W"]).permute(2, 1, 0).requires_grad_(True)
+    yt = torch.relu(torch.nn.functional.conv1d(torch.nn.functional.pad(xt, (before, after)), wt,
+                                               torch.tensor(layer.params["b"]), stride=2))
+    np.testing.assert_allclose(y, yt.permute(0, 2, 1).detach().numpy(), rtol=1e-10, atol=1e-12)
+    dy = rng.standard_normal(y.shape)
+    dx = layer.backward(dy)
+    yt.backward(torch.tensor(dy).permute(0, 2, 1))
+    np.testing.assert_allclose(dx, xt.grad.permute(0, 2, 1).numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(layer.grads["W"], wt.grad.permute(2, 1, 0).numpy(),
+                               rtol=1e-10, atol=1e-11)
 
 
 @pytest.mark.parametrize("make_layer,input_shape", [
@@ -327,8 +352,87 @@ def test_results_do_not_depend_on_the_thread_count():
         np.testing.assert_array_equal(one, two)
 
 
+@pytest.mark.parametrize("col_elements", [None, 20 * 256 * 18],
+                         ids=["one_chunk", "chunks_of_20_images"])
+def test_blocked_path_matches_numpy_reference_and_ignores_thread_count(monkeypatch, col_elements):
+    """Batches with many output lines take the fused per-block path (im2col and
+    GEMMs per block of lines, per-block dW/db partial sums). It must agree with
+    the NumPy backend, also when the batch is split into chunks (the last one,
+    of 5 images, too small to split into blocks), and give bit-identical
+    results with 1 and 2 threads."""
+    from retroprop.backend import numpy_ref
+    if col_elements is not None:
+        monkeypatch.setattr(cpu_backend, "COL_WORKSPACE_ELEMENTS", col_elements)
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((45, 16, 16, 2))
+    w = rng.standard_normal((3, 3, 2, 5))
+    b = rng.standard_normal(5)
+    geometry = dict(stride=(1, 1), dilation=(1, 1), padding=(1, 1, 1, 1))
+    y_ref = numpy_ref.conv2d_forward(x, w, b, "tanh", **geometry)
+    dy = rng.standard_normal(y_ref.shape)
+    ref = [np.empty_like(w), np.empty_like(b), np.empty_like(x)]
+    numpy_ref.conv2d_backward(x, w, y_ref, dy, "tanh", *ref, **geometry)
+    before = cpu_backend.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            cpu_backend.set_num_threads(threads)
+            y = cpu_backend.conv2d_forward(x, w, b, "tanh", **geometry)
+            grads = [np.empty_like(w), np.empty_like(b), np.empty_like(x)]
+            cpu_backend.conv2d_backward(x, w, y, dy, "tanh", *grads, **geometry)
+            results.append([y] + grads)
+    finally:
+        cpu_backend.set_num_threads(before)
+    for got, want in zip(results[0], [y_ref] + ref):
+        np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-11)
+    for one, two in zip(*results):
+        np.testing.assert_array_equal(one, two)
+
+
 def test_zero_sized_input_is_refused():
     with pytest.raises(ValueError, match="Conv2D 'conv2d'.*positive"):
         Conv2D(2, 1).build((0, 5, 1), np.float32, np.random.default_rng(0))
     with pytest.raises(ValueError, match="Conv1D 'conv1d'.*positive"):
         Conv1D(2, 1).build((5, 0), np.float32, np.random.default_rng(0))
+
+
+# ---------------------------------------------------------------- shared workspace
+
+def test_model_shares_one_workspace_sized_once():
+    """Every layer of a model uses the model's one workspace; it is sized before
+    the first layer runs to the largest need of any layer for the batch in use,
+    and training (with a smaller last batch) allocates it once."""
+    model = rp.Sequential([Conv2D(4, 3, padding="same", activation="relu"),
+                           rp.layers.MaxPool2D(2),
+                           Conv2D(8, 3, activation="relu"),
+                           rp.layers.Flatten(),
+                           rp.layers.Dense(3, activation="softmax")],
+                          input_shape=(10, 10, 2), seed=0)
+    assert all(layer.workspace is model.workspace for layer in model.layers)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((70, 10, 10, 2)).astype(np.float32)
+    y = rng.integers(0, 3, 70)
+    trainer = rp.Trainer(model, "categorical_crossentropy", rp.optim.SGD(lr=0.01), metrics=[])
+    trainer.fit(x, y, epochs=2, batch_size=16, verbose=0)      # batches of 16 and a last of 6
+    needs = [layer.workspace_size(16) for layer in model.layers]
+    assert needs[0] > 0 and needs[2] > 0 and needs[1] == needs[3] == needs[4] == 0
+    assert model.workspace.size == max(needs)
+    assert model.workspace.allocations == 1
+    # A standalone layer gets a private workspace.
+    layer = Conv2D(2, 3)
+    layer.build((5, 5, 1), np.float32, rng)
+    layer.forward(np.zeros((2, 5, 5, 1), np.float32))
+    assert layer.workspace is not None and layer.workspace is not model.workspace
+
+
+def test_backend_refuses_a_workspace_too_small():
+    x = np.zeros((2, 6, 6, 2))
+    w = np.zeros((3, 3, 2, 4))
+    need = cpu_backend.conv2d_workspace_size(x.shape, w.shape, backward=False)
+    assert need == 2 * 16 * 18
+    assert cpu_backend.conv2d_workspace_size(x.shape, w.shape) == need + 2 * 16 * 4
+    assert cpu_backend.conv2d_workspace_size(x.shape, (1, 1, 2, 4), backward=False) == 0
+    with pytest.raises(ValueError, match="workspace"):
+        cpu_backend.conv2d_forward(x, w, None, "linear", workspace=np.empty(need - 1))
+    with pytest.raises(TypeError, match="workspace"):
+        cpu_backend.conv2d_forward(x, w, None, "linear", workspace=np.empty(need, np.float32))

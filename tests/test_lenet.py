@@ -26,6 +26,9 @@ def lenet5(seed=0, dtype="float32"):
 def test_lenet5_parameter_count_and_shapes():
     model = lenet5()
     assert model.count_params() == 61706
+    text = model.summary(print_fn=None)
+    assert "Total params: 61,706" in text and "Trainable params: 61,706" in text
+    assert "conv2d (Conv2D)                  (None, 28, 28, 6)         156" in text
     shapes = [layer.output_shape for layer in model.layers]
     assert shapes[:5] == [(28, 28, 6), (14, 14, 6), (10, 10, 16), (5, 5, 16), (400,)]
     y = model.predict(np.zeros((3, 28, 28, 1), np.float32))

@@ -96,6 +96,27 @@ def test_pool2d_matches_loop_reference(mode, cid, shape, kwargs, pads, dtype):
     np.testing.assert_allclose(dx, dx_ref, **tol)
 
 
+@pytest.mark.parametrize("mode", ["max", "avg"])
+@pytest.mark.parametrize("pool,stride", [(2, 2), (3, 2), ((2, 3), (1, 2))],
+                         ids=["2x2", "overlapping_3_stride2", "rect"])
+def test_pool2d_matches_torch(mode, pool, stride):
+    """"valid" pooling against PyTorch (NCHW, axes permuted); distinct values, so no ties."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    rng = np.random.default_rng(6)
+    layer = (MaxPool2D if mode == "max" else AvgPool2D)(pool, strides=stride)
+    layer.build((9, 8, 3), np.float64, rng)
+    x = rng.permutation(2 * 9 * 8 * 3).reshape(2, 9, 8, 3) * 0.1
+    y = layer.forward(x).copy()
+    dy = rng.standard_normal(y.shape)
+    dx = layer.backward(dy)
+    xt = torch.tensor(x).permute(0, 3, 1, 2).requires_grad_(True)
+    yt = (F.max_pool2d if mode == "max" else F.avg_pool2d)(xt, pool, stride)
+    yt.backward(torch.tensor(dy).permute(0, 3, 1, 2))
+    np.testing.assert_allclose(y, yt.permute(0, 2, 3, 1).detach().numpy(), rtol=1e-12)
+    np.testing.assert_allclose(dx, xt.grad.permute(0, 2, 3, 1).numpy(), rtol=1e-12, atol=1e-15)
+
+
 def test_max_ties_send_the_gradient_to_the_first_cell():
     x = np.zeros((1, 5, 5, 2))                   # every window is one big tie
     x[0, 4, 4, 1] = -1.0

@@ -4,6 +4,7 @@ import numpy as np
 from . import layers as layers_module
 from .backend import get_backend
 from .layers.base import Layer, default_name
+from .workspace import Workspace
 
 _FLOAT_DTYPES = ("float32", "float64")
 
@@ -41,6 +42,9 @@ class Sequential:
         self.built = False
         self.input_shape = None
         self._rng = np.random.default_rng(seed)
+        # Scratch memory shared by all layers (im2col buffers): see workspace.py.
+        self.workspace = Workspace(self.dtype)
+        self._workspace_sized_for = None
         self._input_shape_arg = None if input_shape is None else _as_shape(input_shape)
         for layer in layers or []:
             self.add(layer)
@@ -63,9 +67,11 @@ class Sequential:
             layer.name = name
         elif layer.name in used:
             raise ValueError(f"duplicate layer name {layer.name!r} in model {self.name!r}")
+        layer.workspace = self.workspace
         if self.built:
             shape = self.output_shape
             layer.build(shape, self.dtype, self._rng, backend=self.backend)
+            self._workspace_sized_for = None
         self.layers.append(layer)
         if not self.built and self._input_shape_arg is not None:
             # The input shape is known: build as soon as there is a layer.
@@ -130,9 +136,19 @@ class Sequential:
             self.build(self._input_shape_arg if self._input_shape_arg is not None else x.shape[1:])
         return np.ascontiguousarray(x, dtype=self.dtype)
 
+    def reserve_workspace(self, batch_size, training=True):
+        """Size the shared workspace for the largest need of any layer at this
+        batch size. ``forward`` calls it whenever the batch size or mode changes;
+        the workspace only grows, so steady training allocates it once."""
+        self.workspace.reserve(max(layer.workspace_size(batch_size, training)
+                                   for layer in self.layers))
+        self._workspace_sized_for = (batch_size, training)
+
     def forward(self, x, training=False):
         """Output of the model for a batch x (returns the last layer's reused buffer)."""
         x = self.prepare_input(x)
+        if self._workspace_sized_for != (x.shape[0], bool(training)):
+            self.reserve_workspace(x.shape[0], bool(training))
         for layer in self.layers:
             x = layer.forward(x, training=training)
         return x

@@ -236,18 +236,35 @@ def conv2d_output_hw(h, w, kernel_hw, stride=(1, 1), dilation=(1, 1), padding=(0
             (w + left + right - eff_kw) // stride[1] + 1)
 
 
-def _is_pointwise(w, stride, padding):
-    return w.shape[0] == 1 and w.shape[1] == 1 and tuple(stride) == (1, 1) \
-        and tuple(padding) == (0, 0, 0, 0)
+def _col_elements(x_shape, w_shape, oh, ow, stride, padding):
+    """Size of the im2col buffer: whole images, at most COL_WORKSPACE_ELEMENTS
+    (but at least one image); 0 for a pointwise convolution, which needs none."""
+    if w_shape[0] == 1 and w_shape[1] == 1 and tuple(stride) == (1, 1) \
+            and tuple(padding) == (0, 0, 0, 0):
+        return 0
+    per_image = max(oh, 1) * max(ow, 1) * w_shape[0] * w_shape[1] * w_shape[2]
+    return max(1, min(x_shape[0], COL_WORKSPACE_ELEMENTS // per_image)) * per_image
 
 
-def _col_workspace(x, w, oh, ow, stride, padding):
-    """The im2col workspace for x, w (None for a pointwise convolution)."""
-    if _is_pointwise(w, stride, padding):
-        return None
-    per_image = max(oh, 1) * max(ow, 1) * w.shape[0] * w.shape[1] * w.shape[2]
-    images = max(1, min(x.shape[0], COL_WORKSPACE_ELEMENTS // per_image))
-    return _shared_workspace(images * per_image, x.dtype)
+def conv2d_workspace_size(x_shape, w_shape, stride=(1, 1), dilation=(1, 1),
+                          padding=(0, 0, 0, 0), backward=True):
+    """Elements of the ``workspace`` array conv2d_forward (backward=False) or
+    conv2d_backward (backward=True) needs: the im2col buffer, plus dz in backward."""
+    oh, ow = conv2d_output_hw(x_shape[1], x_shape[2], w_shape[:2], stride, dilation, padding)
+    col = _col_elements(x_shape, w_shape, oh, ow, stride, padding)
+    return col + (x_shape[0] * oh * ow * w_shape[3] if backward else 0)
+
+
+def _scratch(workspace, count, dtype):
+    """``count`` elements of the caller's workspace, or of the per-thread fallback."""
+    if workspace is None:
+        return _shared_workspace(count, dtype)
+    if not isinstance(workspace, np.ndarray) or workspace.ndim != 1 \
+            or not workspace.flags.c_contiguous or workspace.dtype != dtype:
+        raise TypeError(f"workspace: expected a contiguous 1-D {dtype} array")
+    if workspace.size < count:
+        raise ValueError(f"workspace: expected at least {count} elements, got {workspace.size}")
+    return workspace[:count]
 
 
 def _int_tuple(value, length, name, minimum):
@@ -276,31 +293,43 @@ def _conv_args(x, w, stride, dilation, padding):
 
 
 def conv2d_forward(x, w, b, activation, stride=(1, 1), dilation=(1, 1), padding=(0, 0, 0, 0),
-                   out=None):
-    """out = act(conv2d(x, w) + b): x (N, H, W, C), w (KH, KW, C, F), b (F,) or None."""
+                   out=None, workspace=None):
+    """out = act(conv2d(x, w) + b): x (N, H, W, C), w (KH, KW, C, F), b (F,) or None.
+
+    workspace: scratch array of at least conv2d_workspace_size(..., backward=False)
+    elements (a per-thread cached one when None)."""
     x = _input(x, "x")
     w = _input(w, "w", x.dtype)
     if b is not None:
         b = _input(b, "b", x.dtype)
     stride, dilation, padding, oh, ow = _conv_args(x, w, stride, dilation, padding)
-    col = _col_workspace(x, w, oh, ow, stride, padding)
+    col_size = _col_elements(x.shape, w.shape, oh, ow, stride, padding)
+    col = _scratch(workspace, col_size, x.dtype) if col_size else None
     out = _output(out, "out", (x.shape[0], oh, ow, w.shape[3]), x.dtype)
     return _core.conv2d_forward(x, w, b, _fused(activation), stride, dilation, padding, col, out)
 
 
 def conv2d_backward(x, w, y, dy, activation, dw, db=None, dx=None, *, stride=(1, 1),
-                    dilation=(1, 1), padding=(0, 0, 0, 0)):
+                    dilation=(1, 1), padding=(0, 0, 0, 0), workspace=None):
     """dz = dy * act'(y); dw = im2col(x)^T dz; db = sum of dz; dx = col2im(dz w^T).
 
     Overwrites dw/db/dx (db and dx may be None). The column matrix is
-    recomputed here rather than kept from the forward pass. Returns dx."""
+    recomputed here rather than kept from the forward pass. workspace: scratch
+    array of at least conv2d_workspace_size(...) elements, holding the column
+    matrix and dz (per-thread cached arrays when None). Returns dx."""
     x = _input(x, "x")
     w = _input(w, "w", x.dtype)
     y = _input(y, "y", x.dtype)
     dy = _input(dy, "dy", x.dtype)
     stride, dilation, padding, oh, ow = _conv_args(x, w, stride, dilation, padding)
-    col = _col_workspace(x, w, oh, ow, stride, padding)
-    dz = _workspace(dy.shape, dy.dtype)
+    col_size = _col_elements(x.shape, w.shape, oh, ow, stride, padding)
+    if workspace is None:
+        col = _shared_workspace(col_size, x.dtype) if col_size else None
+        dz = _workspace(dy.shape, dy.dtype)
+    else:
+        scratch = _scratch(workspace, col_size + dy.size, x.dtype)
+        col = scratch[:col_size] if col_size else None
+        dz = scratch[col_size:].reshape(dy.shape)
     return _core.conv2d_backward(x, w, y, dy, _fused(activation), stride, dilation, padding,
                                  col, dz, dw, db, dx)
 

@@ -482,9 +482,16 @@ def _im2col(x, kh, kw, oh, ow, stride, dilation, padding):
     return patches.reshape(x.shape[0] * oh * ow, -1)
 
 
+def conv2d_workspace_size(x_shape, w_shape, stride=(1, 1), dilation=(1, 1),
+                          padding=(0, 0, 0, 0), backward=True):
+    """This backend allocates its temporaries itself: it needs no workspace."""
+    return 0
+
+
 def conv2d_forward(x, w, b, activation, stride=(1, 1), dilation=(1, 1), padding=(0, 0, 0, 0),
-                   out=None):
-    """out = act(conv2d(x, w) + b): x (N, H, W, C), w (KH, KW, C, F), b (F,) or None."""
+                   out=None, workspace=None):
+    """out = act(conv2d(x, w) + b): x (N, H, W, C), w (KH, KW, C, F), b (F,) or None.
+    workspace is accepted for interface compatibility and not used."""
     _check_activation(activation)
     oh, ow = _check_conv_args(x, w, stride, dilation, padding)
     kh, kw, _, f = w.shape
@@ -497,10 +504,10 @@ def conv2d_forward(x, w, b, activation, stride=(1, 1), dilation=(1, 1), padding=
 
 
 def conv2d_backward(x, w, y, dy, activation, dw, db=None, dx=None, *, stride=(1, 1),
-                    dilation=(1, 1), padding=(0, 0, 0, 0)):
+                    dilation=(1, 1), padding=(0, 0, 0, 0), workspace=None):
     """dz = dy * act'(y); dw = col^T dz; db = sum of dz; dx = the scatter of dz w^T.
 
-    dw/db/dx are overwritten (db and dx may be None). Returns dx."""
+    dw/db/dx are overwritten (db and dx may be None); workspace is not used. Returns dx."""
     _check_activation(activation)
     oh, ow = _check_conv_args(x, w, stride, dilation, padding)
     kh, kw, c, f = w.shape

@@ -69,6 +69,7 @@ class Layer:
         self.dtype = None
         self.input_shape = None
         self.output_shape = None
+        self.workspace = None  # scratch memory shared with the model's other layers (workspace.py)
 
     # -- identification -------------------------------------------------------
 
@@ -99,6 +100,11 @@ class Layer:
     def compute_output_shape(self, input_shape):
         """Per-sample output shape for a per-sample input shape (default: unchanged)."""
         return tuple(input_shape)
+
+    def workspace_size(self, batch_size, training=True):
+        """Elements of shared scratch memory forward (and, when training, backward)
+        needs for a batch of ``batch_size``; the model sizes its workspace from these."""
+        return 0
 
     def add_param(self, name, value):
         """Register a trainable parameter and its zeroed gradient."""

@@ -6,9 +6,9 @@
 
 The backend computes ``act(conv(x, W) + b)`` as im2col + one GEMM with the
 bias and activation fused into its write-back; backward recomputes the
-column matrix into one workspace shared by all layers (docs/BACKEND.md), so
-a layer keeps only references to its input and its output between
-forward and backward.
+column matrix into the one workspace the model shares among all its layers
+(retroprop/workspace.py), so a layer keeps only references to its input and
+its output between forward and backward.
 
 Padding: ``"valid"`` (none), ``"same"`` (TensorFlow rule: OUT = ceil(IN / stride),
 pad_total = max((OUT - 1) * stride + dilated_kernel - IN, 0), pad_total // 2
@@ -18,6 +18,7 @@ per-axis tuple of symmetric zero padding.
 import numpy as np
 
 from .. import activations, initializers, regularizers
+from ..workspace import Workspace
 from .base import BufferCache, Layer, format_shape
 
 
@@ -164,6 +165,19 @@ class _Conv(Layer):
     def _geometry(self):
         return {"stride": self._stride2, "dilation": self._dilation2, "padding": self._pads}
 
+    def workspace_size(self, batch_size, training=True):
+        """im2col buffer (and dz when training) for a batch, from the backend."""
+        return self.backend.conv2d_workspace_size((batch_size,) + self._in_shape3,
+                                                  self._kernel_shape4, backward=training,
+                                                  **self._geometry())
+
+    def _scratch(self, batch_size, backward):
+        """Scratch memory from the model's shared workspace (a private one when
+        the layer is used on its own). In a model it is already large enough."""
+        if self.workspace is None or self.workspace.dtype != self.dtype:
+            self.workspace = Workspace(self.dtype)
+        return self.workspace.take(self.workspace_size(batch_size, training=backward))
+
     def forward(self, x, training=False):
         """act(conv(x, W) + b); returns a reused buffer."""
         self.check_input(x)
@@ -171,14 +185,15 @@ class _Conv(Layer):
         x4 = np.ascontiguousarray(x).reshape((n,) + self._in_shape3)
         out4 = self._buffers.get("out", (n,) + self._out_shape3, self.dtype)
         kernel = self.params["W"].reshape(self._kernel_shape4)
+        scratch = self._scratch(n, backward=False)
         if self.activation.fused:
             self.backend.conv2d_forward(x4, kernel, self._bias, self.activation.name,
-                                        out=out4, **self._geometry())
+                                        out=out4, workspace=scratch, **self._geometry())
             self._logits4 = out4 if self.activation.name == "linear" else None
         else:
             logits4 = self._buffers.get("logits", out4.shape, self.dtype)
             self.backend.conv2d_forward(x4, kernel, self._bias, "linear", out=logits4,
-                                        **self._geometry())
+                                        workspace=scratch, **self._geometry())
             self.activation.forward(logits4, self.backend, out=out4)
             self._logits4 = logits4
         self.logits = None if self._logits4 is None else \
@@ -216,7 +231,8 @@ class _Conv(Layer):
         self.backend.conv2d_backward(self._x4, self.params["W"].reshape(self._kernel_shape4),
                                      y4, dz4, activation,
                                      self.grads["W"].reshape(self._kernel_shape4),
-                                     db=db, dx=dx4, **self._geometry())
+                                     db=db, dx=dx4, workspace=self._scratch(n, backward=True),
+                                     **self._geometry())
         self._add_regularization_gradients()
         return None if dx4 is None else dx4.reshape((n,) + self.input_shape)
 
