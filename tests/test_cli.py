@@ -211,3 +211,10 @@ def test_training_defaults():
     assert cli.training_defaults("xor") == (100, 16)
     assert cli.training_defaults("fashion-mnist", "mlp") == (5, 128)
     assert cli.training_defaults("fashion-mnist", "lenet") == (5, 64)
+
+
+def test_default_learning_rates():
+    assert cli.default_lr("momentum", "mlp") == 0.05
+    assert cli.default_lr("momentum", "lenet") == cli.default_lr("momentum", "cnn") == 0.02
+    assert cli.default_lr("sgd", "lenet") == 0.1
+    assert cli.default_lr("adam", "logreg") == 0.001
