@@ -145,8 +145,7 @@ class PReLU(_ElementwiseLayer):
         negative = x <= 0
         per_entry = np.where(negative, x * dy, 0.0)
         self.grads["alpha"][...] = per_entry.reshape(-1, x.shape[-1]).sum(axis=0)
-        if self.alpha_regularizer is not None:
-            self.grads["alpha"] += self.alpha_regularizer.gradient(self.params["alpha"])
+        self.add_regularization_gradients()
         if not need_dx:
             return None
         return np.where(negative, self.params["alpha"] * dy, dy).astype(self.dtype, copy=False)
@@ -160,11 +159,9 @@ class PReLU(_ElementwiseLayer):
                 "alpha_regularizer": None if reg is None else reg.serialize(),
                 "name": self.name}
 
-    def regularization_loss(self):
-        """The slopes' penalty (0.0 without a regularizer)."""
-        if self.alpha_regularizer is None:
-            return 0.0
-        return float(self.alpha_regularizer(self.params["alpha"]))
+    def regularized_params(self):
+        reg = self.alpha_regularizer
+        return [] if reg is None else [("alpha", reg)]
 
 
 class RReLU(_ElementwiseLayer):

@@ -161,11 +161,20 @@ class Layer:
         if dy.shape != expected:
             raise ValueError(f"{self._describe()}: dy must have shape {expected}, got {dy.shape}")
 
-    # -- regularisation (layers with regularizers override) ------------------
+    # -- regularisation (layers with regularizers override regularized_params) --
+
+    def regularized_params(self):
+        """``(parameter name, Regularizer)`` pairs this layer penalises; none by default."""
+        return ()
 
     def regularization_loss(self):
         """Sum of the layer's weight penalties (0.0 without regularizers)."""
-        return 0.0
+        return float(sum(reg(self.params[name]) for name, reg in self.regularized_params()))
+
+    def add_regularization_gradients(self):
+        """Add each penalty's gradient to ``grads`` (called at the end of backward)."""
+        for name, reg in self.regularized_params():
+            self.grads[name] += reg.gradient(self.params[name])
 
     # -- bookkeeping ----------------------------------------------------------
 

@@ -233,24 +233,16 @@ class _Conv(Layer):
                                      self.grads["W"].reshape(self._kernel_shape4),
                                      db=db, dx=dx4, workspace=self._scratch(n, backward=True),
                                      **self._geometry())
-        self._add_regularization_gradients()
+        self.add_regularization_gradients()
         return None if dx4 is None else dx4.reshape((n,) + self.input_shape)
 
     # -- regularisation -------------------------------------------------------
 
-    def _add_regularization_gradients(self):
-        if self.kernel_regularizer is not None:
-            self.grads["W"] += self.kernel_regularizer.gradient(self.params["W"])
-        if self.use_bias and self.bias_regularizer is not None:
-            self.grads["b"] += self.bias_regularizer.gradient(self.params["b"])
-
-    def regularization_loss(self):
-        penalty = 0.0
-        if self.kernel_regularizer is not None:
-            penalty += self.kernel_regularizer(self.params["W"])
-        if self.use_bias and self.bias_regularizer is not None:
-            penalty += self.bias_regularizer(self.params["b"])
-        return penalty
+    def regularized_params(self):
+        pairs = [("W", self.kernel_regularizer)]
+        if self.use_bias:
+            pairs.append(("b", self.bias_regularizer))
+        return [(name, reg) for name, reg in pairs if reg is not None]
 
     # -- config -----------------------------------------------------------------
 

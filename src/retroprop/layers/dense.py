@@ -129,24 +129,16 @@ class Dense(Layer):
         db = self.grads["b"] if self.use_bias else None
         self.backend.dense_backward(self._x, self.params["W"], y, dz, activation,
                                     self.grads["W"], db=db, dx=dx, param=param)
-        self._add_regularization_gradients()
+        self.add_regularization_gradients()
         return dx
 
     # -- regularisation -------------------------------------------------------
 
-    def _add_regularization_gradients(self):
-        if self.kernel_regularizer is not None:
-            self.grads["W"] += self.kernel_regularizer.gradient(self.params["W"])
-        if self.use_bias and self.bias_regularizer is not None:
-            self.grads["b"] += self.bias_regularizer.gradient(self.params["b"])
-
-    def regularization_loss(self):
-        penalty = 0.0
-        if self.kernel_regularizer is not None:
-            penalty += self.kernel_regularizer(self.params["W"])
-        if self.use_bias and self.bias_regularizer is not None:
-            penalty += self.bias_regularizer(self.params["b"])
-        return penalty
+    def regularized_params(self):
+        pairs = [("W", self.kernel_regularizer)]
+        if self.use_bias:
+            pairs.append(("b", self.bias_regularizer))
+        return [(name, reg) for name, reg in pairs if reg is not None]
 
     # -- config -----------------------------------------------------------------
 
