@@ -822,12 +822,16 @@ static void FN(conv_backward_blocks)(const rp_conv2d_geom *g, int first, int cou
                     for (int ox = 0; ox < g->ow; ++ox) {
                         for (int f = 0; f < filters; ++f) {
                             const long i = (long)ox * filters + f;
-                            /* relu (the common case) without the generic switch */
-                            const float d = act == RP_ACT_RELU ? (yl[i] > 0.0f ? dyl[i] : 0.0f)
-                                                               : dyl[i] * GRAD_FROM_OUTPUT(act, yl[i]);
-                            dzT[f * dzT_ld + ox] = d;
-                            pb[f] += d;
+                            /* relu (the common case) as a select, not the generic switch */
+                            dzT[f * dzT_ld + ox] = act == RP_ACT_RELU
+                                ? (yl[i] > 0.0f ? dyl[i] : 0.0f)
+                                : dyl[i] * GRAD_FROM_OUTPUT(act, yl[i]);
                         }
+                    }
+                    for (int f = 0; f < filters; ++f) {
+                        float sum = pb[f];
+                        for (int ox = 0; ox < g->ow; ++ox) sum += dzT[f * dzT_ld + ox];
+                        pb[f] = sum;
                     }
                     direct_line_rows_f32(g, x, first + l / g->oh, (int)(l % g->oh), rw, rowbuf);
                     direct_line_weight_grad_avx2_f32(g, rowbuf, rw, dzT, dzT_ld, acc);
@@ -857,12 +861,18 @@ static void FN(conv_backward_blocks)(const rp_conv2d_geom *g, int first, int cou
                 FN(conv_weight_grad_direct)(patch, filters, rows, cblk, dzb, pw);
                 continue;
             }
-            for (long r = 0; r < rows; ++r) {
-                for (int f = 0; f < filters; ++f) {
-                    const long i = r * filters + f;
-                    dzb[i] = dyb[i] * GRAD_FROM_OUTPUT(act, yb[i]);
-                    pb[f] += dzb[i];
-                }
+            /* dz first (a vectorisable pass, relu as a select), then db's
+             * partial, per filter in row order. */
+            const long count = rows * filters;
+            if (act == RP_ACT_RELU) {
+                for (long i = 0; i < count; ++i) dzb[i] = yb[i] > (REAL)0 ? dyb[i] : (REAL)0;
+            } else {
+                for (long i = 0; i < count; ++i) dzb[i] = dyb[i] * GRAD_FROM_OUTPUT(act, yb[i]);
+            }
+            for (int f = 0; f < filters; ++f) {
+                REAL sum = (REAL)0;
+                for (long r = 0; r < rows; ++r) sum += dzb[r * filters + f];
+                pb[f] = sum;
             }
             for (long l = l0; l < l1; ++l)
                 FN(im2col_line)(g, x, first + l / g->oh, (int)(l % g->oh),
