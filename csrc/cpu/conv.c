@@ -408,6 +408,8 @@ static void FN(col2im_image_add)(const rp_conv2d_geom *g, const REAL *src, REAL 
         for (int ox = 0; ox < g->ow; ++ox) {
             const int iy0 = oy * g->stride_h - g->pad_top;
             const int ix0 = ox * g->stride_w - g->pad_left;
+            /* as in im2col: a window row inside the image is one contiguous run */
+            const int row_inside = g->dilation_w == 1 && ix0 >= 0 && ix0 + kw <= g->w;
             for (int ky = 0; ky < g->kh; ++ky) {
                 const int iy = iy0 + ky * g->dilation_h;
                 if (iy < 0 || iy >= g->h) {
@@ -415,6 +417,13 @@ static void FN(col2im_image_add)(const rp_conv2d_geom *g, const REAL *src, REAL 
                     continue;
                 }
                 REAL *drow = dimg + (long)iy * g->w * c;
+                if (row_inside) {
+                    REAL *dst = drow + (long)ix0 * c;
+                    const long run = (long)kw * c;
+                    for (long j = 0; j < run; ++j) dst[j] += src[j];
+                    src += run;
+                    continue;
+                }
                 for (int kx = 0; kx < kw; ++kx, src += c) {
                     const int ix = ix0 + kx * g->dilation_w;
                     if (ix < 0 || ix >= g->w) continue;
@@ -816,6 +825,8 @@ static void FN(conv_backward_blocks)(const rp_conv2d_geom *g, int first, int cou
                 float acc[RP_DIRECT_PATCH * 8 * 8];
                 for (int i = 0; i < patch * 64; ++i) acc[i] = 0.0f;
                 for (int i = 0; i < 8 * dzT_ld; ++i) dzT[i] = 0.0f;
+                float dbacc[64];
+                for (int i = 0; i < 64; ++i) dbacc[i] = 0.0f;
                 for (long l = l0; l < l1; ++l) {
                     const long lr = (l - l0) * g->ow;   /* the line's first row in the block */
                     const float *dyl = dyb + lr * filters, *yl = yb + lr * filters;
@@ -828,11 +839,11 @@ static void FN(conv_backward_blocks)(const rp_conv2d_geom *g, int first, int cou
                                 : dyl[i] * GRAD_FROM_OUTPUT(act, yl[i]);
                         }
                     }
-                    for (int f = 0; f < filters; ++f) {
-                        float sum = pb[f];
-                        for (int ox = 0; ox < g->ow; ++ox) sum += dzT[f * dzT_ld + ox];
-                        pb[f] = sum;
-                    }
+                    /* db in 8 lanes per filter (reduced after the block): a
+                     * serial sum per filter would cost more than dW itself */
+                    for (int f = 0; f < filters; ++f)
+                        for (int g8 = 0; g8 < dzT_ld; g8 += 8)
+                            for (int j = 0; j < 8; ++j) dbacc[f * 8 + j] += dzT[f * dzT_ld + g8 + j];
                     direct_line_rows_f32(g, x, first + l / g->oh, (int)(l % g->oh), rw, rowbuf);
                     direct_line_weight_grad_avx2_f32(g, rowbuf, rw, dzT, dzT_ld, acc);
                 }
@@ -843,6 +854,11 @@ static void FN(conv_backward_blocks)(const rp_conv2d_geom *g, int first, int cou
                         for (int j = 0; j < 8; ++j) sum += lanes[j];
                         pw[k * filters + f] = sum;
                     }
+                for (int f = 0; f < filters; ++f) {
+                    float sum = 0.0f;
+                    for (int j = 0; j < 8; ++j) sum += dbacc[f * 8 + j];
+                    pb[f] = sum;
+                }
                 continue;
             }
 #endif
@@ -869,16 +885,20 @@ static void FN(conv_backward_blocks)(const rp_conv2d_geom *g, int first, int cou
             } else {
                 for (long i = 0; i < count; ++i) dzb[i] = dyb[i] * GRAD_FROM_OUTPUT(act, yb[i]);
             }
-            for (int f = 0; f < filters; ++f) {
-                REAL sum = (REAL)0;
-                for (long r = 0; r < rows; ++r) sum += dzb[r * filters + f];
-                pb[f] = sum;
+            /* row by row, all filters at once (a vector add, not a serial chain
+             * per filter); each filter's sum is still taken in row order */
+            for (long r = 0; r < rows; ++r) {
+                const REAL *dzr = dzb + r * filters;
+                for (int f = 0; f < filters; ++f) pb[f] += dzr[f];
             }
             for (long l = l0; l < l1; ++l)
                 FN(im2col_line)(g, x, first + l / g->oh, (int)(l % g->oh),
                                 col + l * g->ow * patch);
-            GEMM(1, 0, patch, filters, (int)rows, (REAL)1, cblk, patch, dzb, filters, (REAL)0,
-                 pw, filters, NULL, RP_ACT_LINEAR);
+            /* The block's dW is computed transposed, dW^T = dz^T col: then the
+             * GEMM packs only dz (filters wide) and reads the column matrix
+             * in place, instead of packing all of it as A. */
+            GEMM(1, 0, filters, patch, (int)rows, (REAL)1, dzb, filters, cblk, patch, (REAL)0,
+                 pw, patch, NULL, RP_ACT_LINEAR);
             if (dx)
                 GEMM(0, 1, (int)rows, patch, filters, (REAL)1, dzb, filters, w, filters, (REAL)0,
                      cblk, patch, NULL, RP_ACT_LINEAR);
@@ -900,8 +920,10 @@ static void FN(conv_backward_blocks)(const rp_conv2d_geom *g, int first, int cou
             const int is_db = i >= (long)patch * filters;
             if (is_db && !db) continue;
             REAL *target = is_db ? db + (i - (long)patch * filters) : dw + i;
+            /* GEMM partials of dW are transposed (filters x patch), the direct ones not */
+            const long src = is_db || direct ? i : (i % filters) * patch + i / filters;
             REAL sum = beta == (REAL)0 ? (REAL)0 : beta * *target;
-            for (long blk = 0; blk < blocks; ++blk) sum += partials[blk * per_block + i];
+            for (long blk = 0; blk < blocks; ++blk) sum += partials[blk * per_block + src];
             *target = sum;
         }
     }
