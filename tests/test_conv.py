@@ -395,12 +395,17 @@ def test_blocked_path_matches_numpy_reference_and_ignores_thread_count(monkeypat
     (1, (3, 4), 3, (2, 1), (1, 0, 2, 1), "tanh"),      # odd kernel, row stride 2
     (1, (3, 3), 8, (1, 2), (1, 1, 1, 1), "linear"),    # column stride 2: transposed columns
     (3, (3, 3), 5, (1, 1), (0, 0, 0, 0), "sigmoid"),   # several channels
+    (6, (5, 5), 16, (1, 1), (0, 0, 0, 0), "relu"),     # LeNet conv2: packed-A forward
+    (3, (3, 2), 32, (2, 1), (1, 1, 0, 1), "tanh"),     # packed, 2 column panels, padding
+    (2, (3, 3), 16, (1, 1), (1, 1, 1, 1), "elu"),      # not fused in the microkernel
 ])
-def test_direct_small_filter_path_matches_numpy_reference(dtype, channels, kernel, filters,
-                                                          stride, padding, activation):
+def test_direct_and_packed_paths_match_numpy_reference(dtype, channels, kernel, filters,
+                                                       stride, padding, activation):
     """Convolutions with at most 8 filters and a short patch skip the GEMM
-    (forward, and backward when dx is not needed: a first layer). They must
-    agree with the NumPy backend and not depend on the thread count."""
+    (forward, and backward when dx is not needed: a first layer); float32
+    ones with a multiple of 16 filters gather their columns straight into the
+    microkernel's packed layout. They must agree with the NumPy backend and
+    not depend on the thread count."""
     from retroprop.backend import numpy_ref
     rng = np.random.default_rng(5)
     x = rng.standard_normal((37, 19, 23, channels)).astype(dtype)

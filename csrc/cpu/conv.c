@@ -26,6 +26,7 @@
 #include "retroprop/runtime.h"
 #include "act_internal.h"
 #include "act_scalar.h"
+#include "gemm_internal.h"
 
 int rp_conv2d_is_pointwise(const rp_conv2d_geom *g)
 {
@@ -278,6 +279,78 @@ static void direct_line_weight_grad_avx2_f32(const rp_conv2d_geom *g, const floa
                 }
                 _mm256_storeu_ps(ak, a0); _mm256_storeu_ps(ak + 8, a1);
                 _mm256_storeu_ps(ak + 16, a2); _mm256_storeu_ps(ak + 24, a3);
+            }
+        }
+    }
+}
+
+/* float32 forward with filters a multiple of the microkernel width and a
+ * patch within one GEMM depth block (LeNet's second layer: 150 x 16): the
+ * column matrix is gathered straight into the microkernel's packed-A layout,
+ * six pixels at a time, and W is read in place as B. This skips both the
+ * column matrix and the GEMM's own packing copy of it. */
+static int use_packed_forward(const rp_conv2d_geom *g)
+{
+    return g->filters % RP_NR_F32 == 0 && g->kh * g->kw * g->c <= 256 &&
+           !rp_conv2d_is_pointwise(g) && rp_simd_in_use() == RP_SIMD_AVX2;
+}
+
+/* ap[p * RP_MR_F32] = column-matrix entry p of pixel (img, oy, ox). */
+static void packed_pixel_f32(const rp_conv2d_geom *g, const float *x, long img, int oy, int ox,
+                             float *ap)
+{
+    const int c = g->c, kw = g->kw;
+    const long run = (long)kw * c;
+    const float *ximg = x + img * ((long)g->h * g->w * c);
+    const int iy0 = oy * g->stride_h - g->pad_top, ix0 = ox * g->stride_w - g->pad_left;
+    const int row_inside = g->dilation_w == 1 && ix0 >= 0 && ix0 + kw <= g->w;
+    for (int ky = 0; ky < g->kh; ++ky, ap += run * RP_MR_F32) {
+        const int iy = iy0 + ky * g->dilation_h;
+        if (iy < 0 || iy >= g->h) {
+            for (long j = 0; j < run; ++j) ap[j * RP_MR_F32] = 0.0f;
+        } else if (row_inside) {
+            const float *src = ximg + ((long)iy * g->w + ix0) * c;
+            for (long j = 0; j < run; ++j) ap[j * RP_MR_F32] = src[j];
+        } else {
+            const float *xrow = ximg + (long)iy * g->w * c;
+            for (int kx = 0; kx < kw; ++kx) {
+                const int ix = ix0 + kx * g->dilation_w;
+                float *d = ap + (long)kx * c * RP_MR_F32;
+                for (int ci = 0; ci < c; ++ci)
+                    d[ci * RP_MR_F32] = ix < 0 || ix >= g->w ? 0.0f : xrow[(long)ix * c + ci];
+            }
+        }
+    }
+}
+
+/* act(col W + b) for the rows pixels of output lines from l0 of the chunk at `first`. */
+static void packed_forward_block_f32(const rp_conv2d_geom *g, const float *x, int first, long l0,
+                                     long rows, const float *w, const float *b, rp_act act,
+                                     float *y)
+{
+    const int patch = g->kh * g->kw * g->c, filters = g->filters;
+    const long base = l0 * g->ow;       /* the block's first pixel within the chunk */
+    float ap[256 * RP_MR_F32] __attribute__((aligned(32)));
+    float acc[RP_MR_F32 * RP_NR_F32] __attribute__((aligned(32)));
+    for (long r = 0; r < rows; r += RP_MR_F32) {
+        const int nrow = rows - r < RP_MR_F32 ? (int)(rows - r) : RP_MR_F32;
+        for (int i = 0; i < nrow; ++i) {
+            const long pix = base + r + i, line = pix / g->ow;
+            packed_pixel_f32(g, x, first + line / g->oh, (int)(line % g->oh),
+                             (int)(pix % g->ow), ap + i);
+        }
+        for (int i = nrow; i < RP_MR_F32; ++i)
+            for (int p = 0; p < patch; ++p) ap[p * RP_MR_F32 + i] = 0.0f;
+        for (int j0 = 0; j0 < filters; j0 += RP_NR_F32) {
+            const float *bias = b ? b + j0 : NULL;
+            float *yt = y + r * filters + j0;
+            if (nrow == RP_MR_F32) {
+                rp_ukernel_f32_avx2(patch, ap, w + j0, filters, yt, filters, 1.0f, 0.0f, bias, act);
+            } else {
+                rp_ukernel_f32_avx2(patch, ap, w + j0, filters, acc, RP_NR_F32, 1.0f, 0.0f, bias,
+                                    act);
+                for (int i = 0; i < nrow; ++i)
+                    for (int j = 0; j < RP_NR_F32; ++j) yt[i * filters + j] = acc[i * RP_NR_F32 + j];
             }
         }
     }
@@ -711,6 +784,9 @@ static void FN(conv_forward_blocks)(const rp_conv2d_geom *g, int first, int coun
 #ifdef DIRECT_AVX2_F32
     /* the row-buffer kernels' padded weights and bias, shared by the threads */
     const int rows_path = direct && use_direct_rows(g);
+    /* activations the microkernel applies itself (with their default parameter) */
+    const int packed = !direct && use_packed_forward(g) &&
+                       rp_act_in_microkernel(act, rp_act_param_default(act));
     const long rw = g->ow + g->kw + 8;
     float wpad[RP_DIRECT_PATCH * 8], bpad[8];
     if (rows_path) {
@@ -729,6 +805,11 @@ static void FN(conv_forward_blocks)(const rp_conv2d_geom *g, int first, int coun
         const long l0 = blk * lpb, l1 = l0 + lpb < lines ? l0 + lpb : lines;
         REAL *cblk = col + l0 * g->ow * patch;
 #ifdef DIRECT_AVX2_F32
+        if (packed) {
+            packed_forward_block_f32(g, x, first, l0, (l1 - l0) * g->ow, w, b, act,
+                                     ychunk + l0 * g->ow * g->filters);
+            continue;
+        }
         if (rows_path) {
             float rowbuf[RP_ROWS_MAX];
             for (long l = l0; l < l1; ++l) {
