@@ -389,6 +389,52 @@ def test_blocked_path_matches_numpy_reference_and_ignores_thread_count(monkeypat
         np.testing.assert_array_equal(one, two)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("channels, kernel, filters, stride, padding, activation", [
+    (1, (5, 5), 6, (1, 1), (2, 2, 2, 2), "relu"),      # LeNet conv1: per-line row buffers
+    (1, (3, 4), 3, (2, 1), (1, 0, 2, 1), "tanh"),      # odd kernel, row stride 2
+    (1, (3, 3), 8, (1, 2), (1, 1, 1, 1), "linear"),    # column stride 2: transposed columns
+    (3, (3, 3), 5, (1, 1), (0, 0, 0, 0), "sigmoid"),   # several channels
+    (6, (5, 5), 16, (1, 1), (0, 0, 0, 0), "relu"),     # LeNet conv2: packed-A forward
+    (3, (3, 2), 32, (2, 1), (1, 1, 0, 1), "tanh"),     # packed, 2 column panels, padding
+    (2, (3, 3), 16, (1, 1), (1, 1, 1, 1), "elu"),      # not fused in the microkernel
+])
+def test_direct_and_packed_paths_match_numpy_reference(dtype, channels, kernel, filters,
+                                                       stride, padding, activation):
+    """Convolutions with at most 8 filters and a short patch skip the GEMM
+    (forward, and backward when dx is not needed: a first layer); float32
+    ones with a multiple of 16 filters gather their columns straight into the
+    microkernel's packed layout. They must agree with the NumPy backend and
+    not depend on the thread count."""
+    from retroprop.backend import numpy_ref
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((37, 19, 23, channels)).astype(dtype)
+    w = rng.standard_normal(kernel + (channels, filters)).astype(dtype)
+    b = rng.standard_normal(filters).astype(dtype)
+    geometry = dict(stride=stride, dilation=(1, 1), padding=padding)
+    y_ref = numpy_ref.conv2d_forward(x, w, b, activation, **geometry)
+    dy = rng.standard_normal(y_ref.shape).astype(dtype)
+    ref = [np.empty_like(w), np.empty_like(b)]
+    numpy_ref.conv2d_backward(x, w, y_ref, dy, activation, *ref, dx=None, **geometry)
+    before = cpu_backend.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            cpu_backend.set_num_threads(threads)
+            y = cpu_backend.conv2d_forward(x, w, b, activation, **geometry)
+            grads = [np.empty_like(w), np.empty_like(b)]
+            cpu_backend.conv2d_backward(x, w, y, dy, activation, *grads, dx=None, **geometry)
+            results.append([y] + grads)
+    finally:
+        cpu_backend.set_num_threads(before)
+    tol = 2e-4 if dtype == np.float32 else 1e-10
+    for got, want in zip(results[0], [y_ref] + ref):
+        scale = max(1.0, float(np.abs(want).max()))
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol * scale)
+    for one, two in zip(*results):
+        np.testing.assert_array_equal(one, two)
+
+
 def test_zero_sized_input_is_refused():
     with pytest.raises(ValueError, match="Conv2D 'conv2d'.*positive"):
         Conv2D(2, 1).build((0, 5, 1), np.float32, np.random.default_rng(0))

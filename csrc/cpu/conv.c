@@ -26,6 +26,7 @@
 #include "retroprop/runtime.h"
 #include "act_internal.h"
 #include "act_scalar.h"
+#include "gemm_internal.h"
 
 int rp_conv2d_is_pointwise(const rp_conv2d_geom *g)
 {
@@ -73,26 +74,350 @@ static int threads_for(double elements)
     return elements < (double)RP_ELEMENTWISE_PARALLEL_MIN ? 1 : rp_get_num_threads();
 }
 
+/* Direct path for convolutions with few filters and a short patch (LeNet's
+ * first layer: 1 channel, 5x5, 6 filters). There the im2col GEMM is a poor
+ * fit: the 16-wide microkernel would be mostly padding for 6 filters, and
+ * the dW GEMM (patch x filters, both tiny) spends its time packing. Instead
+ * a block's column matrix is gathered transposed (one row of pixels per
+ * patch tap, contiguous for stride 1), and the kernels below vectorise over
+ * pixels. Taken for filters <= RP_DIRECT_FILTERS and patch <= RP_DIRECT_PATCH. */
+#define RP_DIRECT_FILTERS 8
+#define RP_DIRECT_PATCH 64
+
+static int use_direct(const rp_conv2d_geom *g)
+{
+    return g->filters <= RP_DIRECT_FILTERS && g->kh * g->kw * g->c <= RP_DIRECT_PATCH &&
+           !rp_conv2d_is_pointwise(g);
+}
+
+/* The direct kernels' bodies are inlined twice: into a wrapper compiled for
+ * AVX2+FMA, taken when the runtime uses AVX2 (as the GEMM microkernels), and
+ * into a baseline one. */
+#if defined(__GNUC__) && defined(__x86_64__) && defined(RETROPROP_HAVE_AVX2)
+#define RP_DIRECT_AVX2 1
+#define RP_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#endif
+#define RP_ALWAYS_INLINE static inline __attribute__((always_inline))
+
+#ifdef RP_DIRECT_AVX2
+#include <immintrin.h>
+
+/* float32 direct forward: 8 pixels x 8 filters of sums in 8 registers; the
+ * last partial group of pixels is copied, zero-padded, to a local buffer. */
+RP_TARGET_AVX2
+static void direct_forward_avx2_f32(int patch, int filters, long rows, const float *colT,
+                                    const float *w, const float *b, rp_act act, float *y)
+{
+    float wpad[RP_DIRECT_PATCH * 8], tail[RP_DIRECT_PATCH * 8], bpad[8];
+    float out[8][8] __attribute__((aligned(32)));
+    for (int k = 0; k < patch; ++k)
+        for (int f = 0; f < 8; ++f) wpad[k * 8 + f] = f < filters ? w[k * filters + f] : 0.0f;
+    for (int f = 0; f < 8; ++f) bpad[f] = b && f < filters ? b[f] : 0.0f;
+    for (long p0 = 0; p0 < rows; p0 += 8) {
+        const int nj = rows - p0 < 8 ? (int)(rows - p0) : 8;
+        const float *src = colT + p0;
+        long ld = rows;
+        if (nj < 8) {
+            for (int k = 0; k < patch; ++k)
+                for (int j = 0; j < 8; ++j) tail[k * 8 + j] = j < nj ? src[k * rows + j] : 0.0f;
+            src = tail;
+            ld = 8;
+        }
+        __m256 a0 = _mm256_set1_ps(bpad[0]), a1 = _mm256_set1_ps(bpad[1]);
+        __m256 a2 = _mm256_set1_ps(bpad[2]), a3 = _mm256_set1_ps(bpad[3]);
+        __m256 a4 = _mm256_set1_ps(bpad[4]), a5 = _mm256_set1_ps(bpad[5]);
+        __m256 a6 = _mm256_set1_ps(bpad[6]), a7 = _mm256_set1_ps(bpad[7]);
+        for (int k = 0; k < patch; ++k) {
+            const __m256 c = _mm256_loadu_ps(src + k * ld);
+            const float *wk = wpad + k * 8;
+            a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(wk + 0), c, a0);
+            a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(wk + 1), c, a1);
+            a2 = _mm256_fmadd_ps(_mm256_broadcast_ss(wk + 2), c, a2);
+            a3 = _mm256_fmadd_ps(_mm256_broadcast_ss(wk + 3), c, a3);
+            a4 = _mm256_fmadd_ps(_mm256_broadcast_ss(wk + 4), c, a4);
+            a5 = _mm256_fmadd_ps(_mm256_broadcast_ss(wk + 5), c, a5);
+            a6 = _mm256_fmadd_ps(_mm256_broadcast_ss(wk + 6), c, a6);
+            a7 = _mm256_fmadd_ps(_mm256_broadcast_ss(wk + 7), c, a7);
+        }
+        if (act == RP_ACT_RELU) {
+            const __m256 z = _mm256_setzero_ps();
+            a0 = _mm256_max_ps(a0, z); a1 = _mm256_max_ps(a1, z);
+            a2 = _mm256_max_ps(a2, z); a3 = _mm256_max_ps(a3, z);
+            a4 = _mm256_max_ps(a4, z); a5 = _mm256_max_ps(a5, z);
+            a6 = _mm256_max_ps(a6, z); a7 = _mm256_max_ps(a7, z);
+        }
+        _mm256_store_ps(out[0], a0); _mm256_store_ps(out[1], a1);
+        _mm256_store_ps(out[2], a2); _mm256_store_ps(out[3], a3);
+        _mm256_store_ps(out[4], a4); _mm256_store_ps(out[5], a5);
+        _mm256_store_ps(out[6], a6); _mm256_store_ps(out[7], a7);
+        float *yp = y + p0 * filters;
+        if (act == RP_ACT_LINEAR || act == RP_ACT_RELU) {
+            for (int j = 0; j < nj; ++j)
+                for (int f = 0; f < filters; ++f) yp[j * filters + f] = out[f][j];
+        } else {
+            for (int j = 0; j < nj; ++j)
+                for (int f = 0; f < filters; ++f)
+                    yp[j * filters + f] = rp_act_scalar_f32(act, out[f][j]);
+        }
+    }
+}
+
+/* Single-channel, unit-stride-along-width, undilated-along-width float32
+ * convolutions (LeNet's first layer) skip the transposed column matrix too:
+ * for each output line the kh input rows it reads are copied, zero-padded,
+ * into a small buffer, and 8 consecutive output pixels of tap (ky, kx) are
+ * one unaligned load from row ky at offset ox + kx. RP_ROWS_MAX bounds that
+ * buffer (kept on the stack). */
+#define RP_ROWS_MAX 8192
+
+static int use_direct_rows(const rp_conv2d_geom *g)
+{
+    return g->c == 1 && g->stride_w == 1 && g->dilation_w == 1 &&
+           (long)g->kh * (g->ow + g->kw + 8) <= RP_ROWS_MAX &&
+           8L * (g->ow + 8) <= RP_ROWS_MAX && rp_simd_in_use() == RP_SIMD_AVX2;
+}
+
+/* rows[ky * rw + t] = x(img, iy0 + ky * dilation_h, t - pad_left), 0 outside the image. */
+static void direct_line_rows_f32(const rp_conv2d_geom *g, const float *x, long img, int oy,
+                                 long rw, float *rows)
+{
+    const float *ximg = x + img * ((long)g->h * g->w);
+    const int iy0 = oy * g->stride_h - g->pad_top;
+    for (int ky = 0; ky < g->kh; ++ky) {
+        const int iy = iy0 + ky * g->dilation_h;
+        float *r = rows + ky * rw;
+        if (iy < 0 || iy >= g->h) {
+            for (long t = 0; t < rw; ++t) r[t] = 0.0f;
+            continue;
+        }
+        /* t in [pad_left, pad_left + w) holds the image row, the rest zeros */
+        const float *xrow = ximg + (long)iy * g->w;
+        const long lo = g->pad_left < rw ? g->pad_left : rw;
+        const long hi = g->pad_left + g->w < rw ? g->pad_left + g->w : rw;
+        for (long t = 0; t < lo; ++t) r[t] = 0.0f;
+        for (long t = lo; t < hi; ++t) r[t] = xrow[t - g->pad_left];
+        for (long t = hi; t < rw; ++t) r[t] = 0.0f;
+    }
+}
+
+/* One output line of act(conv + b): 8 pixels x 8 filters of sums in registers. */
+RP_TARGET_AVX2
+static void direct_line_forward_avx2_f32(const rp_conv2d_geom *g, const float *rows, long rw,
+                                         const float *wpad, const float *bpad, rp_act act,
+                                         float *y)
+{
+    const int filters = g->filters, ow = g->ow;
+    float out[8][8] __attribute__((aligned(32)));
+    for (int ox0 = 0; ox0 < ow; ox0 += 8) {
+        __m256 a0 = _mm256_set1_ps(bpad[0]), a1 = _mm256_set1_ps(bpad[1]);
+        __m256 a2 = _mm256_set1_ps(bpad[2]), a3 = _mm256_set1_ps(bpad[3]);
+        __m256 a4 = _mm256_set1_ps(bpad[4]), a5 = _mm256_set1_ps(bpad[5]);
+        __m256 a6 = _mm256_set1_ps(bpad[6]), a7 = _mm256_set1_ps(bpad[7]);
+        const float *wk = wpad;
+        for (int ky = 0; ky < g->kh; ++ky) {
+            const float *r = rows + ky * rw + ox0;
+            for (int kx = 0; kx < g->kw; ++kx, wk += 8) {
+                const __m256 c = _mm256_loadu_ps(r + kx);
+                a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(wk + 0), c, a0);
+                a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(wk + 1), c, a1);
+                a2 = _mm256_fmadd_ps(_mm256_broadcast_ss(wk + 2), c, a2);
+                a3 = _mm256_fmadd_ps(_mm256_broadcast_ss(wk + 3), c, a3);
+                a4 = _mm256_fmadd_ps(_mm256_broadcast_ss(wk + 4), c, a4);
+                a5 = _mm256_fmadd_ps(_mm256_broadcast_ss(wk + 5), c, a5);
+                a6 = _mm256_fmadd_ps(_mm256_broadcast_ss(wk + 6), c, a6);
+                a7 = _mm256_fmadd_ps(_mm256_broadcast_ss(wk + 7), c, a7);
+            }
+        }
+        if (act == RP_ACT_RELU) {
+            const __m256 z = _mm256_setzero_ps();
+            a0 = _mm256_max_ps(a0, z); a1 = _mm256_max_ps(a1, z);
+            a2 = _mm256_max_ps(a2, z); a3 = _mm256_max_ps(a3, z);
+            a4 = _mm256_max_ps(a4, z); a5 = _mm256_max_ps(a5, z);
+            a6 = _mm256_max_ps(a6, z); a7 = _mm256_max_ps(a7, z);
+        }
+        _mm256_store_ps(out[0], a0); _mm256_store_ps(out[1], a1);
+        _mm256_store_ps(out[2], a2); _mm256_store_ps(out[3], a3);
+        _mm256_store_ps(out[4], a4); _mm256_store_ps(out[5], a5);
+        _mm256_store_ps(out[6], a6); _mm256_store_ps(out[7], a7);
+        const int nj = ow - ox0 < 8 ? ow - ox0 : 8;
+        float *yp = y + (long)ox0 * filters;
+        if (act == RP_ACT_LINEAR || act == RP_ACT_RELU) {
+            for (int j = 0; j < nj; ++j)
+                for (int f = 0; f < filters; ++f) yp[j * filters + f] = out[f][j];
+        } else {
+            for (int j = 0; j < nj; ++j)
+                for (int f = 0; f < filters; ++f)
+                    yp[j * filters + f] = rp_act_scalar_f32(act, out[f][j]);
+        }
+    }
+}
+
+/* acc[(k * 8 + f) * 8 + lane] += the products of one output line for dW:
+ * tap k's input values times dz of filter f, 8 pixels per lane group.
+ * dzT holds the line's dz transposed (8 rows of dzT_ld values, zero past ow
+ * and past the filters), so the last partial group adds zeros. */
+RP_TARGET_AVX2
+static void direct_line_weight_grad_avx2_f32(const rp_conv2d_geom *g, const float *rows, long rw,
+                                             const float *dzT, int dzT_ld, float *acc)
+{
+    const int groups = (g->ow + 7) / 8, fgroups = (g->filters + 3) / 4;
+    int k = 0;
+    for (int ky = 0; ky < g->kh; ++ky) {
+        for (int kx = 0; kx < g->kw; ++kx, ++k) {
+            const float *r = rows + ky * rw + kx;
+            for (int fg = 0; fg < fgroups; ++fg) {
+                float *ak = acc + ((long)k * 8 + fg * 4) * 8;
+                const float *d = dzT + (long)fg * 4 * dzT_ld;
+                __m256 a0 = _mm256_loadu_ps(ak), a1 = _mm256_loadu_ps(ak + 8);
+                __m256 a2 = _mm256_loadu_ps(ak + 16), a3 = _mm256_loadu_ps(ak + 24);
+                for (int gi = 0; gi < groups; ++gi) {
+                    const __m256 c = _mm256_loadu_ps(r + gi * 8);
+                    a0 = _mm256_fmadd_ps(c, _mm256_loadu_ps(d + gi * 8), a0);
+                    a1 = _mm256_fmadd_ps(c, _mm256_loadu_ps(d + dzT_ld + gi * 8), a1);
+                    a2 = _mm256_fmadd_ps(c, _mm256_loadu_ps(d + 2 * dzT_ld + gi * 8), a2);
+                    a3 = _mm256_fmadd_ps(c, _mm256_loadu_ps(d + 3 * dzT_ld + gi * 8), a3);
+                }
+                _mm256_storeu_ps(ak, a0); _mm256_storeu_ps(ak + 8, a1);
+                _mm256_storeu_ps(ak + 16, a2); _mm256_storeu_ps(ak + 24, a3);
+            }
+        }
+    }
+}
+
+/* float32 forward with filters a multiple of the microkernel width and a
+ * patch within one GEMM depth block (LeNet's second layer: 150 x 16): the
+ * column matrix is gathered straight into the microkernel's packed-A layout,
+ * six pixels at a time, and W is read in place as B. This skips both the
+ * column matrix and the GEMM's own packing copy of it. */
+static int use_packed_forward(const rp_conv2d_geom *g)
+{
+    return g->filters % RP_NR_F32 == 0 && g->kh * g->kw * g->c <= 256 &&
+           !rp_conv2d_is_pointwise(g) && rp_simd_in_use() == RP_SIMD_AVX2;
+}
+
+/* ap[p * RP_MR_F32] = column-matrix entry p of pixel (img, oy, ox). */
+static void packed_pixel_f32(const rp_conv2d_geom *g, const float *x, long img, int oy, int ox,
+                             float *ap)
+{
+    const int c = g->c, kw = g->kw;
+    const long run = (long)kw * c;
+    const float *ximg = x + img * ((long)g->h * g->w * c);
+    const int iy0 = oy * g->stride_h - g->pad_top, ix0 = ox * g->stride_w - g->pad_left;
+    const int row_inside = g->dilation_w == 1 && ix0 >= 0 && ix0 + kw <= g->w;
+    for (int ky = 0; ky < g->kh; ++ky, ap += run * RP_MR_F32) {
+        const int iy = iy0 + ky * g->dilation_h;
+        if (iy < 0 || iy >= g->h) {
+            for (long j = 0; j < run; ++j) ap[j * RP_MR_F32] = 0.0f;
+        } else if (row_inside) {
+            const float *src = ximg + ((long)iy * g->w + ix0) * c;
+            for (long j = 0; j < run; ++j) ap[j * RP_MR_F32] = src[j];
+        } else {
+            const float *xrow = ximg + (long)iy * g->w * c;
+            for (int kx = 0; kx < kw; ++kx) {
+                const int ix = ix0 + kx * g->dilation_w;
+                float *d = ap + (long)kx * c * RP_MR_F32;
+                for (int ci = 0; ci < c; ++ci)
+                    d[ci * RP_MR_F32] = ix < 0 || ix >= g->w ? 0.0f : xrow[(long)ix * c + ci];
+            }
+        }
+    }
+}
+
+/* act(col W + b) for the rows pixels of output lines from l0 of the chunk at `first`. */
+static void packed_forward_block_f32(const rp_conv2d_geom *g, const float *x, int first, long l0,
+                                     long rows, const float *w, const float *b, rp_act act,
+                                     float *y)
+{
+    const int patch = g->kh * g->kw * g->c, filters = g->filters;
+    const long base = l0 * g->ow;       /* the block's first pixel within the chunk */
+    float ap[256 * RP_MR_F32] __attribute__((aligned(32)));
+    float acc[RP_MR_F32 * RP_NR_F32] __attribute__((aligned(32)));
+    for (long r = 0; r < rows; r += RP_MR_F32) {
+        const int nrow = rows - r < RP_MR_F32 ? (int)(rows - r) : RP_MR_F32;
+        for (int i = 0; i < nrow; ++i) {
+            const long pix = base + r + i, line = pix / g->ow;
+            packed_pixel_f32(g, x, first + line / g->oh, (int)(line % g->oh),
+                             (int)(pix % g->ow), ap + i);
+        }
+        for (int i = nrow; i < RP_MR_F32; ++i)
+            for (int p = 0; p < patch; ++p) ap[p * RP_MR_F32 + i] = 0.0f;
+        for (int j0 = 0; j0 < filters; j0 += RP_NR_F32) {
+            const float *bias = b ? b + j0 : NULL;
+            float *yt = y + r * filters + j0;
+            if (nrow == RP_MR_F32) {
+                rp_ukernel_f32_avx2(patch, ap, w + j0, filters, yt, filters, 1.0f, 0.0f, bias, act);
+            } else {
+                rp_ukernel_f32_avx2(patch, ap, w + j0, filters, acc, RP_NR_F32, 1.0f, 0.0f, bias,
+                                    act);
+                for (int i = 0; i < nrow; ++i)
+                    for (int j = 0; j < RP_NR_F32; ++j) yt[i * filters + j] = acc[i * RP_NR_F32 + j];
+            }
+        }
+    }
+}
+
+/* float32 direct dW: per (tap, 4 filters), 4 sums of 8 lanes over the
+ * pixels, each reduced in lane order, then the last rows % 8 pixels. */
+RP_TARGET_AVX2
+static void direct_weight_grad_avx2_f32(int patch, int filters, long rows, const float *colT,
+                                        const float *dzT, float *dw)
+{
+    const long full = rows - rows % 8;
+    float lanes[4][8] __attribute__((aligned(32)));
+    for (int k = 0; k < patch; ++k) {
+        const float *cv = colT + (long)k * rows;
+        for (int f0 = 0; f0 < filters; f0 += 4) {
+            const float *d[4];
+            for (int i = 0; i < 4; ++i)
+                d[i] = dzT + (long)(f0 + i < filters ? f0 + i : filters - 1) * rows;
+            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+            __m256 a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+            for (long p = 0; p < full; p += 8) {
+                const __m256 c = _mm256_loadu_ps(cv + p);
+                a0 = _mm256_fmadd_ps(c, _mm256_loadu_ps(d[0] + p), a0);
+                a1 = _mm256_fmadd_ps(c, _mm256_loadu_ps(d[1] + p), a1);
+                a2 = _mm256_fmadd_ps(c, _mm256_loadu_ps(d[2] + p), a2);
+                a3 = _mm256_fmadd_ps(c, _mm256_loadu_ps(d[3] + p), a3);
+            }
+            _mm256_store_ps(lanes[0], a0); _mm256_store_ps(lanes[1], a1);
+            _mm256_store_ps(lanes[2], a2); _mm256_store_ps(lanes[3], a3);
+            for (int i = 0; i < 4 && f0 + i < filters; ++i) {
+                float sum = 0.0f;
+                for (int j = 0; j < 8; ++j) sum += lanes[i][j];
+                for (long p = full; p < rows; ++p) sum += cv[p] * d[i][p];
+                dw[k * filters + f0 + i] = sum;
+            }
+        }
+    }
+}
+#endif
+
 #define RP_CONV_TEMPLATE 1
 #define REAL float
 #define FN(name) name##_f32
+#define DIRECT_AVX2_F32 1
 #define GEMM rp_gemm_f32
 #define GRAD_FROM_OUTPUT rp_act_grad_from_output_f32
+#define ACT_SCALAR rp_act_scalar_f32
 #include "conv.c"
 #undef REAL
 #undef FN
 #undef GEMM
 #undef GRAD_FROM_OUTPUT
+#undef ACT_SCALAR
+#undef DIRECT_AVX2_F32
 
 #define REAL double
 #define FN(name) name##_f64
 #define GEMM rp_gemm_f64
 #define GRAD_FROM_OUTPUT rp_act_grad_from_output_f64
+#define ACT_SCALAR rp_act_scalar_f64
 #include "conv.c"
 #undef REAL
 #undef FN
 #undef GEMM
 #undef GRAD_FROM_OUTPUT
+#undef ACT_SCALAR
 
 #else /* RP_CONV_TEMPLATE: the body, instantiated per element type */
 
@@ -156,6 +481,8 @@ static void FN(col2im_image_add)(const rp_conv2d_geom *g, const REAL *src, REAL 
         for (int ox = 0; ox < g->ow; ++ox) {
             const int iy0 = oy * g->stride_h - g->pad_top;
             const int ix0 = ox * g->stride_w - g->pad_left;
+            /* as in im2col: a window row inside the image is one contiguous run */
+            const int row_inside = g->dilation_w == 1 && ix0 >= 0 && ix0 + kw <= g->w;
             for (int ky = 0; ky < g->kh; ++ky) {
                 const int iy = iy0 + ky * g->dilation_h;
                 if (iy < 0 || iy >= g->h) {
@@ -163,6 +490,13 @@ static void FN(col2im_image_add)(const rp_conv2d_geom *g, const REAL *src, REAL 
                     continue;
                 }
                 REAL *drow = dimg + (long)iy * g->w * c;
+                if (row_inside) {
+                    REAL *dst = drow + (long)ix0 * c;
+                    const long run = (long)kw * c;
+                    for (long j = 0; j < run; ++j) dst[j] += src[j];
+                    src += run;
+                    continue;
+                }
                 for (int kx = 0; kx < kw; ++kx, src += c) {
                     const int ix = ix0 + kx * g->dilation_w;
                     if (ix < 0 || ix >= g->w) continue;
@@ -190,6 +524,184 @@ void FN(rp_col2im_nhwc_add)(const rp_conv2d_geom *g, int first, int count, const
         FN(col2im_image_add)(g, col + (long)i * rows_per_image * row_len,
                              dx + (long)(first + i) * image_size);
 }
+
+/* Pixels per register block of the direct kernels: one 32-byte vector. */
+#define PIX ((int)(32 / sizeof(REAL)))
+
+/* colT[k * rows + r] = column-matrix entry (r, k) for the rows = (l1 - l0) * ow
+ * pixels of output lines [l0, l1) of the chunk starting at image `first`. */
+static void FN(im2colT_block)(const rp_conv2d_geom *g, const REAL *x, int first, long l0,
+                              long l1, REAL *colT)
+{
+    const int c = g->c, ow = g->ow;
+    const long rows = (l1 - l0) * ow;
+    for (long l = l0; l < l1; ++l) {
+        const long img = first + l / g->oh;
+        const int oy = (int)(l % g->oh);
+        const REAL *ximg = x + img * ((long)g->h * g->w * c);
+        const int iy0 = oy * g->stride_h - g->pad_top;
+        REAL *base = colT + (l - l0) * ow;
+        for (int ky = 0; ky < g->kh; ++ky) {
+            const int iy = iy0 + ky * g->dilation_h;
+            const int row_inside = iy >= 0 && iy < g->h;
+            for (int kx = 0; kx < g->kw; ++kx) {
+                const int off = kx * g->dilation_w - g->pad_left;
+                /* ox range whose input column ix = ox * sw + off lies inside [0, w) */
+                int lo = 0, hi = ow;
+                while (lo < ow && lo * g->stride_w + off < 0) ++lo;
+                while (hi > lo && (hi - 1) * g->stride_w + off >= g->w) --hi;
+                for (int ci = 0; ci < c; ++ci) {
+                    REAL *dst = base + ((long)(ky * g->kw + kx) * c + ci) * rows;
+                    if (!row_inside) {
+                        for (int ox = 0; ox < ow; ++ox) dst[ox] = (REAL)0;
+                        continue;
+                    }
+                    const REAL *src = ximg + (long)iy * g->w * c + ci;
+                    for (int ox = 0; ox < lo; ++ox) dst[ox] = (REAL)0;
+                    if (g->stride_w == 1 && c == 1) {
+                        /* the common case: a shifted copy of one input row */
+                        const REAL *s = src + off;
+                        for (int ox = lo; ox < hi; ++ox) dst[ox] = s[ox];
+                    } else {
+                        for (int ox = lo; ox < hi; ++ox)
+                            dst[ox] = src[(long)(ox * g->stride_w + off) * c];
+                    }
+                    for (int ox = hi; ox < ow; ++ox) dst[ox] = (REAL)0;
+                }
+            }
+        }
+    }
+}
+
+/* y (rows x filters) = act(colT^T w + b) for one block; filters <= RP_DIRECT_FILTERS.
+ * Registers hold RP_DIRECT_FILTERS x PIX sums; unused filters compute zeros. */
+RP_ALWAYS_INLINE void FN(conv_forward_direct_body)(int patch, int filters, long rows, long ld,
+                                                   const REAL *colT, const REAL *w,
+                                                   const REAL *b, rp_act act, REAL *y)
+{
+    REAL wpad[RP_DIRECT_PATCH * RP_DIRECT_FILTERS], bpad[RP_DIRECT_FILTERS];
+    for (int k = 0; k < patch; ++k)
+        for (int f = 0; f < RP_DIRECT_FILTERS; ++f)
+            wpad[k * RP_DIRECT_FILTERS + f] = f < filters ? w[k * filters + f] : (REAL)0;
+    for (int f = 0; f < RP_DIRECT_FILTERS; ++f)
+        bpad[f] = b && f < filters ? b[f] : (REAL)0;
+    for (long p0 = 0; p0 < rows; p0 += PIX) {
+        REAL acc[RP_DIRECT_FILTERS][PIX];
+        for (int f = 0; f < RP_DIRECT_FILTERS; ++f)
+            for (int j = 0; j < PIX; ++j) acc[f][j] = bpad[f];
+        if (p0 + PIX <= rows) {
+            for (int k = 0; k < patch; ++k) {
+                const REAL *cv = colT + (long)k * ld + p0;
+                const REAL *wk = wpad + k * RP_DIRECT_FILTERS;
+                for (int f = 0; f < RP_DIRECT_FILTERS; ++f)
+                    for (int j = 0; j < PIX; ++j) acc[f][j] += wk[f] * cv[j];
+            }
+        } else {
+            const int nj = (int)(rows - p0);
+            for (int k = 0; k < patch; ++k) {
+                const REAL *cv = colT + (long)k * ld + p0;
+                const REAL *wk = wpad + k * RP_DIRECT_FILTERS;
+                for (int f = 0; f < RP_DIRECT_FILTERS; ++f)
+                    for (int j = 0; j < nj; ++j) acc[f][j] += wk[f] * cv[j];
+            }
+        }
+        const int nj = rows - p0 < PIX ? (int)(rows - p0) : PIX;
+        REAL *yp = y + p0 * filters;
+        if (act == RP_ACT_LINEAR) {
+            for (int j = 0; j < nj; ++j)
+                for (int f = 0; f < filters; ++f) yp[j * filters + f] = acc[f][j];
+        } else if (act == RP_ACT_RELU) {
+            for (int j = 0; j < nj; ++j)
+                for (int f = 0; f < filters; ++f)
+                    yp[j * filters + f] = acc[f][j] > (REAL)0 ? acc[f][j] : (REAL)0;
+        } else {
+            for (int j = 0; j < nj; ++j)
+                for (int f = 0; f < filters; ++f) yp[j * filters + f] = ACT_SCALAR(act, acc[f][j]);
+        }
+    }
+}
+
+/* dw (patch x filters) = colT dzT^T for one block: dzT holds dz transposed
+ * (filters rows of `rows` values). Each (tap, 4 filters) pair is one run over
+ * the pixels with PIX-lane sums, reduced in lane order at the end. */
+RP_ALWAYS_INLINE void FN(conv_weight_grad_direct_body)(int patch, int filters, long rows,
+                                                       const REAL *colT, const REAL *dzT,
+                                                       REAL *dw)
+{
+    const long full = rows - rows % PIX;
+    for (int k = 0; k < patch; ++k) {
+        const REAL *cv = colT + (long)k * rows;
+        for (int f0 = 0; f0 < filters; f0 += 4) {
+            const REAL *d[4];
+            for (int i = 0; i < 4; ++i)
+                d[i] = dzT + (long)(f0 + i < filters ? f0 + i : filters - 1) * rows;
+            REAL acc[4][PIX];
+            for (int i = 0; i < 4; ++i)
+                for (int j = 0; j < PIX; ++j) acc[i][j] = (REAL)0;
+            for (long p = 0; p < full; p += PIX)
+                for (int i = 0; i < 4; ++i)
+                    for (int j = 0; j < PIX; ++j) acc[i][j] += cv[p + j] * d[i][p + j];
+            for (int i = 0; i < 4 && f0 + i < filters; ++i) {
+                REAL sum = (REAL)0;
+                for (int j = 0; j < PIX; ++j) sum += acc[i][j];
+                for (long p = full; p < rows; ++p) sum += cv[p] * d[i][p];
+                dw[k * filters + f0 + i] = sum;
+            }
+        }
+    }
+}
+
+#ifdef RP_DIRECT_AVX2
+/* The AVX2 wrappers: for double the generic bodies compiled for AVX2; for
+ * float hand-written kernels (GCC keeps the generic body's sums in memory). */
+RP_TARGET_AVX2
+static void FN(conv_forward_direct_avx2)(int patch, int filters, long rows, const REAL *colT,
+                                         const REAL *w, const REAL *b, rp_act act, REAL *y)
+{
+#ifdef DIRECT_AVX2_F32
+    direct_forward_avx2_f32(patch, filters, rows, colT, w, b, act, y);
+#else
+    FN(conv_forward_direct_body)(patch, filters, rows, rows, colT, w, b, act, y);
+#endif
+}
+
+RP_TARGET_AVX2
+static void FN(conv_weight_grad_direct_avx2)(int patch, int filters, long rows,
+                                             const REAL *colT, const REAL *dzT, REAL *dw)
+{
+#ifdef DIRECT_AVX2_F32
+    direct_weight_grad_avx2_f32(patch, filters, rows, colT, dzT, dw);
+#else
+    FN(conv_weight_grad_direct_body)(patch, filters, rows, colT, dzT, dw);
+#endif
+}
+#endif
+
+static void FN(conv_forward_direct)(int patch, int filters, long rows, const REAL *colT,
+                                    const REAL *w, const REAL *b, rp_act act, REAL *y)
+{
+#ifdef RP_DIRECT_AVX2
+    if (rp_simd_in_use() == RP_SIMD_AVX2) {
+        FN(conv_forward_direct_avx2)(patch, filters, rows, colT, w, b, act, y);
+        return;
+    }
+#endif
+    FN(conv_forward_direct_body)(patch, filters, rows, rows, colT, w, b, act, y);
+}
+
+static void FN(conv_weight_grad_direct)(int patch, int filters, long rows, const REAL *colT,
+                                        const REAL *dzT, REAL *dw)
+{
+#ifdef RP_DIRECT_AVX2
+    if (rp_simd_in_use() == RP_SIMD_AVX2) {
+        FN(conv_weight_grad_direct_avx2)(patch, filters, rows, colT, dzT, dw);
+        return;
+    }
+#endif
+    FN(conv_weight_grad_direct_body)(patch, filters, rows, colT, dzT, dw);
+}
+
+#undef PIX
 
 /* Per calling thread, grown on demand and kept (as the GEMM's packing
  * buffers): the per-block partial sums of dW. */
@@ -268,6 +780,22 @@ static void FN(conv_forward_blocks)(const rp_conv2d_geom *g, int first, int coun
     const long lines = (long)count * g->oh;
     const long blocks = (lines + lpb - 1) / lpb;
     REAL *ychunk = y + (long)first * g->oh * g->ow * g->filters;
+    const int direct = use_direct(g);
+#ifdef DIRECT_AVX2_F32
+    /* the row-buffer kernels' padded weights and bias, shared by the threads */
+    const int rows_path = direct && use_direct_rows(g);
+    /* activations the microkernel applies itself (with their default parameter) */
+    const int packed = !direct && use_packed_forward(g) &&
+                       rp_act_in_microkernel(act, rp_act_param_default(act));
+    const long rw = g->ow + g->kw + 8;
+    float wpad[RP_DIRECT_PATCH * 8], bpad[8];
+    if (rows_path) {
+        for (int k = 0; k < patch; ++k)
+            for (int f = 0; f < 8; ++f)
+                wpad[k * 8 + f] = f < g->filters ? w[k * g->filters + f] : 0.0f;
+        for (int f = 0; f < 8; ++f) bpad[f] = b && f < g->filters ? b[f] : 0.0f;
+    }
+#endif
     const int nt = rp_get_num_threads();
     (void)nt;
 #ifdef RETROPROP_HAVE_OPENMP
@@ -276,6 +804,28 @@ static void FN(conv_forward_blocks)(const rp_conv2d_geom *g, int first, int coun
     for (long blk = 0; blk < blocks; ++blk) {
         const long l0 = blk * lpb, l1 = l0 + lpb < lines ? l0 + lpb : lines;
         REAL *cblk = col + l0 * g->ow * patch;
+#ifdef DIRECT_AVX2_F32
+        if (packed) {
+            packed_forward_block_f32(g, x, first, l0, (l1 - l0) * g->ow, w, b, act,
+                                     ychunk + l0 * g->ow * g->filters);
+            continue;
+        }
+        if (rows_path) {
+            float rowbuf[RP_ROWS_MAX];
+            for (long l = l0; l < l1; ++l) {
+                direct_line_rows_f32(g, x, first + l / g->oh, (int)(l % g->oh), rw, rowbuf);
+                direct_line_forward_avx2_f32(g, rowbuf, rw, wpad, bpad, act,
+                                             ychunk + l * g->ow * g->filters);
+            }
+            continue;
+        }
+#endif
+        if (direct) {
+            FN(im2colT_block)(g, x, first, l0, l1, cblk);
+            FN(conv_forward_direct)(patch, g->filters, (l1 - l0) * g->ow, cblk, w, b, act,
+                                    ychunk + l0 * g->ow * g->filters);
+            continue;
+        }
         for (long l = l0; l < l1; ++l)
             FN(im2col_line)(g, x, first + l / g->oh, (int)(l % g->oh),
                             col + l * g->ow * patch);
@@ -329,6 +879,8 @@ static void FN(conv_backward_blocks)(const rp_conv2d_geom *g, int first, int cou
     const long blocks = (lines + lpb - 1) / lpb;
     const long per_block = (long)patch * filters + filters;   /* dW partial, then db partial */
     const long row0 = (long)first * rows_per_image;
+    /* The direct kernels compute dW only; dx needs the column-gradient GEMM. */
+    const int direct = !dx && use_direct(g);
     const int nt = rp_get_num_threads();
     (void)nt;
 #ifdef RETROPROP_HAVE_OPENMP
@@ -346,18 +898,88 @@ static void FN(conv_backward_blocks)(const rp_conv2d_geom *g, int first, int cou
             const REAL *yb = y + (row0 + r0) * filters, *dyb = dy + (row0 + r0) * filters;
             REAL *pw = partials + blk * per_block, *pb = pw + (long)patch * filters;
             for (int f = 0; f < filters; ++f) pb[f] = (REAL)0;
-            for (long r = 0; r < rows; ++r) {
-                for (int f = 0; f < filters; ++f) {
-                    const long i = r * filters + f;
-                    dzb[i] = dyb[i] * GRAD_FROM_OUTPUT(act, yb[i]);
-                    pb[f] += dzb[i];
+#ifdef DIRECT_AVX2_F32
+            if (direct && use_direct_rows(g)) {
+                const long rw = g->ow + g->kw + 8;
+                const int dzT_ld = (g->ow + 7) / 8 * 8;
+                float rowbuf[RP_ROWS_MAX], dzT[RP_ROWS_MAX];
+                float acc[RP_DIRECT_PATCH * 8 * 8];
+                for (int i = 0; i < patch * 64; ++i) acc[i] = 0.0f;
+                for (int i = 0; i < 8 * dzT_ld; ++i) dzT[i] = 0.0f;
+                float dbacc[64];
+                for (int i = 0; i < 64; ++i) dbacc[i] = 0.0f;
+                for (long l = l0; l < l1; ++l) {
+                    const long lr = (l - l0) * g->ow;   /* the line's first row in the block */
+                    const float *dyl = dyb + lr * filters, *yl = yb + lr * filters;
+                    for (int ox = 0; ox < g->ow; ++ox) {
+                        for (int f = 0; f < filters; ++f) {
+                            const long i = (long)ox * filters + f;
+                            /* relu (the common case) as a select, not the generic switch */
+                            dzT[f * dzT_ld + ox] = act == RP_ACT_RELU
+                                ? (yl[i] > 0.0f ? dyl[i] : 0.0f)
+                                : dyl[i] * GRAD_FROM_OUTPUT(act, yl[i]);
+                        }
+                    }
+                    /* db in 8 lanes per filter (reduced after the block): a
+                     * serial sum per filter would cost more than dW itself */
+                    for (int f = 0; f < filters; ++f)
+                        for (int g8 = 0; g8 < dzT_ld; g8 += 8)
+                            for (int j = 0; j < 8; ++j) dbacc[f * 8 + j] += dzT[f * dzT_ld + g8 + j];
+                    direct_line_rows_f32(g, x, first + l / g->oh, (int)(l % g->oh), rw, rowbuf);
+                    direct_line_weight_grad_avx2_f32(g, rowbuf, rw, dzT, dzT_ld, acc);
                 }
+                for (int k = 0; k < patch; ++k)
+                    for (int f = 0; f < filters; ++f) {
+                        const float *lanes = acc + ((long)k * 8 + f) * 8;
+                        float sum = 0.0f;
+                        for (int j = 0; j < 8; ++j) sum += lanes[j];
+                        pw[k * filters + f] = sum;
+                    }
+                for (int f = 0; f < filters; ++f) {
+                    float sum = 0.0f;
+                    for (int j = 0; j < 8; ++j) sum += dbacc[f * 8 + j];
+                    pb[f] = sum;
+                }
+                continue;
+            }
+#endif
+            if (direct) {
+                /* dz goes into its block's space transposed (filters rows of
+                 * `rows` values), as the direct dW kernel reads it. */
+                for (long r = 0; r < rows; ++r) {
+                    for (int f = 0; f < filters; ++f) {
+                        const long i = r * filters + f;
+                        const REAL d = dyb[i] * GRAD_FROM_OUTPUT(act, yb[i]);
+                        dzb[(long)f * rows + r] = d;
+                        pb[f] += d;
+                    }
+                }
+                FN(im2colT_block)(g, x, first, l0, l1, cblk);
+                FN(conv_weight_grad_direct)(patch, filters, rows, cblk, dzb, pw);
+                continue;
+            }
+            /* dz first (a vectorisable pass, relu as a select), then db's
+             * partial, per filter in row order. */
+            const long count = rows * filters;
+            if (act == RP_ACT_RELU) {
+                for (long i = 0; i < count; ++i) dzb[i] = yb[i] > (REAL)0 ? dyb[i] : (REAL)0;
+            } else {
+                for (long i = 0; i < count; ++i) dzb[i] = dyb[i] * GRAD_FROM_OUTPUT(act, yb[i]);
+            }
+            /* row by row, all filters at once (a vector add, not a serial chain
+             * per filter); each filter's sum is still taken in row order */
+            for (long r = 0; r < rows; ++r) {
+                const REAL *dzr = dzb + r * filters;
+                for (int f = 0; f < filters; ++f) pb[f] += dzr[f];
             }
             for (long l = l0; l < l1; ++l)
                 FN(im2col_line)(g, x, first + l / g->oh, (int)(l % g->oh),
                                 col + l * g->ow * patch);
-            GEMM(1, 0, patch, filters, (int)rows, (REAL)1, cblk, patch, dzb, filters, (REAL)0,
-                 pw, filters, NULL, RP_ACT_LINEAR);
+            /* The block's dW is computed transposed, dW^T = dz^T col: then the
+             * GEMM packs only dz (filters wide) and reads the column matrix
+             * in place, instead of packing all of it as A. */
+            GEMM(1, 0, filters, patch, (int)rows, (REAL)1, dzb, filters, cblk, patch, (REAL)0,
+                 pw, patch, NULL, RP_ACT_LINEAR);
             if (dx)
                 GEMM(0, 1, (int)rows, patch, filters, (REAL)1, dzb, filters, w, filters, (REAL)0,
                      cblk, patch, NULL, RP_ACT_LINEAR);
@@ -379,8 +1001,10 @@ static void FN(conv_backward_blocks)(const rp_conv2d_geom *g, int first, int cou
             const int is_db = i >= (long)patch * filters;
             if (is_db && !db) continue;
             REAL *target = is_db ? db + (i - (long)patch * filters) : dw + i;
+            /* GEMM partials of dW are transposed (filters x patch), the direct ones not */
+            const long src = is_db || direct ? i : (i % filters) * patch + i / filters;
             REAL sum = beta == (REAL)0 ? (REAL)0 : beta * *target;
-            for (long blk = 0; blk < blocks; ++blk) sum += partials[blk * per_block + i];
+            for (long blk = 0; blk < blocks; ++blk) sum += partials[blk * per_block + src];
             *target = sum;
         }
     }

@@ -63,21 +63,24 @@ void FN(rp_maxpool2d_forward)(const rp_pool2d_geom *g, const REAL *x, REAL *y, i
             int x_lo, x_hi;
             clip_window(ox * g->stride_w - g->pad_left, g->pw, g->w, &x_lo, &x_hi);
             /* The first real cell seeds the maximum; later cells replace it
-             * only when strictly greater, so ties keep the first position. */
-            int seeded = 0;
-            for (int iy = y_lo; iy < y_hi; ++iy) {
-                for (int ix = x_lo; ix < x_hi; ++ix) {
-                    const int32_t base = (int32_t)(((long)iy * g->w + ix) * c);
-                    const REAL *xp = ximg + base;
-                    if (!seeded) {
-                        for (int ch = 0; ch < c; ++ch) { yp[ch] = xp[ch]; ap[ch] = base + ch; }
-                        seeded = 1;
-                    } else {
-                        for (int ch = 0; ch < c; ++ch) {
-                            if (xp[ch] > yp[ch]) { yp[ch] = xp[ch]; ap[ch] = base + ch; }
-                        }
+             * only when strictly greater, so ties keep the first position.
+             * Channel by channel in registers, with selects rather than
+             * branches: on real data the comparisons are unpredictable. */
+            const int32_t first = (int32_t)(((long)y_lo * g->w + x_lo) * c);
+            for (int ch = 0; ch < c; ++ch) {
+                REAL best = ximg[first + ch];
+                int32_t arg = first + ch;
+                for (int iy = y_lo; iy < y_hi; ++iy) {
+                    for (int ix = iy == y_lo ? x_lo + 1 : x_lo; ix < x_hi; ++ix) {
+                        const int32_t at = (int32_t)(((long)iy * g->w + ix) * c) + ch;
+                        const REAL v = ximg[at];
+                        const int greater = v > best;
+                        best = greater ? v : best;
+                        arg = greater ? at : arg;
                     }
                 }
+                yp[ch] = best;
+                ap[ch] = arg;
             }
         }
     }
