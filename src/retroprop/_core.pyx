@@ -100,25 +100,33 @@ _F64 = np.dtype(np.float64)
 # ---------------------------------------------------------------- validation
 
 cdef int _real_kind(object arr, str name) except -1:
-    """0 for float32, 1 for float64; TypeError for anything else or non-contiguous."""
+    """0 for float32, 1 for float64; TypeError for anything else or non-contiguous.
+
+    Read through NumPy's C API (type number, byte order, flags): these checks
+    run on every kernel call, and Python-level ``arr.dtype``/``arr.flags``
+    lookups cost about a microsecond each time."""
     if not isinstance(arr, np.ndarray):
         raise TypeError(f"{name}: expected a numpy.ndarray, got {type(arr).__name__}")
-    if arr.dtype == _F32:
+    cdef cnp.ndarray a = <cnp.ndarray>arr
+    cdef int type_num = cnp.PyArray_TYPE(a)
+    cdef int kind
+    if type_num == cnp.NPY_FLOAT32 and cnp.PyArray_ISNOTSWAPPED(a):
         kind = 0
-    elif arr.dtype == _F64:
+    elif type_num == cnp.NPY_FLOAT64 and cnp.PyArray_ISNOTSWAPPED(a):
         kind = 1
     else:
-        raise TypeError(f"{name}: expected dtype float32 or float64, got {arr.dtype}")
-    if not arr.flags.c_contiguous:
+        raise TypeError(f"{name}: expected dtype float32 or float64 (native byte order), "
+                        f"got {arr.dtype}")
+    if not cnp.PyArray_IS_C_CONTIGUOUS(a):
         raise TypeError(f"{name}: expected a C-contiguous array (use numpy.ascontiguousarray)")
     return kind
 
 
 cdef int _same_kind(object arr, str name, int kind, int writable=0) except -1:
-    k = _real_kind(arr, name)
+    cdef int k = _real_kind(arr, name)
     if k != kind:
         raise TypeError(f"{name}: expected dtype {'float64' if kind else 'float32'}, got {arr.dtype}")
-    if writable and not arr.flags.writeable:
+    if writable and not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>arr):
         raise ValueError(f"{name}: output array is read-only")
     return k
 
