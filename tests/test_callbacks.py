@@ -302,3 +302,33 @@ def test_format_duration():
     assert callbacks._format_duration(37.4) == "37s"
     assert callbacks._format_duration(125) == "2:05"
     assert callbacks._format_duration(3725) == "1:02:05"
+
+
+class StopWithError(callbacks.Callback):
+    """Raises inside the second batch's callbacks, as a KeyboardInterrupt would land."""
+
+    def __init__(self):
+        super().__init__()
+        self.aborted = False
+
+    def on_batch_end(self, batch, logs=None):
+        if batch == 1:
+            raise RuntimeError("stop here")
+
+    def on_train_abort(self):
+        self.aborted = True
+
+
+def test_an_error_mid_epoch_ends_the_progress_bar_line():
+    stream = FakeStream(tty=True)
+    stopper = StopWithError()
+    model, x, y = small_problem(n=80)
+    # The bar comes first, so it has drawn batch 2 when the stopper raises.
+    trainer = rp.Trainer(model, "categorical_crossentropy", rp.optim.SGD(lr=0.1),
+                         callbacks=[callbacks.ProgressBar(stream=stream, min_interval=0.0),
+                                    stopper])
+    with pytest.raises(RuntimeError, match="stop here"):
+        trainer.fit(x, y, epochs=2, batch_size=16, verbose=1)
+    assert stopper.aborted
+    assert stream.text.endswith("\n") and stream.text.count("\n") == 1
+    assert " 2/" in stream.text.split("\r")[-1]

@@ -44,6 +44,10 @@ class Callback:
     def on_batch_end(self, batch, logs=None):
         pass
 
+    def on_train_abort(self):
+        """Training is ending with an exception, which propagates after this call."""
+        pass
+
 
 class History(Callback):
     """Records the epoch logs: ``history[key]`` is a per-epoch list; ``epoch`` the epoch indices."""
@@ -119,6 +123,7 @@ class ProgressBar(Callback):
         self.min_interval = min_interval
         self._out = None
         self._live = False
+        self._line_open = False
         self._epochs = None
         self._n_batches = None
 
@@ -173,6 +178,7 @@ class ProgressBar(Callback):
         if self._live:
             self._redraw(self._bar_prefix() + tail)
             self._out.write("\n")
+            self._line_open = False
         else:
             self._out.write(self._epoch_label() + tail + "\n")
         self._out.flush()
@@ -202,12 +208,21 @@ class ProgressBar(Callback):
         parts += [f"{key}: {value:.4f}" for key, value in logs.items()]
         return "".join(f" - {p}" for p in parts)
 
+    def on_train_abort(self):
+        # A bar drawn in place has no newline yet: end it so the traceback or
+        # the caller's next output starts on a line of its own.
+        if self._live and self._line_open:
+            self._out.write("\n")
+            self._out.flush()
+            self._line_open = False
+
     def _redraw(self, line):
         # Carriage return, then spaces over whatever the previous, longer line left.
         pad = max(self._width_drawn - len(line), 0)
         self._out.write("\r" + line + " " * pad)
         self._out.flush()
         self._width_drawn = len(line)
+        self._line_open = True
 
 
 class EarlyStopping(Callback):

@@ -311,48 +311,56 @@ class Trainer:
                 rng.permutation(n)
         for cb in callbacks:
             cb.on_train_begin({})
-        for epoch in range(initial_epoch, epochs):
-            for cb in callbacks:
-                cb.on_epoch_begin(epoch, {})
-            order = rng.permutation(n) if shuffle else None
-            loss_sum = 0.0
-            metric_sums = [0.0] * len(self.metric_fns)
-            seen = 0
-            for b in range(n_batches):
-                lo, hi = b * batch_size, min((b + 1) * batch_size, n)
-                if order is not None:
-                    idx = order[lo:hi]
-                    xb, tb = x[idx], targets[idx]
-                else:
-                    xb, tb = x[lo:hi], targets[lo:hi]
-                # Overflow is detected explicitly (NonFiniteError), so NumPy's
-                # floating-point warnings would only be noise here.
-                with np.errstate(over="ignore", invalid="ignore", divide="ignore",
-                                 under="ignore"):
-                    total, metric_values = self._train_step(
-                        xb, tb, epoch + 1, b + 1, epochs, n_batches)
-                nb = hi - lo
-                seen += nb
-                loss_sum += total * nb
-                for i, v in enumerate(metric_values):
-                    metric_sums[i] += v * nb
-                batch_logs = {"loss": total, "size": nb}
-                batch_logs.update(zip(self.metric_names, metric_values))
+        try:
+            for epoch in range(initial_epoch, epochs):
                 for cb in callbacks:
-                    cb.on_batch_end(b, batch_logs)
+                    cb.on_epoch_begin(epoch, {})
+                order = rng.permutation(n) if shuffle else None
+                loss_sum = 0.0
+                metric_sums = [0.0] * len(self.metric_fns)
+                seen = 0
+                for b in range(n_batches):
+                    lo, hi = b * batch_size, min((b + 1) * batch_size, n)
+                    if order is not None:
+                        idx = order[lo:hi]
+                        xb, tb = x[idx], targets[idx]
+                    else:
+                        xb, tb = x[lo:hi], targets[lo:hi]
+                    # Overflow is detected explicitly (NonFiniteError), so NumPy's
+                    # floating-point warnings would only be noise here.
+                    with np.errstate(over="ignore", invalid="ignore", divide="ignore",
+                                     under="ignore"):
+                        total, metric_values = self._train_step(
+                            xb, tb, epoch + 1, b + 1, epochs, n_batches)
+                    nb = hi - lo
+                    seen += nb
+                    loss_sum += total * nb
+                    for i, v in enumerate(metric_values):
+                        metric_sums[i] += v * nb
+                    batch_logs = {"loss": total, "size": nb}
+                    batch_logs.update(zip(self.metric_names, metric_values))
+                    for cb in callbacks:
+                        cb.on_batch_end(b, batch_logs)
+                    if self.stop_training:
+                        break
+
+                logs = {"loss": loss_sum / seen}
+                for name, s in zip(self.metric_names, metric_sums):
+                    logs[name] = s / seen
+                if val is not None:
+                    val_logs = self._evaluate_arrays(val[0], val[1], max(batch_size, 256))
+                    logs.update({f"val_{k}": v for k, v in val_logs.items()})
+                for cb in callbacks:
+                    cb.on_epoch_end(epoch, logs)
                 if self.stop_training:
                     break
-
-            logs = {"loss": loss_sum / seen}
-            for name, s in zip(self.metric_names, metric_sums):
-                logs[name] = s / seen
-            if val is not None:
-                val_logs = self._evaluate_arrays(val[0], val[1], max(batch_size, 256))
-                logs.update({f"val_{k}": v for k, v in val_logs.items()})
+        except BaseException:
+            # An error (NonFiniteError, KeyboardInterrupt, ...) ends training
+            # mid-epoch: let callbacks tidy up (the progress bar ends its line)
+            # before the exception propagates.
             for cb in callbacks:
-                cb.on_epoch_end(epoch, logs)
-            if self.stop_training:
-                break
+                cb.on_train_abort()
+            raise
         for cb in callbacks:
             cb.on_train_end({})
         return history
