@@ -241,3 +241,29 @@ def test_tampered_configuration_is_refused(tmp_path):
             zf.writestr(name, data)
     with pytest.raises(ValueError, match="shape"):
         rp.load_model(path)
+
+
+def test_frozen_layers_stay_frozen_after_load(tmp_path):
+    L = rp.layers
+    model = rp.Sequential([L.Dense(4, activation="relu"), L.Residual([L.Dense(4)]),
+                           L.Dense(2, activation="softmax")], input_shape=(3,), seed=0)
+    model.layers[0].trainable = False
+    model.layers[1].sublayers()[0].trainable = False
+    path = str(tmp_path / "frozen.rpz")
+    model.save(path)
+    loaded = rp.load_model(path)
+    assert [layer.trainable for layer in loaded.layers] == [False, True, True]
+    assert [layer.trainable for layer in loaded.layers[1].sublayers()] == [False]
+    # Training the loaded model leaves the frozen kernels exactly as saved.
+    frozen = [loaded.layers[0].params["W"].copy(), loaded.layers[1].sublayers()[0].params["W"].copy()]
+    x = np.random.default_rng(0).standard_normal((8, 3)).astype(np.float32)
+    rp.Trainer(loaded, "categorical_crossentropy", rp.optim.SGD(lr=0.5)).fit(
+        x, np.arange(8) % 2, epochs=2, batch_size=4, verbose=0)
+    np.testing.assert_array_equal(loaded.layers[0].params["W"], frozen[0])
+    np.testing.assert_array_equal(loaded.layers[1].sublayers()[0].params["W"], frozen[1])
+    assert not np.array_equal(loaded.layers[2].params["W"], model.layers[2].params["W"])
+
+
+def test_a_bad_trainable_flag_is_refused():
+    with pytest.raises(ValueError, match="'trainable' must be true or false"):
+        rp.layers.deserialize({"class_name": "Dense", "config": {"units": 2}, "trainable": "no"})

@@ -23,7 +23,12 @@ def deserialize(config):
     class_name = config["class_name"]
     if class_name not in classes:
         raise ValueError(f"unknown layer class {class_name!r}; known: {', '.join(sorted(classes))}")
-    return classes[class_name].from_config(dict(config.get("config", {})))
+    layer = classes[class_name].from_config(dict(config.get("config", {})))
+    trainable = config.get("trainable", True)
+    if not isinstance(trainable, bool):
+        raise ValueError(f"layer config 'trainable' must be true or false, got {trainable!r}")
+    layer.trainable = trainable
+    return layer
 
 
 def get(config):

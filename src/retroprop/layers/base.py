@@ -192,8 +192,12 @@ class Layer:
         return {"name": self.name}
 
     def serialize(self):
-        """``{"class_name": ..., "config": ...}``, the inverse of ``layers.deserialize``."""
-        return {"class_name": type(self).__name__, "config": self.get_config()}
+        """``{"class_name": ..., "config": ...}``, the inverse of ``layers.deserialize``;
+        a frozen layer (``trainable = False``) also carries ``"trainable": False``."""
+        out = {"class_name": type(self).__name__, "config": self.get_config()}
+        if not self.trainable:
+            out["trainable"] = False
+        return out
 
     @classmethod
     def from_config(cls, config):
