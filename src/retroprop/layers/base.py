@@ -164,8 +164,15 @@ class Layer:
     # -- regularisation (layers with regularizers override regularized_params) --
 
     def regularized_params(self):
-        """``(parameter name, Regularizer)`` pairs this layer penalises; none by default."""
-        return ()
+        """``(parameter name, Regularizer)`` pairs this layer penalises.
+
+        The default serves the weighted layers (Dense, Conv1D, Conv2D): the
+        kernel "W" with ``kernel_regularizer`` and the bias "b" with
+        ``bias_regularizer``, where the layer has them. Layers with other
+        penalised parameters (PReLU's slopes) override this."""
+        pairs = [("W", getattr(self, "kernel_regularizer", None)),
+                 ("b", getattr(self, "bias_regularizer", None))]
+        return [(name, reg) for name, reg in pairs if reg is not None and name in self.params]
 
     def regularization_loss(self):
         """Sum of the layer's weight penalties (0.0 without regularizers)."""

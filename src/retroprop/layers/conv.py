@@ -236,14 +236,6 @@ class _Conv(Layer):
         self.add_regularization_gradients()
         return None if dx4 is None else dx4.reshape((n,) + self.input_shape)
 
-    # -- regularisation -------------------------------------------------------
-
-    def regularized_params(self):
-        pairs = [("W", self.kernel_regularizer)]
-        if self.use_bias:
-            pairs.append(("b", self.bias_regularizer))
-        return [(name, reg) for name, reg in pairs if reg is not None]
-
     # -- config -----------------------------------------------------------------
 
     def get_config(self):

@@ -132,14 +132,6 @@ class Dense(Layer):
         self.add_regularization_gradients()
         return dx
 
-    # -- regularisation -------------------------------------------------------
-
-    def regularized_params(self):
-        pairs = [("W", self.kernel_regularizer)]
-        if self.use_bias:
-            pairs.append(("b", self.bias_regularizer))
-        return [(name, reg) for name, reg in pairs if reg is not None]
-
     # -- config -----------------------------------------------------------------
 
     def get_config(self):
