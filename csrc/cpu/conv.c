@@ -102,6 +102,36 @@ static int use_direct(const rp_conv2d_geom *g)
 #ifdef RP_DIRECT_AVX2
 #include <immintrin.h>
 
+/* acc[f] += w[f] * column for the 8 (zero-padded) filters: 8 pixels of one
+ * tap times each filter's weight of that tap. */
+RP_TARGET_AVX2 RP_ALWAYS_INLINE
+void fma_8_filters(__m256 acc[8], const float *w, __m256 column)
+{
+    for (int f = 0; f < 8; ++f)
+        acc[f] = _mm256_fmadd_ps(_mm256_broadcast_ss(w + f), column, acc[f]);
+}
+
+/* Writes the first nj pixels of an 8 pixels x 8 filters tile of sums (acc[f]
+ * holds filter f) as NHWC rows of `filters` channels at y, with the
+ * activation: relu in registers, the others through the scalar function. */
+RP_TARGET_AVX2 RP_ALWAYS_INLINE
+void store_pixels_8x8(__m256 acc[8], rp_act act, int nj, int filters, float *y)
+{
+    float out[8][8] __attribute__((aligned(32)));
+    for (int f = 0; f < 8; ++f) {
+        const __m256 v = act == RP_ACT_RELU ? _mm256_max_ps(acc[f], _mm256_setzero_ps()) : acc[f];
+        _mm256_store_ps(out[f], v);
+    }
+    if (act == RP_ACT_LINEAR || act == RP_ACT_RELU) {
+        for (int j = 0; j < nj; ++j)
+            for (int f = 0; f < filters; ++f) y[j * filters + f] = out[f][j];
+    } else {
+        for (int j = 0; j < nj; ++j)
+            for (int f = 0; f < filters; ++f)
+                y[j * filters + f] = rp_act_scalar_f32(act, out[f][j]);
+    }
+}
+
 /* float32 direct forward: 8 pixels x 8 filters of sums in 8 registers; the
  * last partial group of pixels is copied, zero-padded, to a local buffer. */
 RP_TARGET_AVX2
@@ -109,7 +139,6 @@ static void direct_forward_avx2_f32(int patch, int filters, long rows, const flo
                                     const float *w, const float *b, rp_act act, float *y)
 {
     float wpad[RP_DIRECT_PATCH * 8], tail[RP_DIRECT_PATCH * 8], bpad[8];
-    float out[8][8] __attribute__((aligned(32)));
     for (int k = 0; k < patch; ++k)
         for (int f = 0; f < 8; ++f) wpad[k * 8 + f] = f < filters ? w[k * filters + f] : 0.0f;
     for (int f = 0; f < 8; ++f) bpad[f] = b && f < filters ? b[f] : 0.0f;
@@ -123,42 +152,12 @@ static void direct_forward_avx2_f32(int patch, int filters, long rows, const flo
             src = tail;
             ld = 8;
         }
-        __m256 a0 = _mm256_set1_ps(bpad[0]), a1 = _mm256_set1_ps(bpad[1]);
-        __m256 a2 = _mm256_set1_ps(bpad[2]), a3 = _mm256_set1_ps(bpad[3]);
-        __m256 a4 = _mm256_set1_ps(bpad[4]), a5 = _mm256_set1_ps(bpad[5]);
-        __m256 a6 = _mm256_set1_ps(bpad[6]), a7 = _mm256_set1_ps(bpad[7]);
+        __m256 acc[8];
+        for (int f = 0; f < 8; ++f) acc[f] = _mm256_set1_ps(bpad[f]);
         for (int k = 0; k < patch; ++k) {
-            const __m256 c = _mm256_loadu_ps(src + k * ld);
-            const float *wk = wpad + k * 8;
-            a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(wk + 0), c, a0);
-            a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(wk + 1), c, a1);
-            a2 = _mm256_fmadd_ps(_mm256_broadcast_ss(wk + 2), c, a2);
-            a3 = _mm256_fmadd_ps(_mm256_broadcast_ss(wk + 3), c, a3);
-            a4 = _mm256_fmadd_ps(_mm256_broadcast_ss(wk + 4), c, a4);
-            a5 = _mm256_fmadd_ps(_mm256_broadcast_ss(wk + 5), c, a5);
-            a6 = _mm256_fmadd_ps(_mm256_broadcast_ss(wk + 6), c, a6);
-            a7 = _mm256_fmadd_ps(_mm256_broadcast_ss(wk + 7), c, a7);
+            fma_8_filters(acc, wpad + k * 8, _mm256_loadu_ps(src + k * ld));
         }
-        if (act == RP_ACT_RELU) {
-            const __m256 z = _mm256_setzero_ps();
-            a0 = _mm256_max_ps(a0, z); a1 = _mm256_max_ps(a1, z);
-            a2 = _mm256_max_ps(a2, z); a3 = _mm256_max_ps(a3, z);
-            a4 = _mm256_max_ps(a4, z); a5 = _mm256_max_ps(a5, z);
-            a6 = _mm256_max_ps(a6, z); a7 = _mm256_max_ps(a7, z);
-        }
-        _mm256_store_ps(out[0], a0); _mm256_store_ps(out[1], a1);
-        _mm256_store_ps(out[2], a2); _mm256_store_ps(out[3], a3);
-        _mm256_store_ps(out[4], a4); _mm256_store_ps(out[5], a5);
-        _mm256_store_ps(out[6], a6); _mm256_store_ps(out[7], a7);
-        float *yp = y + p0 * filters;
-        if (act == RP_ACT_LINEAR || act == RP_ACT_RELU) {
-            for (int j = 0; j < nj; ++j)
-                for (int f = 0; f < filters; ++f) yp[j * filters + f] = out[f][j];
-        } else {
-            for (int j = 0; j < nj; ++j)
-                for (int f = 0; f < filters; ++f)
-                    yp[j * filters + f] = rp_act_scalar_f32(act, out[f][j]);
-        }
+        store_pixels_8x8(acc, act, nj, filters, y + p0 * filters);
     }
 }
 
@@ -207,48 +206,18 @@ static void direct_line_forward_avx2_f32(const rp_conv2d_geom *g, const float *r
                                          float *y)
 {
     const int filters = g->filters, ow = g->ow;
-    float out[8][8] __attribute__((aligned(32)));
     for (int ox0 = 0; ox0 < ow; ox0 += 8) {
-        __m256 a0 = _mm256_set1_ps(bpad[0]), a1 = _mm256_set1_ps(bpad[1]);
-        __m256 a2 = _mm256_set1_ps(bpad[2]), a3 = _mm256_set1_ps(bpad[3]);
-        __m256 a4 = _mm256_set1_ps(bpad[4]), a5 = _mm256_set1_ps(bpad[5]);
-        __m256 a6 = _mm256_set1_ps(bpad[6]), a7 = _mm256_set1_ps(bpad[7]);
+        __m256 acc[8];
+        for (int f = 0; f < 8; ++f) acc[f] = _mm256_set1_ps(bpad[f]);
         const float *wk = wpad;
         for (int ky = 0; ky < g->kh; ++ky) {
             const float *r = rows + ky * rw + ox0;
             for (int kx = 0; kx < g->kw; ++kx, wk += 8) {
-                const __m256 c = _mm256_loadu_ps(r + kx);
-                a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(wk + 0), c, a0);
-                a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(wk + 1), c, a1);
-                a2 = _mm256_fmadd_ps(_mm256_broadcast_ss(wk + 2), c, a2);
-                a3 = _mm256_fmadd_ps(_mm256_broadcast_ss(wk + 3), c, a3);
-                a4 = _mm256_fmadd_ps(_mm256_broadcast_ss(wk + 4), c, a4);
-                a5 = _mm256_fmadd_ps(_mm256_broadcast_ss(wk + 5), c, a5);
-                a6 = _mm256_fmadd_ps(_mm256_broadcast_ss(wk + 6), c, a6);
-                a7 = _mm256_fmadd_ps(_mm256_broadcast_ss(wk + 7), c, a7);
+                fma_8_filters(acc, wk, _mm256_loadu_ps(r + kx));
             }
         }
-        if (act == RP_ACT_RELU) {
-            const __m256 z = _mm256_setzero_ps();
-            a0 = _mm256_max_ps(a0, z); a1 = _mm256_max_ps(a1, z);
-            a2 = _mm256_max_ps(a2, z); a3 = _mm256_max_ps(a3, z);
-            a4 = _mm256_max_ps(a4, z); a5 = _mm256_max_ps(a5, z);
-            a6 = _mm256_max_ps(a6, z); a7 = _mm256_max_ps(a7, z);
-        }
-        _mm256_store_ps(out[0], a0); _mm256_store_ps(out[1], a1);
-        _mm256_store_ps(out[2], a2); _mm256_store_ps(out[3], a3);
-        _mm256_store_ps(out[4], a4); _mm256_store_ps(out[5], a5);
-        _mm256_store_ps(out[6], a6); _mm256_store_ps(out[7], a7);
         const int nj = ow - ox0 < 8 ? ow - ox0 : 8;
-        float *yp = y + (long)ox0 * filters;
-        if (act == RP_ACT_LINEAR || act == RP_ACT_RELU) {
-            for (int j = 0; j < nj; ++j)
-                for (int f = 0; f < filters; ++f) yp[j * filters + f] = out[f][j];
-        } else {
-            for (int j = 0; j < nj; ++j)
-                for (int f = 0; f < filters; ++f)
-                    yp[j * filters + f] = rp_act_scalar_f32(act, out[f][j]);
-        }
+        store_pixels_8x8(acc, act, nj, filters, y + (long)ox0 * filters);
     }
 }
 
