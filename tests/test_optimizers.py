@@ -331,3 +331,156 @@ def test_trainer_refuses_a_step_with_a_nan_gradient_without_touching_state():
     for k, a in optimizer.state_arrays().items():
         np.testing.assert_array_equal(a, state[k])
     assert optimizer.iterations == 1
+
+
+# -- optimizer_step: every parameter in one call ------------------------------------------
+
+# (rule, single-tensor step, states per tensor, hyper-parameters of both APIs)
+MULTI_CASES = [
+    ("sgd", "sgd_step", lambda n, d: [np.zeros(n, d), None],
+     dict(lr=0.05, momentum=0.9, weight_decay=0.01)),
+    ("sgd", "sgd_step", lambda n, d: [np.zeros(n, d), None],
+     dict(lr=0.05, momentum=0.9, nesterov=True)),
+    ("sgd", "sgd_step", lambda n, d: [None, None], dict(lr=0.05)),
+    ("adam", "adam_step", lambda n, d: [np.zeros(n, d), np.zeros(n, d)],
+     dict(lr=0.01, beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=2, weight_decay=0.1,
+          decoupled=True)),
+    ("rmsprop", "rmsprop_step", lambda n, d: [np.zeros(n, d), np.zeros(n, d)],
+     dict(lr=0.01, rho=0.9, momentum=0.5, epsilon=1e-7)),
+    ("adagrad", "adagrad_step", lambda n, d: [np.full(n, 0.1, d), None],
+     dict(lr=0.01, epsilon=1e-7)),
+]
+# A model's worth of awkward sizes: 1, primes, one large enough to be split over threads.
+MULTI_SIZES = [1, 7, 100003, 13, 40961]
+
+
+def multi_arrays(dtype, make_states, seed=0):
+    rng = np.random.default_rng(seed)
+    params = [rng.standard_normal(n).astype(dtype) for n in MULTI_SIZES]
+    grads = [rng.standard_normal(n).astype(dtype) for n in MULTI_SIZES]
+    states = [make_states(n, dtype) for n in MULTI_SIZES]
+    return params, grads, states
+
+
+def single_call(single, p, g, s, kwargs):
+    states = s[:1] if single in ("sgd_step", "adagrad_step") else s
+    return getattr(cpu, single)(p, g, *states, **kwargs)
+
+
+@needs_c
+@pytest.mark.parametrize("rule,single,make_states,kwargs", MULTI_CASES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_optimizer_step_equals_one_call_per_parameter(rule, single, make_states, kwargs, dtype,
+                                                      threads):
+    params, grads, states = multi_arrays(dtype, make_states)
+    ref_params = [p.copy() for p in params]
+    ref_states = [[None if a is None else a.copy() for a in s] for s in states]
+    old = rp.get_num_threads()
+    rp.set_num_threads(threads)
+    try:
+        for _ in range(2):
+            bad = cpu.optimizer_step(rule, params, grads, [s[0] for s in states],
+                                     [s[1] for s in states], mode="check_apply", **kwargs)
+            assert bad == -1
+            for p, g, s in zip(ref_params, grads, ref_states):
+                single_call(single, p, g, s, kwargs)
+    finally:
+        rp.set_num_threads(old)
+    for a, b in zip(params, ref_params):
+        np.testing.assert_array_equal(a, b)
+    for sa, sb in zip(states, ref_states):
+        for a, b in zip(sa, sb):
+            if a is not None:
+                np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("backend", [pytest.param(cpu, id="cpu", marks=needs_c),
+                                     pytest.param(numpy_ref, id="numpy")])
+@pytest.mark.parametrize("rule,single,make_states,kwargs", MULTI_CASES)
+@pytest.mark.parametrize("bad_index", [0, 2, 4])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_optimizer_step_refuses_the_whole_step_when_one_update_is_not_finite(
+        backend, rule, single, make_states, kwargs, bad_index, threads):
+    params, grads, states = multi_arrays(np.float32, make_states, seed=1)
+    grads[bad_index][-1] = np.nan
+    if bad_index == 4:
+        grads[2][5] = np.inf      # two bad parameters: the first one is reported
+    before = [p.copy() for p in params]
+    states_before = [[None if a is None else a.copy() for a in s] for s in states]
+    old = rp.get_num_threads()
+    rp.set_num_threads(threads)
+    try:
+        for mode in ("check", "check_apply"):
+            bad = backend.optimizer_step(rule, params, grads, [s[0] for s in states],
+                                         [s[1] for s in states], mode=mode, **kwargs)
+            assert bad == (2 if bad_index == 4 else bad_index)
+    finally:
+        rp.set_num_threads(old)
+    for a, b in zip(params, before):
+        np.testing.assert_array_equal(a, b)
+    for sa, sb in zip(states, states_before):
+        for a, b in zip(sa, sb):
+            if a is not None:
+                np.testing.assert_array_equal(a, b)
+    # "apply" does not check: it writes (NaN included) and reports nothing.
+    with np.errstate(invalid="ignore", over="ignore"):
+        bad = backend.optimizer_step(rule, params, grads, [s[0] for s in states],
+                                     [s[1] for s in states], mode="apply", **kwargs)
+    assert bad == -1
+    assert np.isnan(params[bad_index][-1])
+    assert not np.array_equal(params[1], before[1])
+
+
+@needs_c
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_optimizer_step_refuses_an_overflow_in_any_parameter(dtype):
+    big = np.finfo(dtype).max
+    params = [np.ones(50000, dtype), np.array([1.0, 3.0], dtype)]
+    grads = [np.full(50000, 1e-30, dtype), np.array([0.0, 2.0], dtype)]
+    velocity = [np.zeros(50000, dtype), np.zeros(2, dtype)]
+    for backend in (cpu, numpy_ref):
+        p = [a.copy() for a in params]
+        v = [a.copy() for a in velocity]
+        bad = backend.optimizer_step("sgd", p, grads, v, [None, None], lr=big, momentum=0.5)
+        assert bad == 1
+        for a, b in zip(p + v, params + velocity):
+            np.testing.assert_array_equal(a, b)
+
+
+@needs_c
+def test_optimizer_step_bad_input_names_the_parameter():
+    p = [np.zeros(3, np.float32), np.zeros(4, np.float32)]
+    g = [np.zeros(3, np.float32), np.zeros(5, np.float32)]
+    with pytest.raises(ValueError, match=r"grad \(parameter 1\): expected shape \(4,\)"):
+        cpu.optimizer_step("sgd", p, g, [None, None], [None, None], lr=0.1)
+    with pytest.raises(ValueError, match=r"velocity \(parameter 0\): required by sgd"):
+        cpu.optimizer_step("sgd", p, [np.zeros(3, np.float32), np.zeros(4, np.float32)],
+                           [None, None], [None, None], lr=0.1, momentum=0.9)
+    with pytest.raises(TypeError, match=r"param \(parameter 1\): every parameter must have "
+                                        r"the same dtype"):
+        cpu.optimizer_step("adagrad", [np.zeros(3, np.float32), np.zeros(4)],
+                           [np.zeros(3, np.float32), np.zeros(4)],
+                           [np.zeros(3, np.float32), np.zeros(4)], [None, None], lr=0.1)
+    with pytest.raises(ValueError, match="same length"):
+        cpu.optimizer_step("sgd", p, g[:1], [None, None], [None, None], lr=0.1)
+    with pytest.raises(ValueError, match="rule"):
+        cpu.optimizer_step("lion", p, g, [None, None], [None, None], lr=0.1)
+    with pytest.raises(ValueError, match="mode"):
+        cpu.optimizer_step("sgd", p, g, [None, None], [None, None], lr=0.1, mode="maybe")
+    read_only = np.zeros(3, np.float32)
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match=r"param \(parameter 0\): array is read-only"):
+        cpu.optimizer_step("sgd", [read_only], [np.zeros(3, np.float32)], [None], [None], lr=0.1)
+
+
+def test_apply_step_counts_only_applied_steps():
+    opt = rp.optim.Adam(lr=0.1)
+    w = np.ones(3)
+    assert opt.apply_step([("w", w, np.array([np.nan, 1.0, 1.0]))]) == "w"
+    assert opt.iterations == 0
+    np.testing.assert_array_equal(w, 1.0)
+    assert opt.apply_step([("w", w, np.ones(3))]) is None
+    assert opt.iterations == 1
+    # The first Adam step moves every weight by lr against the gradient's sign.
+    np.testing.assert_allclose(w, 0.9)

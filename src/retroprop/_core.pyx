@@ -801,6 +801,36 @@ cdef extern from "retroprop/optim.h":
                              float lr, float eps, int check_only) nogil
     size_t rp_adagrad_step_f64(size_t n, double *param, const double *grad, double *acc,
                              double lr, double eps, int check_only) nogil
+    ctypedef enum rp_optimizer:
+        RP_OPT_SGD
+        RP_OPT_ADAM
+        RP_OPT_RMSPROP
+        RP_OPT_ADAGRAD
+    ctypedef enum rp_opt_mode:
+        RP_OPT_APPLY
+        RP_OPT_CHECK
+        RP_OPT_CHECK_APPLY
+    ctypedef struct rp_opt_config:
+        rp_optimizer rule
+        double lr
+        double weight_decay
+        double momentum
+        int nesterov
+        double beta1, beta2
+        double c1, c2
+        int decoupled
+        double rho
+        double eps
+    ctypedef struct rp_opt_tensor:
+        size_t n
+        void *param
+        const void *grad
+        void *state0
+        void *state1
+    long rp_optimizer_step_f32(const rp_opt_config *cfg, const rp_opt_tensor *tensors, int count,
+                               rp_opt_mode mode, size_t *bad_elements) nogil
+    long rp_optimizer_step_f64(const rp_opt_config *cfg, const rp_opt_tensor *tensors, int count,
+                               rp_opt_mode mode, size_t *bad_elements) nogil
 
 
 cdef int _check_step_arrays(object param, object grad, tuple states) except -1:
@@ -878,6 +908,95 @@ def adagrad_step(param, grad, acc, double lr, double eps, bint check_only=False)
             bad = rp_adagrad_step_f64(n, <double *>pp, <double *>pg, <double *>pa, lr, eps,
                                       check_only)
     return bad
+
+
+_OPT_RULES = {"sgd": RP_OPT_SGD, "adam": RP_OPT_ADAM, "rmsprop": RP_OPT_RMSPROP,
+              "adagrad": RP_OPT_ADAGRAD}
+_OPT_MODES = {"apply": RP_OPT_APPLY, "check": RP_OPT_CHECK, "check_apply": RP_OPT_CHECK_APPLY}
+# Which state arrays a rule needs: (state0 required, state1 required); the
+# momentum buffers (SGD's state0, RMSprop's state1) only when momentum != 0.
+_OPT_STATE_NAMES = {"sgd": ("velocity", None), "adam": ("m", "v"), "rmsprop": ("ms", "mom"),
+                    "adagrad": ("acc", None)}
+
+
+def optimizer_step(str rule, list params, list grads, list state0, list state1, str mode,
+                   double lr, double weight_decay=0.0, double momentum=0.0, bint nesterov=False,
+                   double beta1=0.0, double beta2=0.0, double c1=1.0, double c2=1.0,
+                   bint decoupled=False, double rho=0.0, double eps=0.0):
+    """One optimizer step over many parameters in one C call (retroprop/optim.h).
+
+    params[i] is updated with grads[i] and its state arrays state0[i],
+    state1[i] (None where the rule has no such state). mode "apply" writes,
+    "check" writes nothing, "check_apply" writes only when no new value would
+    be NaN/Inf. Returns (index of the first parameter that fails the check or
+    -1, number of non-finite new values)."""
+    if rule not in _OPT_RULES:
+        raise ValueError(f"rule: expected one of {sorted(_OPT_RULES)}, got {rule!r}")
+    if mode not in _OPT_MODES:
+        raise ValueError(f"mode: expected one of {sorted(_OPT_MODES)}, got {mode!r}")
+    cdef Py_ssize_t count = len(params)
+    if len(grads) != count or len(state0) != count or len(state1) != count:
+        raise ValueError(f"params, grads, state0 and state1 must have the same length, got "
+                         f"{count}, {len(grads)}, {len(state0)}, {len(state1)}")
+    _fits_int("number of parameters", count)
+    name0, name1 = _OPT_STATE_NAMES[rule]
+    need0 = name0 is not None and (rule != "sgd" or momentum != 0.0)
+    need1 = name1 is not None and (rule != "rmsprop" or momentum != 0.0)
+    cdef int kind = -1
+    cdef Py_ssize_t i
+    cdef cnp.ndarray tensor_buffer = np.empty(max(count, 1) * sizeof(rp_opt_tensor), dtype=np.uint8)
+    cdef rp_opt_tensor *tensors = <rp_opt_tensor *>cnp.PyArray_DATA(tensor_buffer)
+    for i in range(count):
+        param, grad, s0, s1 = params[i], grads[i], state0[i], state1[i]
+        where = f" (parameter {i})"
+        k = _real_kind(param, "param" + where)
+        if kind == -1:
+            kind = k
+        elif k != kind:
+            raise TypeError(f"param{where}: every parameter must have the same dtype")
+        if not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>param):
+            raise ValueError(f"param{where}: array is read-only")
+        _same_kind(grad, "grad" + where, kind)
+        _shape(grad, "grad" + where, param.shape)
+        for arr, name, needed in ((s0, name0, need0), (s1, name1, need1)):
+            if arr is None:
+                if needed:
+                    raise ValueError(f"{name}{where}: required by {rule}")
+                continue
+            if name is None:
+                raise ValueError(f"{rule} has no such state array{where}")
+            _same_kind(arr, name + where, kind, 1)
+            _shape(arr, name + where, param.shape)
+        tensors[i].n = <size_t>cnp.PyArray_SIZE(<cnp.ndarray>param)
+        tensors[i].param = _ptr(param)
+        tensors[i].grad = _ptr(grad)
+        tensors[i].state0 = _ptr_or_null(s0) if need0 else NULL
+        tensors[i].state1 = _ptr_or_null(s1) if need1 else NULL
+    cdef rp_opt_config cfg
+    cfg.rule = _OPT_RULES[rule]
+    cfg.lr = lr
+    cfg.weight_decay = weight_decay
+    cfg.momentum = momentum
+    cfg.nesterov = nesterov
+    cfg.beta1 = beta1
+    cfg.beta2 = beta2
+    cfg.c1 = c1
+    cfg.c2 = c2
+    cfg.decoupled = decoupled
+    cfg.rho = rho
+    cfg.eps = eps
+    cdef rp_opt_mode cmode = _OPT_MODES[mode]
+    cdef int n_tensors = <int>count
+    cdef long first_bad = -1
+    cdef size_t bad = 0
+    if count == 0:
+        return -1, 0
+    with nogil:
+        if kind == 0:
+            first_bad = rp_optimizer_step_f32(&cfg, tensors, n_tensors, cmode, &bad)
+        else:
+            first_bad = rp_optimizer_step_f64(&cfg, tensors, n_tensors, cmode, &bad)
+    return first_bad, bad
 
 
 # ================================================================ batch normalisation

@@ -4,7 +4,9 @@
 triples, e.g. ``model.named_parameters()``, and updates each ``param`` in
 place. Per-parameter state (such as the momentum velocity) is stored under
 ``key`` (``"dense/W"``), which stays stable across steps and across
-save/load, unlike ``id(param)``.
+save/load, unlike ``id(param)``. ``Optimizer.apply_step`` is the same step
+made all-or-nothing: the Trainer uses it so that a NaN/Inf never reaches the
+weights. Either way the whole step is one backend call.
 
 The learning rate ``lr`` is a positive float or a callable ``schedule(t) ->
 lr``, where ``t`` counts optimizer steps already taken (0 for the first
@@ -49,28 +51,54 @@ class Optimizer:
 
     def step(self, params_and_grads):
         """Update every ``(key, param, grad)`` in place, then count one step."""
-        backend = self.backend if self.backend is not None else get_backend()
-        lr = self.current_lr()
-        for key, param, grad in params_and_grads:
-            self.update(key, param, grad, lr, backend)
-        self.iterations += 1
+        self.apply_step(params_and_grads, check=False)
+
+    def apply_step(self, params_and_grads, check=True):
+        """One step over every ``(key, param, grad)``, in one backend call.
+
+        With ``check`` (default) the step is all-or-nothing: when the update
+        of any parameter would make it or its optimizer state NaN or Inf
+        (a NaN/Inf gradient always does), nothing is written and the key of
+        the first such parameter is returned; otherwise the step is applied,
+        counted, and None is returned. The kernels run the update rule in a
+        check-only pass first, so no copy of the weights is made."""
+        return self._run(params_and_grads, "check_apply" if check else "apply")
 
     def find_nonfinite_update(self, params_and_grads):
         """Key of the first parameter that the next :meth:`step` would make NaN or
         Inf (in the weights or in the optimizer state), or None when the whole
-        step is finite. Changes no weight and no state value: the kernels run
-        the same update rule in a check-only mode. A NaN/Inf gradient always
-        gives a non-finite update, so this also checks the gradients."""
+        step is finite. Changes no weight and no state value."""
+        return self._run(params_and_grads, "check")
+
+    def _run(self, params_and_grads, mode):
         backend = self.backend if self.backend is not None else get_backend()
         lr = self.current_lr()
+        keys, params, grads, state0, state1 = [], [], [], [], []
         for key, param, grad in params_and_grads:
-            if self.update(key, param, grad, lr, backend, check_only=True):
-                return key
+            first, second = self.state_for(key, param)
+            keys.append(key)
+            params.append(param)
+            grads.append(grad)
+            state0.append(first)
+            state1.append(second)
+        bad = backend.optimizer_step(self.rule, params, grads, state0, state1, lr=lr, mode=mode,
+                                     **self.step_hyperparameters())
+        if bad >= 0:
+            return keys[bad]
+        if mode != "check":
+            self.iterations += 1
         return None
 
-    def update(self, key, param, grad, lr, backend, check_only=False):
-        """Apply (or with ``check_only`` only test) one parameter's update; returns the
-        number of elements that would become NaN/Inf in a check, 0 otherwise."""
+    # What a subclass defines: the backend rule, its state arrays, its numbers.
+    rule = None
+
+    def state_for(self, key, param):
+        """The (state0, state1) arrays of ``param`` for the backend rule
+        (created on first use; None where the rule has no such state)."""
+        raise NotImplementedError
+
+    def step_hyperparameters(self):
+        """Keyword arguments of ``backend.optimizer_step`` for the next step."""
         raise NotImplementedError
 
     def state_arrays(self):
@@ -113,7 +141,8 @@ class Optimizer:
 class SGD(Optimizer):
     """Stochastic gradient descent with optional (Nesterov) momentum and weight decay.
 
-    Per parameter, in one backend pass (``backend.sgd_step``)::
+    Per element, the ``sgd`` rule of ``backend.optimizer_step`` (one C call for
+    all parameters)::
 
         g = grad + weight_decay * param
         momentum == 0:  param -= lr * g
@@ -137,19 +166,22 @@ class SGD(Optimizer):
         self.weight_decay = weight_decay
         self.velocity = {}
 
-    def update(self, key, param, grad, lr, backend, check_only=False):
-        velocity = None
-        if self.momentum > 0.0:
-            velocity = self.velocity.get(key)
-            if velocity is None:
-                velocity = self.velocity[key] = np.zeros_like(param)
-            elif velocity.shape != param.shape or velocity.dtype != param.dtype:
-                raise ValueError(f"optimizer state for {key!r} has shape {velocity.shape} "
-                                 f"({velocity.dtype}) but the parameter is {param.shape} "
-                                 f"({param.dtype})")
-        return backend.sgd_step(param, grad, velocity, lr=lr, momentum=self.momentum,
-                                nesterov=self.nesterov, weight_decay=self.weight_decay,
-                                check_only=check_only)
+    rule = "sgd"
+
+    def state_for(self, key, param):
+        if self.momentum == 0.0:
+            return None, None
+        velocity = self.velocity.get(key)
+        if velocity is None:
+            velocity = self.velocity[key] = np.zeros_like(param)
+        elif velocity.shape != param.shape or velocity.dtype != param.dtype:
+            raise ValueError(f"optimizer state for {key!r} has shape {velocity.shape} "
+                             f"({velocity.dtype}) but the parameter is {param.shape} "
+                             f"({param.dtype})")
+        return velocity, None
+
+    def step_hyperparameters(self):
+        return dict(momentum=self.momentum, nesterov=self.nesterov, weight_decay=self.weight_decay)
 
     def state_arrays(self):
         return self.velocity
@@ -233,7 +265,8 @@ class _StatefulOptimizer(Optimizer):
 class Adam(_StatefulOptimizer):
     """Adam (Kingma & Ba 2015) with bias-corrected moments.
 
-    Per parameter, in one backend pass (``backend.adam_step``), with t the
+    Per element, the ``adam`` rule of ``backend.optimizer_step`` (one C call for
+    all parameters), with t the
     1-based step number::
 
         g = grad + weight_decay * param            (L2 decay, coupled into g)
@@ -256,14 +289,16 @@ class Adam(_StatefulOptimizer):
         self.epsilon = _check_positive(epsilon, "epsilon")
         self.weight_decay = _check_positive(weight_decay, "weight_decay", allow_zero=True)
 
-    def update(self, key, param, grad, lr, backend, check_only=False):
-        m = self._slot("m", key, param)
-        v = self._slot("v", key, param)
+    rule = "adam"
+
+    def state_for(self, key, param):
+        return self._slot("m", key, param), self._slot("v", key, param)
+
+    def step_hyperparameters(self):
         # iterations counts the steps already taken, so this is step t = iterations + 1.
-        return backend.adam_step(param, grad, m, v, lr=lr, beta_1=self.beta_1,
-                                 beta_2=self.beta_2, epsilon=self.epsilon,
-                                 step=self.iterations + 1, weight_decay=self.weight_decay,
-                                 decoupled=self._decoupled, check_only=check_only)
+        return dict(beta_1=self.beta_1, beta_2=self.beta_2, epsilon=self.epsilon,
+                    step=self.iterations + 1, weight_decay=self.weight_decay,
+                    decoupled=self._decoupled)
 
     def get_config(self):
         config = super().get_config()
@@ -289,7 +324,8 @@ class AdamW(Adam):
 class RMSprop(_StatefulOptimizer):
     """RMSprop (Hinton's lecture 6e), optionally with momentum.
 
-    Per parameter, in one backend pass (``backend.rmsprop_step``)::
+    Per element, the ``rmsprop`` rule of ``backend.optimizer_step`` (one C call for
+    all parameters)::
 
         ms = rho ms + (1 - rho) grad^2
         u  = lr * grad / (sqrt(ms) + epsilon)
@@ -307,12 +343,14 @@ class RMSprop(_StatefulOptimizer):
         self.momentum = _check_unit_interval(momentum, "momentum")
         self.epsilon = _check_positive(epsilon, "epsilon")
 
-    def update(self, key, param, grad, lr, backend, check_only=False):
-        ms = self._slot("ms", key, param)
+    rule = "rmsprop"
+
+    def state_for(self, key, param):
         mom = self._slot("mom", key, param) if self.momentum > 0.0 else None
-        return backend.rmsprop_step(param, grad, ms, mom, lr=lr, rho=self.rho,
-                                    momentum=self.momentum, epsilon=self.epsilon,
-                                    check_only=check_only)
+        return self._slot("ms", key, param), mom
+
+    def step_hyperparameters(self):
+        return dict(rho=self.rho, momentum=self.momentum, epsilon=self.epsilon)
 
     def get_config(self):
         config = super().get_config()
@@ -324,7 +362,8 @@ class Adagrad(_StatefulOptimizer):
     """Adagrad (Duchi et al. 2011): per-weight step sizes shrinking with the
     accumulated squared gradient.
 
-    Per parameter, in one backend pass (``backend.adagrad_step``)::
+    Per element, the ``adagrad`` rule of ``backend.optimizer_step`` (one C call for
+    all parameters)::
 
         acc += grad^2                    (acc starts at initial_accumulator_value)
         param -= lr * grad / (sqrt(acc) + epsilon)
@@ -344,10 +383,13 @@ class Adagrad(_StatefulOptimizer):
     def initial_state_value(self, key):
         return self.initial_accumulator_value
 
-    def update(self, key, param, grad, lr, backend, check_only=False):
-        acc = self._slot("acc", key, param)
-        return backend.adagrad_step(param, grad, acc, lr=lr, epsilon=self.epsilon,
-                                    check_only=check_only)
+    rule = "adagrad"
+
+    def state_for(self, key, param):
+        return self._slot("acc", key, param), None
+
+    def step_hyperparameters(self):
+        return dict(epsilon=self.epsilon)
 
     def get_config(self):
         config = super().get_config()

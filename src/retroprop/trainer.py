@@ -6,13 +6,14 @@ One training step is::
     loss, seed = loss and its gradient (fused softmax + cross-entropy when possible)
     check the loss (plus regularisation) is finite       -> NonFiniteError otherwise
     model.backward(seed)  /  model.backward_from_logits(seed)
-    check every gradient is finite                       -> NonFiniteError otherwise
-    optimizer.step(model.named_parameters())
-    check every parameter is finite                      -> restore, NonFiniteError
+    optimizer.apply_step(model.named_parameters())       -> NonFiniteError when refused
 
-so a NaN/Inf never reaches the weights: when a step is refused, the weights
-are exactly those from before that step. (``check_finite=False`` keeps only
-the loss check, which is free, and skips the other two and their copies.)
+``apply_step`` is one backend call over all parameters: it runs the update
+rule in a check-only pass first and writes only when no weight or optimizer
+state value would become NaN/Inf (a NaN/Inf gradient always fails), so when a
+step is refused the weights are exactly those from before it, and no copies
+are made. (``check_finite=False`` keeps only the loss check and skips the
+check-only pass.)
 
 Fused path: when the last layer's activation is softmax and the loss is
 categorical cross-entropy on probabilities, the loss and its gradient
@@ -132,8 +133,8 @@ class Trainer:
     metrics : iterable of names or callables ``f(y_true, y_pred) -> float``
     callbacks : list of Callback
     check_finite : bool (default True)
-        Before each optimizer step, run the step's update rule in check-only
-        mode over every parameter (``Optimizer.find_nonfinite_update``): a
+        Each optimizer step first runs its update rule in check-only mode over
+        every parameter (``Optimizer.apply_step``, in the same C call): a
         step whose gradients are NaN/Inf, or which would overflow a weight or
         an optimizer state value, is refused before anything is written, so
         the weights stay those of the last good step. This costs one extra
@@ -203,18 +204,16 @@ class Trainer:
         metric_values = [fn(yb, y_pred) for fn in self.metric_fns]
         backpropagate(model, self.loss, seed, input_grad=False)
         params = list(model.named_parameters())
-        if self.check_finite:
-            bad_key = self.optimizer.find_nonfinite_update(params)
-            if bad_key is not None:
-                grad = next(g for key, _, g in params if key == bad_key)
-                if not np.isfinite(grad).all():
-                    raise NonFiniteError(f"gradient of {bad_key} contains NaN or Inf {where}; "
-                                         f"the step was not applied", epoch, batch)
-                raise NonFiniteError(f"parameter {bad_key} would become NaN or Inf with the "
-                                     f"optimizer step {where}; the step was not applied and "
-                                     f"the weights are unchanged (try a lower learning rate)",
-                                     epoch, batch)
-        self.optimizer.step(params)
+        bad_key = self.optimizer.apply_step(params, check=self.check_finite)
+        if bad_key is not None:
+            grad = next(g for key, _, g in params if key == bad_key)
+            if not np.isfinite(grad).all():
+                raise NonFiniteError(f"gradient of {bad_key} contains NaN or Inf {where}; "
+                                     f"the step was not applied", epoch, batch)
+            raise NonFiniteError(f"parameter {bad_key} would become NaN or Inf with the "
+                                 f"optimizer step {where}; the step was not applied and "
+                                 f"the weights are unchanged (try a lower learning rate)",
+                                 epoch, batch)
         return total, metric_values
 
     def _evaluate_arrays(self, x, targets, batch_size):

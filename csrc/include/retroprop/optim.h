@@ -1,10 +1,19 @@
-/* Optimizer updates, one fused pass over each parameter.
+/* Optimizer updates: one fused pass per element over the parameter and its state.
  *
- * Every step function takes check_only and returns a count:
- *   check_only == 0: updates param and its state in place; returns 0;
- *   check_only != 0: writes nothing; returns how many elements WOULD get a
- *                    NaN or Inf (in the parameter or its state), so a whole
- *                    step can be tested before any array is changed. */
+ * The core entry point, rp_optimizer_step_f32/_f64, updates MANY tensors
+ * (all the parameters of a model) in one call and one parallel region:
+ *   RP_OPT_APPLY        write the new values;
+ *   RP_OPT_CHECK        write nothing, find the tensors whose new values
+ *                       would contain NaN or Inf;
+ *   RP_OPT_CHECK_APPLY  check every tensor, then write only if none would be
+ *                       non-finite: an all-or-nothing step that needs no copy
+ *                       of the weights (a NaN/Inf gradient always fails it).
+ * It returns the index of the first tensor that fails the check, or -1 (after
+ * RP_OPT_APPLY always -1). When bad_elements is not NULL it receives how many
+ * new values would be NaN/Inf over all tensors (0 for RP_OPT_APPLY).
+ *
+ * The single-tensor functions below are that call with one tensor; their
+ * check_only mode returns the count of non-finite new values. */
 #ifndef RETROPROP_OPTIM_H
 #define RETROPROP_OPTIM_H
 
@@ -13,6 +22,39 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+typedef enum { RP_OPT_SGD = 0, RP_OPT_ADAM = 1, RP_OPT_RMSPROP = 2, RP_OPT_ADAGRAD = 3 } rp_optimizer;
+typedef enum { RP_OPT_APPLY = 0, RP_OPT_CHECK = 1, RP_OPT_CHECK_APPLY = 2 } rp_opt_mode;
+
+/* The hyper-parameters of one step; each rule reads only its own fields. */
+typedef struct {
+    rp_optimizer rule;
+    double lr;
+    double weight_decay;  /* SGD, Adam (L2 or decoupled) */
+    double momentum;      /* SGD, RMSprop */
+    int nesterov;         /* SGD */
+    double beta1, beta2;  /* Adam */
+    double c1, c2;        /* Adam bias corrections 1/(1 - beta1^t), 1/(1 - beta2^t) */
+    int decoupled;        /* Adam: 1 for AdamW */
+    double rho;           /* RMSprop */
+    double eps;           /* Adam, RMSprop, Adagrad */
+} rp_opt_config;
+
+/* One parameter: n elements of param, grad and up to two state arrays
+ * (SGD: velocity, NULL without momentum; Adam: m, v; RMSprop: ms, mom (NULL
+ * without momentum); Adagrad: acc). Element type is that of the call. */
+typedef struct {
+    size_t n;
+    void *param;
+    const void *grad;
+    void *state0;
+    void *state1;
+} rp_opt_tensor;
+
+long rp_optimizer_step_f32(const rp_opt_config *cfg, const rp_opt_tensor *tensors, int count,
+                           rp_opt_mode mode, size_t *bad_elements);
+long rp_optimizer_step_f64(const rp_opt_config *cfg, const rp_opt_tensor *tensors, int count,
+                           rp_opt_mode mode, size_t *bad_elements);
 
 /* SGD with optional weight decay, momentum and Nesterov momentum:
  *   g = grad + weight_decay * param

@@ -419,6 +419,34 @@ def adagrad_step(param, grad, acc, *, lr, epsilon, check_only=False):
     return _core.adagrad_step(param, grad, acc, float(lr), float(epsilon), bool(check_only))
 
 
+_STEP_MODES = ("apply", "check", "check_apply")
+
+
+def optimizer_step(rule, params, grads, state0, state1, *, lr, mode="check_apply",
+                   momentum=0.0, nesterov=False, weight_decay=0.0, beta_1=0.9, beta_2=0.999,
+                   epsilon=1e-7, step=1, decoupled=False, rho=0.9):
+    """One step of ``rule`` ("sgd", "adam", "rmsprop", "adagrad") over every
+    parameter at once: one C call, one parallel region.
+
+    ``params``, ``grads``, ``state0`` and ``state1`` are parallel lists; the
+    state arrays are those of the single-tensor steps (sgd: velocity, None;
+    adam: m, v; rmsprop: ms, mom; adagrad: acc, None), None where unused.
+    mode "apply" writes; "check" writes nothing; "check_apply" (default)
+    writes only when no new value of any parameter or state would be NaN or
+    Inf. Returns the index of the first parameter whose update is not finite
+    (then nothing was written), or -1."""
+    if mode not in _STEP_MODES:
+        raise ValueError(f"mode must be one of {_STEP_MODES}, got {mode!r}")
+    grads = [_input(g, "grad", p.dtype) for p, g in zip(params, grads)]
+    c1, c2 = _bias_corrections(beta_1, beta_2, step) if rule == "adam" else (1.0, 1.0)
+    first_bad, _ = _core.optimizer_step(
+        rule, list(params), grads, list(state0), list(state1), mode, float(lr),
+        weight_decay=float(weight_decay), momentum=float(momentum), nesterov=bool(nesterov),
+        beta1=float(beta_1), beta2=float(beta_2), c1=c1, c2=c2, decoupled=bool(decoupled),
+        rho=float(rho), eps=float(epsilon))
+    return first_bad
+
+
 # ---------------------------------------------------------------- batch normalisation
 # x is channels-last (..., C); statistics are per channel over all other axes.
 

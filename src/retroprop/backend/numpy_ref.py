@@ -704,6 +704,45 @@ def adagrad_step(param, grad, acc, *, lr, epsilon, check_only=False):
     return 0
 
 
+def optimizer_step(rule, params, grads, state0, state1, *, lr, mode="check_apply",
+                   momentum=0.0, nesterov=False, weight_decay=0.0, beta_1=0.9, beta_2=0.999,
+                   epsilon=1e-7, step=1, decoupled=False, rho=0.9):
+    """The single-tensor steps over a list of parameters (see the C backend's
+    optimizer_step): "check" runs each in check-only mode, "check_apply"
+    applies all of them only when every check passes. Returns the index of
+    the first parameter whose update is not finite, or -1."""
+    if mode not in ("apply", "check", "check_apply"):
+        raise ValueError(f"mode must be 'apply', 'check' or 'check_apply', got {mode!r}")
+    if not len(params) == len(grads) == len(state0) == len(state1):
+        raise ValueError("params, grads, state0 and state1 must have the same length")
+
+    def one(i, check_only):
+        p, g, s0, s1 = params[i], grads[i], state0[i], state1[i]
+        if rule == "sgd":
+            return sgd_step(p, g, s0, lr=lr, momentum=momentum, nesterov=nesterov,
+                            weight_decay=weight_decay, check_only=check_only)
+        if rule == "adam":
+            return adam_step(p, g, s0, s1, lr=lr, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
+                             step=step, weight_decay=weight_decay, decoupled=decoupled,
+                             check_only=check_only)
+        if rule == "rmsprop":
+            return rmsprop_step(p, g, s0, s1, lr=lr, rho=rho, momentum=momentum,
+                                epsilon=epsilon, check_only=check_only)
+        if rule == "adagrad":
+            return adagrad_step(p, g, s0, lr=lr, epsilon=epsilon, check_only=check_only)
+        raise ValueError(f"rule must be 'sgd', 'adam', 'rmsprop' or 'adagrad', got {rule!r}")
+
+    if mode != "apply":
+        for i in range(len(params)):
+            if one(i, True):
+                return i
+        if mode == "check":
+            return -1
+    for i in range(len(params)):
+        one(i, False)
+    return -1
+
+
 # --------------------------------------------------------------------------
 # batch normalisation: x is channels-last (..., C), statistics per channel
 # --------------------------------------------------------------------------
