@@ -137,6 +137,48 @@ cdef int _shape(object arr, str name, tuple expected) except -1:
     return 0
 
 
+# Shape checks through the C API: these run several times per kernel call,
+# where building shape tuples would cost more than a small kernel. Call them
+# after _real_kind/_same_kind (which make sure arr is an ndarray).
+cdef int _shape1(object arr, str name, Py_ssize_t d0) except -1:
+    cdef cnp.ndarray a = <cnp.ndarray>arr
+    if cnp.PyArray_NDIM(a) != 1 or cnp.PyArray_DIM(a, 0) != d0:
+        raise ValueError(f"{name}: expected shape {(d0,)}, got {arr.shape}")
+    return 0
+
+
+cdef int _shape2(object arr, str name, Py_ssize_t d0, Py_ssize_t d1) except -1:
+    cdef cnp.ndarray a = <cnp.ndarray>arr
+    if cnp.PyArray_NDIM(a) != 2 or cnp.PyArray_DIM(a, 0) != d0 or cnp.PyArray_DIM(a, 1) != d1:
+        raise ValueError(f"{name}: expected shape {(d0, d1)}, got {arr.shape}")
+    return 0
+
+
+cdef int _same_shape(object arr, str name, object ref) except -1:
+    """arr has the shape of the ndarray ref."""
+    cdef cnp.ndarray a = <cnp.ndarray>arr
+    cdef cnp.ndarray r = <cnp.ndarray>ref
+    cdef int nd = cnp.PyArray_NDIM(a)
+    cdef int i
+    cdef bint same = nd == cnp.PyArray_NDIM(r)
+    if same:
+        for i in range(nd):
+            if cnp.PyArray_DIM(a, i) != cnp.PyArray_DIM(r, i):
+                same = False
+                break
+    if not same:
+        raise ValueError(f"{name}: expected shape {ref.shape}, got {arr.shape}")
+    return 0
+
+
+cdef inline int _ndim(object arr):
+    return cnp.PyArray_NDIM(<cnp.ndarray>arr)
+
+
+cdef inline Py_ssize_t _dim(object arr, int axis):
+    return cnp.PyArray_DIM(<cnp.ndarray>arr, axis)
+
+
 cdef int _fits_int(str name, Py_ssize_t value) except -1:
     if value > _INT_MAX:
         raise ValueError(f"{name}: dimension {value} exceeds the kernel limit {_INT_MAX}")
@@ -260,16 +302,17 @@ def dense_forward(x, w, b, activation, y, param=None):
     cdef int kind = _real_kind(x, "x")
     _same_kind(w, "w", kind)
     _same_kind(y, "y", kind, 1)
-    if x.ndim != 2 or w.ndim != 2:
+    if _ndim(x) != 2 or _ndim(w) != 2:
         raise ValueError(f"dense_forward: expected 2-D x and w, got x{x.shape}, w{w.shape}")
-    cdef Py_ssize_t n_batch = x.shape[0], n_in = x.shape[1], n_out = w.shape[1]
-    _shape(w, "w", (n_in, n_out))
-    _shape(y, "y", (n_batch, n_out))
+    cdef Py_ssize_t n_batch = _dim(x, 0), n_in = _dim(x, 1), n_out = _dim(w, 1)
+    _shape2(w, "w", n_in, n_out)
+    _shape2(y, "y", n_batch, n_out)
     if b is not None:
         _same_kind(b, "b", kind)
-        _shape(b, "b", (n_out,))
-    for name, v in (("n_batch", n_batch), ("n_in", n_in), ("n_out", n_out)):
-        _fits_int(name, v)
+        _shape1(b, "b", n_out)
+    _fits_int("n_batch", n_batch)
+    _fits_int("n_in", n_in)
+    _fits_int("n_out", n_out)
     cdef rp_act act = _act_code(activation)
     cdef double p = _act_param(act, param, activation)
     cdef int nb = <int>n_batch, ni = <int>n_in, no = <int>n_out
@@ -296,22 +339,23 @@ def dense_backward(x, w, y, dy, activation, dz, dw, db, dx, param=None):
     _same_kind(dy, "dy", kind)
     _same_kind(dz, "dz", kind, 1)
     _same_kind(dw, "dw", kind, 1)
-    if x.ndim != 2 or w.ndim != 2:
+    if _ndim(x) != 2 or _ndim(w) != 2:
         raise ValueError(f"dense_backward: expected 2-D x and w, got x{x.shape}, w{w.shape}")
-    cdef Py_ssize_t n_batch = x.shape[0], n_in = x.shape[1], n_out = w.shape[1]
-    _shape(w, "w", (n_in, n_out))
-    _shape(y, "y", (n_batch, n_out))
-    _shape(dy, "dy", (n_batch, n_out))
-    _shape(dz, "dz", (n_batch, n_out))
-    _shape(dw, "dw", (n_in, n_out))
+    cdef Py_ssize_t n_batch = _dim(x, 0), n_in = _dim(x, 1), n_out = _dim(w, 1)
+    _shape2(w, "w", n_in, n_out)
+    _shape2(y, "y", n_batch, n_out)
+    _shape2(dy, "dy", n_batch, n_out)
+    _shape2(dz, "dz", n_batch, n_out)
+    _shape2(dw, "dw", n_in, n_out)
     if db is not None:
         _same_kind(db, "db", kind, 1)
-        _shape(db, "db", (n_out,))
+        _shape1(db, "db", n_out)
     if dx is not None:
         _same_kind(dx, "dx", kind, 1)
-        _shape(dx, "dx", (n_batch, n_in))
-    for name, v in (("n_batch", n_batch), ("n_in", n_in), ("n_out", n_out)):
-        _fits_int(name, v)
+        _shape2(dx, "dx", n_batch, n_in)
+    _fits_int("n_batch", n_batch)
+    _fits_int("n_in", n_in)
+    _fits_int("n_out", n_out)
     cdef rp_act act = _act_code(activation)
     cdef double p = _act_param(act, param, activation)
     cdef int nb = <int>n_batch, ni = <int>n_in, no = <int>n_out
@@ -337,10 +381,10 @@ def act_forward(activation, x, y, param=None):
     """y = act(x) elementwise (any name of ELEMENTWISE_ACTIVATIONS); y may be x."""
     cdef int kind = _real_kind(x, "x")
     _same_kind(y, "y", kind, 1)
-    _shape(y, "y", x.shape)
+    _same_shape(y, "y", x)
     cdef rp_act act = _elementwise_code(activation)
     cdef double p = _act_param(act, param, activation)
-    cdef size_t n = x.size
+    cdef size_t n = <size_t>cnp.PyArray_SIZE(<cnp.ndarray>x)
     cdef void *px = _ptr(x)
     cdef void *py = _ptr(y)
     with nogil:
@@ -368,9 +412,9 @@ def act_backward(activation, y, dy, dx, x=None, param=None):
     cdef int kind = _real_kind(src, src_name)
     _same_kind(dy, "dy", kind)
     _same_kind(dx, "dx", kind, 1)
-    _shape(dy, "dy", src.shape)
-    _shape(dx, "dx", src.shape)
-    cdef size_t n = src.size
+    _same_shape(dy, "dy", src)
+    _same_shape(dx, "dx", src)
+    cdef size_t n = <size_t>cnp.PyArray_SIZE(<cnp.ndarray>src)
     cdef void *px = _ptr(src) if from_input else NULL
     cdef void *py = NULL if from_input else _ptr(src)
     cdef void *pdy = _ptr(dy)
@@ -388,12 +432,12 @@ def softmax(x, out):
     """Row-wise softmax of a 2-D array with at least one column."""
     cdef int kind = _real_kind(x, "x")
     _same_kind(out, "out", kind, 1)
-    if x.ndim != 2 or x.shape[1] < 1:
+    if _ndim(x) != 2 or _dim(x, 1) < 1:
         raise ValueError(f"softmax: expected a 2-D array with at least one column, got shape {x.shape}")
-    _shape(out, "out", x.shape)
-    _fits_int("rows", x.shape[0])
-    _fits_int("columns", x.shape[1])
-    cdef int n = <int>x.shape[0], c = <int>x.shape[1]
+    _same_shape(out, "out", x)
+    _fits_int("rows", _dim(x, 0))
+    _fits_int("columns", _dim(x, 1))
+    cdef int n = <int>_dim(x, 0), c = <int>_dim(x, 1)
     cdef void *px = _ptr(x)
     cdef void *po = _ptr(out)
     with nogil:
@@ -408,27 +452,33 @@ def softmax_cross_entropy(z, labels, targets, grad):
     """Mean softmax cross-entropy of logits z (n, c) against int64 labels (n,) or
     targets (n, c); writes (softmax(z) - t) / n into grad unless grad is None."""
     cdef int kind = _real_kind(z, "logits")
-    if z.ndim != 2 or z.shape[0] < 1 or z.shape[1] < 1:
+    if _ndim(z) != 2 or _dim(z, 0) < 1 or _dim(z, 1) < 1:
         raise ValueError(f"softmax_cross_entropy: expected logits of shape (N>=1, C>=1), got {z.shape}")
-    cdef Py_ssize_t n = z.shape[0], c = z.shape[1]
+    cdef Py_ssize_t n = _dim(z, 0), c = _dim(z, 1)
     _fits_int("rows", n)
     _fits_int("classes", c)
     if (labels is None) == (targets is None):
         raise ValueError("softmax_cross_entropy: pass exactly one of labels and targets")
-    cdef cnp.ndarray lab
+    cdef const int64_t *label_ptr
+    cdef Py_ssize_t i
     if labels is not None:
-        if not isinstance(labels, np.ndarray) or labels.dtype != np.int64 or not labels.flags.c_contiguous:
+        if (not isinstance(labels, np.ndarray)
+                or cnp.PyArray_TYPE(<cnp.ndarray>labels) != cnp.NPY_INT64
+                or not cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>labels)
+                or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>labels)):
             raise TypeError("labels: expected a C-contiguous int64 numpy array")
-        _shape(labels, "labels", (n,))
-        if n and (labels.min() < 0 or labels.max() >= c):
-            bad = labels[(labels < 0) | (labels >= c)][0]
-            raise ValueError(f"labels: class id {bad} out of range [0, {c})")
+        _shape1(labels, "labels", n)
+        # The kernel indexes rows with the labels: every one must be in range.
+        label_ptr = <const int64_t *>_ptr(labels)
+        for i in range(n):
+            if label_ptr[i] < 0 or label_ptr[i] >= c:
+                raise ValueError(f"labels: class id {label_ptr[i]} out of range [0, {c})")
     else:
         _same_kind(targets, "targets", kind)
-        _shape(targets, "targets", (n, c))
+        _shape2(targets, "targets", n, c)
     if grad is not None:
         _same_kind(grad, "grad", kind, 1)
-        _shape(grad, "grad", (n, c))
+        _shape2(grad, "grad", n, c)
     cdef void *pz = _ptr(z)
     cdef void *pl = _ptr_or_null(labels)
     cdef void *pt = _ptr_or_null(targets)

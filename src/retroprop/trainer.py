@@ -70,16 +70,20 @@ def uses_fused_output(model, loss):
 uses_fused_softmax = uses_fused_output
 
 
-def forward_loss(model, loss, x, targets, training=False, with_grad=False):
+def forward_loss(model, loss, x, targets, training=False, with_grad=False, fused=None):
     """Forward x and return (data loss, y_pred, gradient seed or None).
 
     ``targets`` must come from ``loss.prepare_targets``. With ``with_grad`` the
     seed is dL/dlogits on the fused path and dL/dy_pred otherwise; pass it to
     :func:`backpropagate`. The regularisation penalty is not included.
+    ``fused`` is ``uses_fused_output(model, loss)``, worked out here when None
+    (a training loop passes it, to decide once and not on every batch).
     """
     y_pred = model.forward(x, training=training)
     backend = model.backend
-    if uses_fused_output(model, loss):
+    if fused is None:
+        fused = uses_fused_output(model, loss)
+    if fused:
         value, seed = loss.fused_value_and_grad(model.layers[-1], y_pred, targets, backend)
     elif with_grad:
         value, seed = loss.value_and_grad(targets, y_pred, backend)
@@ -88,9 +92,11 @@ def forward_loss(model, loss, x, targets, training=False, with_grad=False):
     return float(value), y_pred, (seed if with_grad else None)
 
 
-def backpropagate(model, loss, seed, input_grad=False):
+def backpropagate(model, loss, seed, input_grad=False, fused=None):
     """Backward pass from the seed of :func:`forward_loss`; returns dL/dx (or None)."""
-    if uses_fused_output(model, loss):
+    if fused is None:
+        fused = uses_fused_output(model, loss)
+    if fused:
         return model.backward_from_logits(seed, input_grad=input_grad)
     return model.backward(seed, input_grad=input_grad)
 
@@ -162,6 +168,7 @@ class Trainer:
                 raise TypeError(f"callbacks must be Callback instances, got {type(cb).__name__}")
         self.check_finite = bool(check_finite)
         self.stop_training = False
+        self._fused = None      # uses_fused_output, decided once per fit
         self.history = None
 
     # -- validation -----------------------------------------------------------
@@ -193,8 +200,9 @@ class Trainer:
     def _train_step(self, xb, yb, epoch, batch, epochs, n_batches):
         """One optimizer step on a batch; ``epoch``/``batch`` are 1-based (for messages)."""
         model = self.model
+        fused = self._fused if self._fused is not None else uses_fused_output(model, self.loss)
         loss_value, y_pred, seed = forward_loss(model, self.loss, xb, yb, training=True,
-                                                with_grad=True)
+                                                with_grad=True, fused=fused)
         total = loss_value + model.regularization_loss()
         where = f"at epoch {epoch}/{epochs}, batch {batch}/{n_batches}"
         if not math.isfinite(total):
@@ -202,7 +210,7 @@ class Trainer:
                                  f"(try a lower learning rate)", epoch, batch)
         # Metrics before backward: they only read y_pred.
         metric_values = [fn(yb, y_pred) for fn in self.metric_fns]
-        backpropagate(model, self.loss, seed, input_grad=False)
+        backpropagate(model, self.loss, seed, input_grad=False, fused=fused)
         params = list(model.named_parameters())
         bad_key = self.optimizer.apply_step(params, check=self.check_finite)
         if bad_key is not None:
@@ -300,6 +308,7 @@ class Trainer:
             cb.set_trainer(self)
         self.history = history
         self.stop_training = False
+        self._fused = uses_fused_output(self.model, self.loss)
 
         n = x.shape[0]
         n_batches = (n + batch_size - 1) // batch_size
@@ -318,30 +327,30 @@ class Trainer:
                 loss_sum = 0.0
                 metric_sums = [0.0] * len(self.metric_fns)
                 seen = 0
-                for b in range(n_batches):
-                    lo, hi = b * batch_size, min((b + 1) * batch_size, n)
-                    if order is not None:
-                        idx = order[lo:hi]
-                        xb, tb = x[idx], targets[idx]
-                    else:
-                        xb, tb = x[lo:hi], targets[lo:hi]
-                    # Overflow is detected explicitly (NonFiniteError), so NumPy's
-                    # floating-point warnings would only be noise here.
-                    with np.errstate(over="ignore", invalid="ignore", divide="ignore",
-                                     under="ignore"):
+                # Overflow is detected explicitly (NonFiniteError), so NumPy's
+                # floating-point warnings would only be noise in the batch loop.
+                with np.errstate(over="ignore", invalid="ignore", divide="ignore",
+                                 under="ignore"):
+                    for b in range(n_batches):
+                        lo, hi = b * batch_size, min((b + 1) * batch_size, n)
+                        if order is not None:
+                            idx = order[lo:hi]
+                            xb, tb = x[idx], targets[idx]
+                        else:
+                            xb, tb = x[lo:hi], targets[lo:hi]
                         total, metric_values = self._train_step(
                             xb, tb, epoch + 1, b + 1, epochs, n_batches)
-                    nb = hi - lo
-                    seen += nb
-                    loss_sum += total * nb
-                    for i, v in enumerate(metric_values):
-                        metric_sums[i] += v * nb
-                    batch_logs = {"loss": total, "size": nb}
-                    batch_logs.update(zip(self.metric_names, metric_values))
-                    for cb in callbacks:
-                        cb.on_batch_end(b, batch_logs)
-                    if self.stop_training:
-                        break
+                        nb = hi - lo
+                        seen += nb
+                        loss_sum += total * nb
+                        for i, v in enumerate(metric_values):
+                            metric_sums[i] += v * nb
+                        batch_logs = {"loss": total, "size": nb}
+                        batch_logs.update(zip(self.metric_names, metric_values))
+                        for cb in callbacks:
+                            cb.on_batch_end(b, batch_logs)
+                        if self.stop_training:
+                            break
 
                 logs = {"loss": loss_sum / seen}
                 for name, s in zip(self.metric_names, metric_sums):

@@ -26,6 +26,12 @@ _local = threading.local()
 
 def _input(arr, name, dtype=None):
     """A C-contiguous float32/float64 view or copy of ``arr``; TypeError otherwise."""
+    # The common case first, in as few attribute lookups as possible: this
+    # runs for every array of every kernel call.
+    if type(arr) is np.ndarray and arr.flags.c_contiguous:
+        arr_dtype = arr.dtype
+        if arr_dtype is dtype or (dtype is None and arr_dtype in _REAL):
+            return arr
     if not isinstance(arr, np.ndarray):
         raise TypeError(f"{name}: expected a numpy.ndarray, got {type(arr).__name__}")
     if arr.dtype not in _REAL:
