@@ -12,6 +12,9 @@ from retroprop.backend import cpu
 SHAPES = [  # (m, n, k)
     (1, 1, 1), (2, 3, 5), (7, 13, 11), (6, 16, 1), (5, 17, 29), (37, 41, 43),
     (97, 101, 103), (1000, 3, 17), (3, 1000, 17), (255, 257, 259), (61, 300, 600),
+    # one or two rows (the row kernel): full 64-column blocks, 8-column groups,
+    # a masked group of 1..7 columns, and only a masked group
+    (1, 200, 784), (2, 75, 33), (1, 7, 300), (2, 129, 4),
 ]
 ACTIVATIONS = {
     "linear": lambda z: z,
@@ -79,7 +82,8 @@ def test_gemm_matches_reference(simd, threads, dtype, trans_a, trans_b, m, n, k)
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("act", list(ACTIVATIONS))
-@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (5, 17, 29), (97, 101, 103), (300, 131, 257)])
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (1, 75, 33), (5, 17, 29), (97, 101, 103),
+                                   (300, 131, 257)])
 def test_fused_bias_activation_in_writeback(simd, threads, dtype, act, m, n, k):
     from retroprop import _core
     rng = np.random.default_rng(k)
