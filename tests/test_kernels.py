@@ -126,6 +126,35 @@ def test_softmax_and_fused_cross_entropy(threads, dtype, n, c):
         np.testing.assert_allclose(grad, (p_ref - onehot) / n, rtol=tol * 10, atol=tol / n)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n,k,m", [(1, 784, 10), (1, 1, 1), (3, 5, 7), (32, 128, 10),
+                                   (97, 61, 13)])
+def test_dense_forward_softmax_writes_logits_and_probabilities(simd, threads, dtype, n, k, m):
+    from retroprop.backend import numpy_ref
+    rng = np.random.default_rng(n + 3 * k + 5 * m)
+    x = rng.standard_normal((n, k)).astype(dtype)
+    w = (rng.standard_normal((k, m)) * 3 / np.sqrt(k)).astype(dtype)
+    b = rng.standard_normal(m).astype(dtype)
+    z64 = x.astype(np.float64) @ w.astype(np.float64) + b
+    p64 = np.exp(z64 - z64.max(1, keepdims=True))
+    p64 /= p64.sum(1, keepdims=True)
+    tol = 2e-5 if dtype == np.float32 else 1e-11
+    for backend in (cpu, numpy_ref):
+        logits = np.full((n, m), np.nan, dtype)
+        out = backend.dense_forward(x, w, b, "softmax", logits=logits)
+        assert out.dtype == dtype
+        np.testing.assert_allclose(logits, z64, rtol=tol, atol=tol * np.sqrt(k))
+        np.testing.assert_allclose(out, p64, rtol=tol * 10, atol=tol)
+        np.testing.assert_allclose(out.sum(1), 1.0, rtol=tol)
+    # Non-contiguous x is copied by the backend, not misread.
+    wide = np.repeat(x, 2, axis=1)[:, ::2]
+    assert not wide.flags.c_contiguous or k == 1    # a (n, 1) slice is contiguous anyway
+    np.testing.assert_array_equal(cpu.dense_forward(wide, w, b, "softmax"),
+                                  cpu.dense_forward(x, w, b, "softmax"))
+    with pytest.raises(ValueError, match="logits"):
+        cpu.dense_forward(x, w, b, "softmax", logits=np.empty((n, m + 1), dtype))
+
+
 def test_cross_entropy_is_stable_at_extreme_logits():
     z = np.array([[1e4, -1e4, 0.0], [-1e4, 1e4, 5.0]], np.float32)
     loss, grad = cpu.softmax_cross_entropy(z, np.array([1, 1]))

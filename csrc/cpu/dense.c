@@ -3,6 +3,7 @@
  * that read x and W transposed through strides (no transposed copies). */
 #include "retroprop/dense.h"
 #include "retroprop/gemm.h"
+#include "retroprop/loss.h"
 #include "retroprop/runtime.h"
 #include "act_internal.h"
 #include "act_scalar.h"
@@ -19,6 +20,22 @@ void rp_dense_forward_f64(int n_batch, int n_in, int n_out, const double *x,
 {
     rp_gemm_act_f64(0, 0, n_batch, n_out, n_in, 1.0, x, n_in, w, n_out, 0.0, y, n_out, b, act,
                     act_param);
+}
+
+void rp_dense_forward_softmax_f32(int n_batch, int n_in, int n_out, const float *x,
+                                  const float *w, const float *b, float *logits, float *y)
+{
+    rp_gemm_act_f32(0, 0, n_batch, n_out, n_in, 1.0f, x, n_in, w, n_out, 0.0f, logits, n_out, b,
+                    RP_ACT_LINEAR, 0.0);
+    rp_softmax_f32(n_batch, n_out, logits, y);
+}
+
+void rp_dense_forward_softmax_f64(int n_batch, int n_in, int n_out, const double *x,
+                                  const double *w, const double *b, double *logits, double *y)
+{
+    rp_gemm_act_f64(0, 0, n_batch, n_out, n_in, 1.0, x, n_in, w, n_out, 0.0, logits, n_out, b,
+                    RP_ACT_LINEAR, 0.0);
+    rp_softmax_f64(n_batch, n_out, logits, y);
 }
 
 /* dz = dy * act'(y) and db = sum over rows of dz, in one sweep. Threads own

@@ -60,6 +60,11 @@ cdef extern from "retroprop/dense.h":
                               const float *b, rp_act act, double act_param, float *y) nogil
     void rp_dense_forward_f64(int n_batch, int n_in, int n_out, const double *x, const double *w,
                               const double *b, rp_act act, double act_param, double *y) nogil
+    void rp_dense_forward_softmax_f32(int n_batch, int n_in, int n_out, const float *x,
+                                      const float *w, const float *b, float *logits, float *y) nogil
+    void rp_dense_forward_softmax_f64(int n_batch, int n_in, int n_out, const double *x,
+                                      const double *w, const double *b, double *logits,
+                                      double *y) nogil
     void rp_dense_backward_f32(int n_batch, int n_in, int n_out, const float *x, const float *w,
                                const float *y, const float *dy, rp_act act, double act_param, float *dz,
                                float *dw, float *db, float *dx) nogil
@@ -297,8 +302,11 @@ def gemm(a, b, c, bint trans_a=False, bint trans_b=False, double alpha=1.0, doub
     return c
 
 
-def dense_forward(x, w, b, activation, y, param=None):
-    """y = act(x @ w + b); b may be None; param is the activation's parameter (None: default)."""
+def dense_forward(x, w, b, activation, y, param=None, logits=None):
+    """y = act(x @ w + b); b may be None; param is the activation's parameter (None: default).
+
+    activation "softmax" (row-wise) needs ``logits``, an array of y's shape
+    that receives x @ w + b."""
     cdef int kind = _real_kind(x, "x")
     _same_kind(w, "w", kind)
     _same_kind(y, "y", kind, 1)
@@ -313,13 +321,28 @@ def dense_forward(x, w, b, activation, y, param=None):
     _fits_int("n_batch", n_batch)
     _fits_int("n_in", n_in)
     _fits_int("n_out", n_out)
-    cdef rp_act act = _act_code(activation)
-    cdef double p = _act_param(act, param, activation)
     cdef int nb = <int>n_batch, ni = <int>n_in, no = <int>n_out
     cdef void *px = _ptr(x)
     cdef void *pw = _ptr(w)
     cdef void *pb = _ptr_or_null(b)
     cdef void *py = _ptr(y)
+    cdef void *pz
+    if activation == "softmax":
+        if logits is None:
+            raise ValueError("dense_forward: activation 'softmax' needs a logits array")
+        _same_kind(logits, "logits", kind, 1)
+        _shape2(logits, "logits", n_batch, n_out)
+        pz = _ptr(logits)
+        with nogil:
+            if kind == 0:
+                rp_dense_forward_softmax_f32(nb, ni, no, <float *>px, <float *>pw, <float *>pb,
+                                             <float *>pz, <float *>py)
+            else:
+                rp_dense_forward_softmax_f64(nb, ni, no, <double *>px, <double *>pw,
+                                             <double *>pb, <double *>pz, <double *>py)
+        return y
+    cdef rp_act act = _act_code(activation)
+    cdef double p = _act_param(act, param, activation)
     with nogil:
         if kind == 0:
             rp_dense_forward_f32(nb, ni, no, <float *>px, <float *>pw, <float *>pb, act, p, <float *>py)

@@ -18,6 +18,15 @@ void rp_dense_forward_f32(int n_batch, int n_in, int n_out, const float *x,
 void rp_dense_forward_f64(int n_batch, int n_in, int n_out, const double *x,
                           const double *w, const double *b, rp_act act, double act_param, double *y);
 
+/* logits = x W + b, then y = row-wise softmax(logits), in one call: the
+ * output layer of a classifier. Its backward is dense_backward with the
+ * gradient w.r.t. the logits and RP_ACT_LINEAR (the fused softmax +
+ * cross-entropy gradient, or the softmax Jacobian applied by the caller). */
+void rp_dense_forward_softmax_f32(int n_batch, int n_in, int n_out, const float *x,
+                                  const float *w, const float *b, float *logits, float *y);
+void rp_dense_forward_softmax_f64(int n_batch, int n_in, int n_out, const double *x,
+                                  const double *w, const double *b, double *logits, double *y);
+
 /* dz = dy * act'(y), from the output y with forward's act_param (into the
  * caller's workspace dz, n_batch x n_out, which may alias dy), db = column sums of dz (skipped when db is NULL), dW = x^T dz,
  * dx = dz W^T (skipped when dx is NULL). Outputs are overwritten. */

@@ -124,14 +124,18 @@ def gemm(a, b, out=None, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
     return _core.gemm(a, b, out, bool(trans_a), bool(trans_b), float(alpha), float(beta))
 
 
-def dense_forward(x, w, b, activation, out=None, *, param=None):
+def dense_forward(x, w, b, activation, out=None, *, param=None, logits=None):
     x = _input(x, "x")
     w = _input(w, "w", x.dtype)
     if b is not None:
         b = _input(b, "b", x.dtype)
     if x.ndim != 2 or w.ndim != 2:
         raise ValueError(f"dense_forward: expected 2-D x and w, got shapes {x.shape} and {w.shape}")
-    out = _output(out, "out", (x.shape[0], w.shape[1]), x.dtype)
+    shape = (x.shape[0], w.shape[1])
+    out = _output(out, "out", shape, x.dtype)
+    if activation == "softmax":
+        logits = _output(logits, "logits", shape, x.dtype)
+        return _core.dense_forward(x, w, b, "softmax", out, None, logits)
     return _core.dense_forward(x, w, b, _fused(activation), out, param)
 
 

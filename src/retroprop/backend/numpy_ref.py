@@ -265,15 +265,21 @@ def _check_dense_args(x, w, b):
             raise ValueError(f"b has shape {b.shape}, expected ({w.shape[1]},)")
 
 
-def dense_forward(x, w, b, activation, out=None, *, param=None):
+def dense_forward(x, w, b, activation, out=None, *, param=None, logits=None):
     """out = act(x @ w + b); x (N, K), w (K, M), b (M,) or None; activation in
-    FUSED_ACTIVATIONS, ``param`` its parameter (None: default)."""
-    _check_activation(activation)
+    FUSED_ACTIVATIONS, ``param`` its parameter (None: default). Activation
+    "softmax" (row-wise) also writes x @ w + b into ``logits`` (allocated when None)."""
+    if activation != "softmax":
+        _check_activation(activation)
     _check_dense_args(x, w, b)
     out = _check_out(out, "out", (x.shape[0], w.shape[1]), x.dtype)
     z = x @ w
     if b is not None:
         z += b
+    if activation == "softmax":
+        logits = _check_out(logits, "logits", out.shape, x.dtype)
+        logits[...] = z
+        return softmax(logits, out=out)
     return activation_forward(activation, z, out=out, param=param)
 
 

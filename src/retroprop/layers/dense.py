@@ -89,6 +89,12 @@ class Dense(Layer):
             self.backend.dense_forward(x, kernel, self._bias, self.activation.name, out=out,
                                        param=self.activation.param)
             self.logits = out if self.activation.name == "linear" else None
+        elif self.activation.name == "softmax":
+            # One call for the GEMM and the row softmax; the logits are kept
+            # for the fused softmax + cross-entropy gradient.
+            logits = self._buffers.get("logits", (n, self.units), self.dtype)
+            self.backend.dense_forward(x, kernel, self._bias, "softmax", out=out, logits=logits)
+            self.logits = logits
         else:
             logits = self._buffers.get("logits", (n, self.units), self.dtype)
             self.backend.dense_forward(x, kernel, self._bias, "linear", out=logits)
