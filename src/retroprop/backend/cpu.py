@@ -131,10 +131,13 @@ def dense_forward(x, w, b, activation, out=None, *, param=None, logits=None):
         b = _input(b, "b", x.dtype)
     if x.ndim != 2 or w.ndim != 2:
         raise ValueError(f"dense_forward: expected 2-D x and w, got shapes {x.shape} and {w.shape}")
-    shape = (x.shape[0], w.shape[1])
-    out = _output(out, "out", shape, x.dtype)
+    # Outputs given by the caller are checked by the binding (dtype,
+    # contiguity, writability, shape), as on every layer's hot path.
+    if out is None:
+        out = np.empty((x.shape[0], w.shape[1]), dtype=x.dtype)
     if activation == "softmax":
-        logits = _output(logits, "logits", shape, x.dtype)
+        if logits is None:
+            logits = np.empty((x.shape[0], w.shape[1]), dtype=x.dtype)
         return _core.dense_forward(x, w, b, "softmax", out, None, logits)
     return _core.dense_forward(x, w, b, _fused(activation), out, param)
 
