@@ -13,6 +13,7 @@
 #define MC 240
 #define KC 256
 #define NC 3072
+#define DIRECT_B_MAX_ROWS 64
 #define ACT_APPLY rp_act_apply_f32
 #define UKERNEL_TYPE rp_ukernel_f32_fn
 #define UKERNEL_GENERIC rp_ukernel_f32_generic
@@ -27,6 +28,7 @@
 #undef MC
 #undef KC
 #undef NC
+#undef DIRECT_B_MAX_ROWS
 #undef ACT_APPLY
 #undef UKERNEL_TYPE
 #undef UKERNEL_GENERIC
@@ -39,6 +41,7 @@
 #define MC 120
 #define KC 256
 #define NC 3072
+#define DIRECT_B_MAX_ROWS 64
 #define ACT_APPLY rp_act_apply_f64
 #define UKERNEL_TYPE rp_ukernel_f64_fn
 #define UKERNEL_GENERIC rp_ukernel_f64_generic
