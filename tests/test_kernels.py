@@ -217,3 +217,33 @@ def test_backend_info_reports_simd_threads_and_openmp():
     assert isinstance(info["openmp"], bool) and info["cuda"] is False
     with pytest.raises(ValueError, match="n >= 1"):
         cpu.set_num_threads(0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 7, 4095, 4096, 4097, 100003])
+def test_find_nonfinite_returns_the_first_bad_index(threads, dtype, n):
+    from retroprop.backend import numpy_ref
+    x = np.random.default_rng(n).standard_normal(n).astype(dtype)
+    assert cpu.find_nonfinite(x) == -1 == numpy_ref.find_nonfinite(x)
+    places = sorted({0, n // 3, n // 2, n - 1})
+    for bad_value in (np.nan, np.inf, -np.inf):
+        for where in places:
+            y = x.copy()
+            y[where] = bad_value
+            # A later bad value (in another thread's share) must not win.
+            if where + 5 < n:
+                y[-1] = np.nan
+            assert cpu.find_nonfinite(y) == where == numpy_ref.find_nonfinite(y)
+    # The largest finite values are finite.
+    y = np.full(n, np.finfo(dtype).max, dtype)
+    y[::2] = -np.finfo(dtype).max
+    assert cpu.find_nonfinite(y) == -1
+
+
+def test_find_nonfinite_on_a_non_contiguous_array():
+    x = np.zeros((50, 40), np.float32)
+    x[3, 11] = np.nan       # an odd column: not in the ::2 view
+    x[7, 6] = np.inf
+    view = x[:, ::2]
+    assert not view.flags.c_contiguous
+    assert cpu.find_nonfinite(view) == 7 * 20 + 3

@@ -1072,6 +1072,27 @@ def optimizer_step(str rule, list params, list grads, list state0, list state1, 
     return first_bad, bad
 
 
+# ================================================================ finiteness scan
+
+cdef extern from "retroprop/check.h":
+    long rp_find_nonfinite_f32(size_t n, const float *x) nogil
+    long rp_find_nonfinite_f64(size_t n, const double *x) nogil
+
+
+def find_nonfinite(x):
+    """Flat index of the first NaN/Inf of the C-contiguous array x, or -1."""
+    cdef int kind = _real_kind(x, "x")
+    cdef size_t n = <size_t>cnp.PyArray_SIZE(<cnp.ndarray>x)
+    cdef void *px = _ptr(x)
+    cdef long first
+    with nogil:
+        if kind == 0:
+            first = rp_find_nonfinite_f32(n, <float *>px)
+        else:
+            first = rp_find_nonfinite_f64(n, <double *>px)
+    return first
+
+
 # ================================================================ batch normalisation
 # Per-channel statistics, normalisation and the fused backward over (rows, C)
 # data (csrc/include/retroprop/norm.h has the formulas).

@@ -28,6 +28,7 @@ from . import activations as activations_module
 from . import losses as losses_module
 from . import metrics as metrics_module
 from . import optim as optim_module
+from .backend import get_backend
 from .callbacks import Callback, History, ProgressBar
 
 
@@ -105,20 +106,17 @@ def backpropagate(model, loss, seed, input_grad=False, fused=None):
 # input validation
 # --------------------------------------------------------------------------
 
-def _first_nonfinite_index(arr):
-    """Index of the first NaN/Inf in arr, or None.
+def _first_nonfinite_index(arr, backend=None):
+    """Index of the first NaN/Inf in arr (an int, or a tuple for N-d arrays), or None.
 
-    A float64 sum is one fast pass that allocates nothing: NaN and Inf
-    propagate into it, and float32 data cannot overflow it. Only when it is
-    not finite (or float64 data overflowed it) is the exact test needed.
-    """
-    with np.errstate(over="ignore", invalid="ignore"):
-        if np.isfinite(np.add.reduce(arr.reshape(-1), dtype=np.float64)):
-            return None
-    bad = ~np.isfinite(arr)
-    if not bad.any():
+    One pass of the backend's ``find_nonfinite`` (in C: threaded, vectorised,
+    no temporary arrays), run on every fit over the whole training set."""
+    if backend is None:
+        backend = get_backend()
+    flat = backend.find_nonfinite(np.ascontiguousarray(arr))
+    if flat < 0:
         return None
-    index = tuple(int(i) for i in np.argwhere(bad)[0])
+    index = tuple(int(i) for i in np.unravel_index(flat, arr.shape))
     return index[0] if len(index) == 1 else index
 
 
@@ -176,7 +174,7 @@ class Trainer:
     def _check_x(self, x, argname):
         """x as an array of the model's dtype; finite; model built."""
         x = self.model.prepare_input(x, argname=argname)
-        bad = _first_nonfinite_index(x)
+        bad = _first_nonfinite_index(x, self.model.backend)
         if bad is not None:
             raise ValueError(f"{argname} contains NaN or Inf at index {bad}")
         return x

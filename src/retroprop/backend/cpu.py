@@ -432,6 +432,11 @@ def adagrad_step(param, grad, acc, *, lr, epsilon, check_only=False):
     return _core.adagrad_step(param, grad, acc, float(lr), float(epsilon), bool(check_only))
 
 
+def find_nonfinite(x):
+    """Flat (C-order) index of the first NaN or Inf in the float array x, or -1."""
+    return _core.find_nonfinite(_input(x, "x"))
+
+
 _STEP_MODES = ("apply", "check", "check_apply")
 
 

@@ -710,6 +710,13 @@ def adagrad_step(param, grad, acc, *, lr, epsilon, check_only=False):
     return 0
 
 
+def find_nonfinite(x):
+    """Flat (C-order) index of the first NaN or Inf in the float array x, or -1."""
+    _check_float(x, "x")
+    bad = np.flatnonzero(~np.isfinite(x))
+    return int(bad[0]) if bad.size else -1
+
+
 def optimizer_step(rule, params, grads, state0, state1, *, lr, mode="check_apply",
                    momentum=0.0, nesterov=False, weight_decay=0.0, beta_1=0.9, beta_2=0.999,
                    epsilon=1e-7, step=1, decoupled=False, rho=0.9):
