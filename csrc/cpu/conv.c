@@ -224,30 +224,44 @@ static void direct_line_forward_avx2_f32(const rp_conv2d_geom *g, const float *r
 /* acc[(k * 8 + f) * 8 + lane] += the products of one output line for dW:
  * tap k's input values times dz of filter f, 8 pixels per lane group.
  * dzT holds the line's dz transposed (8 rows of dzT_ld values, zero past ow
- * and past the filters), so the last partial group adds zeros. */
+ * and past the filters), so the last partial group adds zeros. Taps go in
+ * pairs: eight accumulators (two taps x four filters) keep both FMA units
+ * busy over a short line, and each dz vector loaded serves both taps. */
 RP_TARGET_AVX2
 static void direct_line_weight_grad_avx2_f32(const rp_conv2d_geom *g, const float *rows, long rw,
                                              const float *dzT, int dzT_ld, float *acc)
 {
     const int groups = (g->ow + 7) / 8, fgroups = (g->filters + 3) / 4;
-    int k = 0;
-    for (int ky = 0; ky < g->kh; ++ky) {
-        for (int kx = 0; kx < g->kw; ++kx, ++k) {
-            const float *r = rows + ky * rw + kx;
-            for (int fg = 0; fg < fgroups; ++fg) {
-                float *ak = acc + ((long)k * 8 + fg * 4) * 8;
-                const float *d = dzT + (long)fg * 4 * dzT_ld;
-                __m256 a0 = _mm256_loadu_ps(ak), a1 = _mm256_loadu_ps(ak + 8);
-                __m256 a2 = _mm256_loadu_ps(ak + 16), a3 = _mm256_loadu_ps(ak + 24);
-                for (int gi = 0; gi < groups; ++gi) {
-                    const __m256 c = _mm256_loadu_ps(r + gi * 8);
-                    a0 = _mm256_fmadd_ps(c, _mm256_loadu_ps(d + gi * 8), a0);
-                    a1 = _mm256_fmadd_ps(c, _mm256_loadu_ps(d + dzT_ld + gi * 8), a1);
-                    a2 = _mm256_fmadd_ps(c, _mm256_loadu_ps(d + 2 * dzT_ld + gi * 8), a2);
-                    a3 = _mm256_fmadd_ps(c, _mm256_loadu_ps(d + 3 * dzT_ld + gi * 8), a3);
-                }
-                _mm256_storeu_ps(ak, a0); _mm256_storeu_ps(ak + 8, a1);
-                _mm256_storeu_ps(ak + 16, a2); _mm256_storeu_ps(ak + 24, a3);
+    const int taps = g->kh * g->kw;
+    for (int k = 0; k < taps; k += 2) {
+        const int pair = k + 1 < taps;
+        const int k1 = pair ? k + 1 : k;     /* a lone last tap pairs with itself, unstored */
+        const float *r0 = rows + (k / g->kw) * rw + k % g->kw;
+        const float *r1 = rows + (k1 / g->kw) * rw + k1 % g->kw;
+        for (int fg = 0; fg < fgroups; ++fg) {
+            float *ak = acc + ((long)k * 8 + fg * 4) * 8;
+            float *bk = acc + ((long)k1 * 8 + fg * 4) * 8;
+            const float *d = dzT + (long)fg * 4 * dzT_ld;
+            __m256 a0 = _mm256_loadu_ps(ak), a1 = _mm256_loadu_ps(ak + 8);
+            __m256 a2 = _mm256_loadu_ps(ak + 16), a3 = _mm256_loadu_ps(ak + 24);
+            __m256 b0 = _mm256_loadu_ps(bk), b1 = _mm256_loadu_ps(bk + 8);
+            __m256 b2 = _mm256_loadu_ps(bk + 16), b3 = _mm256_loadu_ps(bk + 24);
+            for (int gi = 0; gi < groups; ++gi) {
+                const __m256 c0 = _mm256_loadu_ps(r0 + gi * 8), c1 = _mm256_loadu_ps(r1 + gi * 8);
+                const __m256 d0 = _mm256_loadu_ps(d + gi * 8);
+                const __m256 d1 = _mm256_loadu_ps(d + dzT_ld + gi * 8);
+                const __m256 d2 = _mm256_loadu_ps(d + 2 * dzT_ld + gi * 8);
+                const __m256 d3 = _mm256_loadu_ps(d + 3 * dzT_ld + gi * 8);
+                a0 = _mm256_fmadd_ps(c0, d0, a0); b0 = _mm256_fmadd_ps(c1, d0, b0);
+                a1 = _mm256_fmadd_ps(c0, d1, a1); b1 = _mm256_fmadd_ps(c1, d1, b1);
+                a2 = _mm256_fmadd_ps(c0, d2, a2); b2 = _mm256_fmadd_ps(c1, d2, b2);
+                a3 = _mm256_fmadd_ps(c0, d3, a3); b3 = _mm256_fmadd_ps(c1, d3, b3);
+            }
+            _mm256_storeu_ps(ak, a0); _mm256_storeu_ps(ak + 8, a1);
+            _mm256_storeu_ps(ak + 16, a2); _mm256_storeu_ps(ak + 24, a3);
+            if (pair) {
+                _mm256_storeu_ps(bk, b0); _mm256_storeu_ps(bk + 8, b1);
+                _mm256_storeu_ps(bk + 16, b2); _mm256_storeu_ps(bk + 24, b3);
             }
         }
     }
@@ -871,7 +885,7 @@ static void FN(conv_backward_blocks)(const rp_conv2d_geom *g, int first, int cou
             if (direct && use_direct_rows(g)) {
                 const long rw = g->ow + g->kw + 8;
                 const int dzT_ld = (g->ow + 7) / 8 * 8;
-                float rowbuf[RP_ROWS_MAX], dzT[RP_ROWS_MAX];
+                float rowbuf[RP_ROWS_MAX], dzT[RP_ROWS_MAX], dzl[RP_ROWS_MAX];
                 float acc[RP_DIRECT_PATCH * 8 * 8];
                 for (int i = 0; i < patch * 64; ++i) acc[i] = 0.0f;
                 for (int i = 0; i < 8 * dzT_ld; ++i) dzT[i] = 0.0f;
@@ -880,15 +894,23 @@ static void FN(conv_backward_blocks)(const rp_conv2d_geom *g, int first, int cou
                 for (long l = l0; l < l1; ++l) {
                     const long lr = (l - l0) * g->ow;   /* the line's first row in the block */
                     const float *dyl = dyb + lr * filters, *yl = yb + lr * filters;
-                    for (int ox = 0; ox < g->ow; ++ox) {
-                        for (int f = 0; f < filters; ++f) {
-                            const long i = (long)ox * filters + f;
-                            /* relu (the common case) as a select, not the generic switch */
-                            dzT[f * dzT_ld + ox] = act == RP_ACT_RELU
-                                ? (yl[i] > 0.0f ? dyl[i] : 0.0f)
-                                : dyl[i] * GRAD_FROM_OUTPUT(act, yl[i]);
+                    const long line_count = (long)g->ow * filters;
+                    /* dz of the line in its own layout first (a vectorised
+                     * pass over y and dy, relu as a select), then transposed
+                     * in L1: transposing while reading y and dy was a strided,
+                     * branchy loop that cost more than the dW kernel. */
+                    if (act == RP_ACT_RELU) {
+                        for (long i = 0; i < line_count; ++i) {
+                            const float d = dyl[i];   /* loaded unconditionally: a blend, not a branch */
+                            dzl[i] = yl[i] > 0.0f ? d : 0.0f;
                         }
+                    } else {
+                        for (long i = 0; i < line_count; ++i)
+                            dzl[i] = dyl[i] * GRAD_FROM_OUTPUT(act, yl[i]);
                     }
+                    for (int f = 0; f < filters; ++f)
+                        for (int ox = 0; ox < g->ow; ++ox)
+                            dzT[f * dzT_ld + ox] = dzl[(long)ox * filters + f];
                     /* db in 8 lanes per filter (reduced after the block): a
                      * serial sum per filter would cost more than dW itself */
                     for (int f = 0; f < filters; ++f)
@@ -931,7 +953,12 @@ static void FN(conv_backward_blocks)(const rp_conv2d_geom *g, int first, int cou
              * partial, per filter in row order. */
             const long count = rows * filters;
             if (act == RP_ACT_RELU) {
-                for (long i = 0; i < count; ++i) dzb[i] = yb[i] > (REAL)0 ? dyb[i] : (REAL)0;
+                for (long i = 0; i < count; ++i) {
+                    /* dy loaded unconditionally, so the select compiles to a
+                     * blend: a branch on relu's sign mispredicts half the time */
+                    const REAL d = dyb[i];
+                    dzb[i] = yb[i] > (REAL)0 ? d : (REAL)0;
+                }
             } else {
                 for (long i = 0; i < count; ++i) dzb[i] = dyb[i] * GRAD_FROM_OUTPUT(act, yb[i]);
             }
