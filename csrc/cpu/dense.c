@@ -39,8 +39,12 @@ void rp_dense_forward_softmax_f64(int n_batch, int n_in, int n_out, const double
 }
 
 /* dz = dy * act'(y) and db = sum over rows of dz, in one sweep. Threads own
- * disjoint column ranges, so each db[j] is summed by one thread in row order
- * and the result does not depend on the thread count. */
+ * disjoint 16-column blocks, so each db[j] is summed by one thread in row
+ * order and the result does not depend on the thread count. The block's
+ * sums live in a local array (not in db, which the compiler must assume
+ * may alias dz: that made every add wait for the previous store), and
+ * relu, the common case, is a select on values already loaded rather than
+ * a call through the activation switch. */
 #define DENSE_DZ_DB(REAL, GRAD_FROM_OUTPUT)                                              \
     {                                                                                    \
         const int nt = (long)n_batch * n_out < RP_ELEMENTWISE_PARALLEL_MIN || n_out < 64 \
@@ -50,16 +54,26 @@ void rp_dense_forward_softmax_f64(int n_batch, int n_in, int n_out, const double
         (void)nt;                                                                        \
         _Pragma("omp parallel for schedule(static) num_threads(nt)")                     \
         for (int blk = 0; blk < n_blocks; ++blk) {                                       \
-            const int j0 = blk * 16, j1 = j0 + 16 < n_out ? j0 + 16 : n_out;             \
-            if (db) for (int j = j0; j < j1; ++j) db[j] = 0;                             \
+            const int j0 = blk * 16, width = j0 + 16 < n_out ? 16 : n_out - j0;          \
+            REAL sums[16] = {0};                                                         \
             for (int i = 0; i < n_batch; ++i) {                                          \
-                const long row = (long)i * n_out;                                        \
-                for (int j = j0; j < j1; ++j) {                                          \
-                    REAL g = dy[row + j] * GRAD_FROM_OUTPUT(act, p, y[row + j]);         \
-                    dz[row + j] = g;                                                     \
-                    if (db) db[j] += g;                                                  \
+                const long row = (long)i * n_out + j0;                                   \
+                if (act == RP_ACT_RELU) {                                                \
+                    for (int j = 0; j < width; ++j) {                                    \
+                        const REAL d = dy[row + j];                                      \
+                        const REAL g = y[row + j] > (REAL)0 ? d : (REAL)0;               \
+                        dz[row + j] = g;                                                 \
+                        sums[j] += g;                                                    \
+                    }                                                                    \
+                } else {                                                                 \
+                    for (int j = 0; j < width; ++j) {                                    \
+                        const REAL g = dy[row + j] * GRAD_FROM_OUTPUT(act, p, y[row + j]); \
+                        dz[row + j] = g;                                                 \
+                        sums[j] += g;                                                    \
+                    }                                                                    \
                 }                                                                        \
             }                                                                            \
+            if (db) for (int j = 0; j < width; ++j) db[j0 + j] = sums[j];                \
         }                                                                                \
     }
 
