@@ -5,6 +5,10 @@
 #include "retroprop/runtime.h"
 #include "gemm_internal.h"
 #include "act_scalar.h"
+#include "team.h"
+#ifdef RETROPROP_HAVE_OPENMP
+#include <omp.h>
+#endif
 
 #define REAL float
 #define FN(name) name##_f32

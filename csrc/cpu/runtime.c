@@ -22,6 +22,15 @@ int rp_get_num_threads(void)
 #endif
 }
 
+int rp_in_parallel(void)
+{
+#ifdef RETROPROP_HAVE_OPENMP
+    return omp_in_parallel();
+#else
+    return 0;
+#endif
+}
+
 void rp_set_num_threads(int n)
 {
 #ifdef RETROPROP_HAVE_OPENMP

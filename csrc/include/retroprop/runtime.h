@@ -14,6 +14,9 @@ typedef enum {
 /* Threads used by the OpenMP kernels (1 when built without OpenMP). */
 int rp_get_num_threads(void);
 void rp_set_num_threads(int n);
+/* True inside an active parallel region (a kernel called by another
+ * kernel's threads): kernels then run on the calling thread alone. */
+int rp_in_parallel(void);
 
 /* The best level this CPU and this build support, and the one in use. */
 rp_simd_level rp_simd_best(void);
