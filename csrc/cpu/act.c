@@ -44,10 +44,15 @@ static int threads_for(size_t n, rp_act act, int backward)
  * elements on nt threads. */
 #ifdef RETROPROP_HAVE_OPENMP
 #define FOR_CHUNKS(n, nt, RANGE_CALL)                                 \
-    _Pragma("omp parallel num_threads(nt)")                           \
-    {                                                                 \
-        size_t b, e;                                                  \
-        chunk_bounds(n, omp_get_thread_num(), omp_get_num_threads(), &b, &e); \
+    if ((nt) > 1) {                                                   \
+        _Pragma("omp parallel num_threads(nt)")                       \
+        {                                                             \
+            size_t b, e;                                              \
+            chunk_bounds(n, omp_get_thread_num(), omp_get_num_threads(), &b, &e); \
+            RANGE_CALL;                                               \
+        }                                                             \
+    } else { /* no region for one thread: it would cost ~0.5 us */    \
+        size_t b = 0, e = n;                                          \
         RANGE_CALL;                                                   \
     }
 #else

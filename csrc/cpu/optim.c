@@ -16,6 +16,7 @@
 #include "retroprop/optim.h"
 #include "retroprop/runtime.h"
 #include "act_internal.h"
+#include "team.h"
 
 #include <math.h>
 #ifdef RETROPROP_HAVE_OPENMP
@@ -226,6 +227,35 @@ static size_t run_slice(rule_range_fn rule, const rp_opt_config *cfg, const rp_o
     return bad_total;
 }
 
+/* What thread tid of nt does in a step: check its slice (modes with a
+ * check), wait for the others, and write the slice when nobody found a
+ * non-finite value. With nt == 1 it reaches no OpenMP construct, so small
+ * models pay for no parallel region. */
+static void step_slice(rule_range_fn rule, const rp_opt_config *cfg, const rp_opt_tensor *tensors,
+                       int count, size_t total, rp_opt_mode mode, int tid, int nt,
+                       long *first_bad, size_t *bad_sum)
+{
+    const size_t lo = slice_start(total, tid, nt), hi = slice_start(total, tid + 1, nt);
+    if (mode != RP_OPT_APPLY) {
+        long mine = count;
+        const size_t bad = run_slice(rule, cfg, tensors, count, lo, hi, 1, &mine);
+        if (bad) {
+#ifdef RETROPROP_HAVE_OPENMP
+#pragma omp critical(rp_optimizer_first_bad)
+#endif
+            {
+                *bad_sum += bad;
+                if (mine < *first_bad) *first_bad = mine;
+            }
+        }
+        RP_TEAM_BARRIER(nt);
+    }
+    if (mode == RP_OPT_APPLY || (mode == RP_OPT_CHECK_APPLY && *first_bad == count)) {
+        long unused = count;
+        run_slice(rule, cfg, tensors, count, lo, hi, 0, &unused);
+    }
+}
+
 static long optimizer_step(const rp_opt_config *cfg, const rp_opt_tensor *tensors, int count,
                            rp_opt_mode mode, size_t *bad_elements, int f64)
 {
@@ -234,37 +264,17 @@ static long optimizer_step(const rp_opt_config *cfg, const rp_opt_tensor *tensor
     if (!rule || count <= 0) return -1;
     size_t total = 0;
     for (int i = 0; i < count; ++i) total += tensors[i].n;
-    const int nt = total < RP_ELEMENTWISE_PARALLEL_MIN ? 1 : rp_get_num_threads();
+    const int nt = total < RP_ELEMENTWISE_PARALLEL_MIN || rp_in_parallel() ? 1 : rp_get_num_threads();
     long first_bad = count;      /* "none" */
     size_t bad_sum = 0;
-    (void)nt;
+    if (nt > 1) {
 #ifdef RETROPROP_HAVE_OPENMP
-#pragma omp parallel num_threads(nt) reduction(+:bad_sum)
+#pragma omp parallel num_threads(nt)
+        step_slice(rule, cfg, tensors, count, total, mode, omp_get_thread_num(),
+                   omp_get_num_threads(), &first_bad, &bad_sum);
 #endif
-    {
-        int tid = 0, nthreads = 1;
-#ifdef RETROPROP_HAVE_OPENMP
-        tid = omp_get_thread_num();
-        nthreads = omp_get_num_threads();
-#endif
-        const size_t lo = slice_start(total, tid, nthreads), hi = slice_start(total, tid + 1, nthreads);
-        if (mode != RP_OPT_APPLY) {
-            long mine = count;
-            bad_sum += run_slice(rule, cfg, tensors, count, lo, hi, 1, &mine);
-            if (mine < count) {
-#ifdef RETROPROP_HAVE_OPENMP
-#pragma omp critical(rp_optimizer_first_bad)
-#endif
-                if (mine < first_bad) first_bad = mine;
-            }
-#ifdef RETROPROP_HAVE_OPENMP
-#pragma omp barrier
-#endif
-        }
-        if (mode == RP_OPT_APPLY || (mode == RP_OPT_CHECK_APPLY && first_bad == count)) {
-            long unused = count;
-            run_slice(rule, cfg, tensors, count, lo, hi, 0, &unused);
-        }
+    } else {
+        step_slice(rule, cfg, tensors, count, total, mode, 0, 1, &first_bad, &bad_sum);
     }
     if (bad_elements) *bad_elements = bad_sum;
     return first_bad < count ? first_bad : -1;
