@@ -66,6 +66,8 @@ def same_pads(size, k, s):
 # (id, input shape, layer kwargs, pads, dtype)
 CONFIGS = [
     ("2x2_valid", (2, 6, 8, 3), dict(pool_size=2), (0, 0, 0, 0), np.float32),
+    # many channels: the 2x2 fast path's vectorised channel loop and its remainder
+    ("2x2_17_channels", (2, 6, 6, 17), dict(pool_size=2), (0, 0, 0, 0), np.float32),
     ("odd_input_valid", (2, 7, 5, 2), dict(pool_size=2), (0, 0, 0, 0), np.float64),
     ("overlapping_3_stride2", (2, 7, 7, 2), dict(pool_size=3, strides=2), (0, 0, 0, 0), np.float64),
     ("same_3_stride2", (2, 8, 7, 3), dict(pool_size=3, strides=2, padding="same"),
@@ -220,3 +222,18 @@ def test_bad_shapes():
     with pytest.raises(ValueError, match="argmax"):
         cpu_backend.maxpool2d_backward(np.full((1, 2, 2, 1), 99, np.int32), np.ones((1, 2, 2, 1)),
                                        (2, 2), (2, 2), (0, 0, 0, 0), np.empty((1, 4, 4, 1)))
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 6, 17), (1, 5, 7, 6)])
+def test_max_pool_ties_on_many_channels_go_to_the_first_cell(shape):
+    # Values from {0, 1, 2}: most windows hold ties, on every channel.
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 3, shape).astype(np.float32)
+    layer = MaxPool2D(pool_size=2, padding="same")
+    layer.build(shape[1:], np.float32, rng)
+    y = layer.forward(x, training=True).copy()
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx = layer.backward(dy)
+    y_ref, dx_ref = reference_pool(x, dy, layer._pool2, layer._stride2, layer._pads, "max")
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-6, atol=1e-6)

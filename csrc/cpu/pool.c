@@ -67,6 +67,30 @@ void FN(rp_maxpool2d_forward)(const rp_pool2d_geom *g, const REAL *x, REAL *y, i
              * Channel by channel in registers, with selects rather than
              * branches: on real data the comparisons are unpredictable. */
             const int32_t first = (int32_t)(((long)y_lo * g->w + x_lo) * c);
+            if (y_hi - y_lo == 2 && x_hi - x_lo == 2) {
+                /* A whole 2x2 window (the usual pooling): four cells named
+                 * outright, so the loop over channels vectorises. */
+                const int32_t at01 = first + c, at10 = first + g->w * c, at11 = at10 + c;
+                for (int ch = 0; ch < c; ++ch) {
+                    REAL best = ximg[first + ch];
+                    int32_t arg = first + ch;
+                    REAL v = ximg[at01 + ch];
+                    int greater = v > best;
+                    best = greater ? v : best;
+                    arg = greater ? at01 + ch : arg;
+                    v = ximg[at10 + ch];
+                    greater = v > best;
+                    best = greater ? v : best;
+                    arg = greater ? at10 + ch : arg;
+                    v = ximg[at11 + ch];
+                    greater = v > best;
+                    best = greater ? v : best;
+                    arg = greater ? at11 + ch : arg;
+                    yp[ch] = best;
+                    ap[ch] = arg;
+                }
+                continue;
+            }
             for (int ch = 0; ch < c; ++ch) {
                 REAL best = ximg[first + ch];
                 int32_t arg = first + ch;
