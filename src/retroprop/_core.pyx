@@ -992,6 +992,58 @@ _OPT_STATE_NAMES = {"sgd": ("velocity", None), "adam": ("m", "v"), "rmsprop": ("
                     "adagrad": ("acc", None)}
 
 
+cdef inline bint _is_kind(object arr, int kind):
+    """arr is a native, C-contiguous ndarray of the element type kind (0: float32, 1: float64)."""
+    if not isinstance(arr, np.ndarray):
+        return False
+    cdef cnp.ndarray a = <cnp.ndarray>arr
+    cdef int type_num = cnp.PyArray_TYPE(a)
+    return (type_num == (cnp.NPY_FLOAT32 if kind == 0 else cnp.NPY_FLOAT64)
+            and cnp.PyArray_ISNOTSWAPPED(a) and cnp.PyArray_IS_C_CONTIGUOUS(a))
+
+
+cdef inline bint _same_dims(object arr, object ref):
+    cdef cnp.ndarray a = <cnp.ndarray>arr
+    cdef cnp.ndarray r = <cnp.ndarray>ref
+    cdef int nd = cnp.PyArray_NDIM(a)
+    if nd != cnp.PyArray_NDIM(r):
+        return False
+    for axis in range(nd):
+        if cnp.PyArray_DIM(a, axis) != cnp.PyArray_DIM(r, axis):
+            return False
+    return True
+
+
+cdef inline bint _state_ok(object arr, bint needed, object name, int kind, object param):
+    if arr is None:
+        return not needed
+    return (name is not None and _is_kind(arr, kind)
+            and cnp.PyArray_ISWRITEABLE(<cnp.ndarray>arr) and _same_dims(arr, param))
+
+
+cdef int _explain_step_arrays(Py_ssize_t i, str rule, int kind, object param, object grad,
+                              tuple states) except -1:
+    """Raise the error that describes what is wrong with parameter i's arrays."""
+    where = f" (parameter {i})"
+    k = _real_kind(param, "param" + where)
+    if k != kind:
+        raise TypeError(f"param{where}: every parameter must have the same dtype")
+    if not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>param):
+        raise ValueError(f"param{where}: array is read-only")
+    _same_kind(grad, "grad" + where, kind)
+    _shape(grad, "grad" + where, param.shape)
+    for arr, name, needed in states:
+        if arr is None:
+            if needed:
+                raise ValueError(f"{name}{where}: required by {rule}")
+            continue
+        if name is None:
+            raise ValueError(f"{rule} has no such state array{where}")
+        _same_kind(arr, name + where, kind, 1)
+        _shape(arr, name + where, param.shape)
+    raise AssertionError(f"optimizer_step: parameter {i} failed a check that found no error")
+
+
 def optimizer_step(str rule, list params, list grads, list state0, list state1, str mode,
                    double lr, double weight_decay=0.0, double momentum=0.0, bint nesterov=False,
                    double beta1=0.0, double beta2=0.0, double c1=1.0, double c2=1.0,
@@ -1021,25 +1073,15 @@ def optimizer_step(str rule, list params, list grads, list state0, list state1, 
     cdef rp_opt_tensor *tensors = <rp_opt_tensor *>cnp.PyArray_DATA(tensor_buffer)
     for i in range(count):
         param, grad, s0, s1 = params[i], grads[i], state0[i], state1[i]
-        where = f" (parameter {i})"
-        k = _real_kind(param, "param" + where)
         if kind == -1:
-            kind = k
-        elif k != kind:
-            raise TypeError(f"param{where}: every parameter must have the same dtype")
-        if not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>param):
-            raise ValueError(f"param{where}: array is read-only")
-        _same_kind(grad, "grad" + where, kind)
-        _shape(grad, "grad" + where, param.shape)
-        for arr, name, needed in ((s0, name0, need0), (s1, name1, need1)):
-            if arr is None:
-                if needed:
-                    raise ValueError(f"{name}{where}: required by {rule}")
-                continue
-            if name is None:
-                raise ValueError(f"{rule} has no such state array{where}")
-            _same_kind(arr, name + where, kind, 1)
-            _shape(arr, name + where, param.shape)
+            kind = _real_kind(param, "param (parameter 0)")
+        # The checks of every step in C-API calls; the named messages below
+        # are built only when one of them fails.
+        if not (_is_kind(param, kind) and cnp.PyArray_ISWRITEABLE(<cnp.ndarray>param)
+                and _is_kind(grad, kind) and _same_dims(grad, param)
+                and _state_ok(s0, need0, name0, kind, param)
+                and _state_ok(s1, need1, name1, kind, param)):
+            _explain_step_arrays(i, rule, kind, param, grad, ((s0, name0, need0), (s1, name1, need1)))
         tensors[i].n = <size_t>cnp.PyArray_SIZE(<cnp.ndarray>param)
         tensors[i].param = _ptr(param)
         tensors[i].grad = _ptr(grad)

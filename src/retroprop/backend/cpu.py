@@ -61,7 +61,7 @@ def _workspace(shape, dtype):
     cache = getattr(_local, "workspaces", None)
     if cache is None:
         cache = _local.workspaces = {}
-    key = (tuple(shape), np.dtype(dtype).str)
+    key = (shape, dtype)     # a shape tuple and a dtype: both hashable as they are
     buf = cache.get(key)
     if buf is None:
         if len(cache) > 32:  # shapes come and go (e.g. a last partial batch)
@@ -440,6 +440,10 @@ def find_nonfinite(x):
 _STEP_MODES = ("apply", "check", "check_apply")
 
 
+def _as_list(items):
+    return items if type(items) is list else list(items)
+
+
 def optimizer_step(rule, params, grads, state0, state1, *, lr, mode="check_apply",
                    momentum=0.0, nesterov=False, weight_decay=0.0, beta_1=0.9, beta_2=0.999,
                    epsilon=1e-7, step=1, decoupled=False, rho=0.9):
@@ -458,7 +462,7 @@ def optimizer_step(rule, params, grads, state0, state1, *, lr, mode="check_apply
     grads = [_input(g, "grad", p.dtype) for p, g in zip(params, grads)]
     c1, c2 = _bias_corrections(beta_1, beta_2, step) if rule == "adam" else (1.0, 1.0)
     first_bad, _ = _core.optimizer_step(
-        rule, list(params), grads, list(state0), list(state1), mode, float(lr),
+        rule, _as_list(params), grads, _as_list(state0), _as_list(state1), mode, float(lr),
         weight_decay=float(weight_decay), momentum=float(momentum), nesterov=bool(nesterov),
         beta1=float(beta_1), beta2=float(beta_2), c1=c1, c2=c2, decoupled=bool(decoupled),
         rho=float(rho), eps=float(epsilon))
