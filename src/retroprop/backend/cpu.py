@@ -21,6 +21,7 @@ INPUT_DERIVATIVE_ACTIVATIONS = ("arctan", "softplus", "gelu", "swish")
 ELEMENTWISE_ACTIVATIONS = FUSED_ACTIVATIONS + INPUT_DERIVATIVE_ACTIVATIONS
 ACTIVATION_DEFAULT_PARAMS = {"sigmoid": 1.0, "leaky_relu": 0.01, "elu": 1.0}
 _REAL = (np.dtype(np.float32), np.dtype(np.float64))
+_INT64 = np.dtype(np.int64)
 _local = threading.local()
 
 
@@ -193,6 +194,11 @@ def softmax_cross_entropy(logits, targets, grad=None):
     logits = _input(logits, "logits")
     if logits.ndim != 2:
         raise ValueError(f"softmax_cross_entropy: expected logits of shape (N, C), got {logits.shape}")
+    if (type(targets) is np.ndarray and targets.dtype is _INT64 and targets.ndim == 1
+            and targets.flags.c_contiguous):
+        # Class ids as the Trainer prepares them: the binding checks their range.
+        grad = _output(grad, "grad", logits.shape, logits.dtype)
+        return _core.softmax_cross_entropy(logits, targets, None, grad), grad
     targets = np.asarray(targets)
     if targets.ndim == 1:
         if not np.issubdtype(targets.dtype, np.integer):

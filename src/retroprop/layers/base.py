@@ -175,8 +175,11 @@ class Layer:
         kernel "W" with ``kernel_regularizer`` and the bias "b" with
         ``bias_regularizer``, where the layer has them. Layers with other
         penalised parameters (PReLU's slopes) override this."""
-        pairs = [("W", getattr(self, "kernel_regularizer", None)),
-                 ("b", getattr(self, "bias_regularizer", None))]
+        kernel_reg = getattr(self, "kernel_regularizer", None)
+        bias_reg = getattr(self, "bias_regularizer", None)
+        if kernel_reg is None and bias_reg is None:
+            return ()       # the usual case, asked twice per layer per step
+        pairs = [("W", kernel_reg), ("b", bias_reg)]
         return [(name, reg) for name, reg in pairs if reg is not None and name in self.params]
 
     def regularization_loss(self):
