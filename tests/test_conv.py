@@ -398,6 +398,11 @@ def test_blocked_path_matches_numpy_reference_and_ignores_thread_count(monkeypat
     (6, (5, 5), 16, (1, 1), (0, 0, 0, 0), "relu"),     # LeNet conv2: packed-A forward
     (3, (3, 2), 32, (2, 1), (1, 1, 0, 1), "tanh"),     # packed, 2 column panels, padding
     (2, (3, 3), 16, (1, 1), (1, 1, 1, 1), "elu"),      # not fused in the microkernel
+    # no column padding: the forward reads six pixels of a line in place
+    (6, (5, 5), 16, (1, 1), (2, 2, 0, 0), "relu"),     # rows padded: edge lines packed
+    (4, (3, 3), 32, (1, 2), (0, 0, 0, 0), "sigmoid"),  # column stride 2, two panels
+    (3, (3, 3), 16, (1, 4), (0, 0, 0, 0), "relu"),     # exactly six pixels a line
+    (3, (3, 3), 16, (1, 5), (0, 0, 0, 0), "linear"),   # five pixels a line: packed
 ])
 def test_direct_and_packed_paths_match_numpy_reference(dtype, channels, kernel, filters,
                                                        stride, padding, activation):

@@ -349,6 +349,61 @@ static void packed_forward_block_f32(const rp_conv2d_geom *g, const float *x, in
     }
 }
 
+/* The packed forward's case where each output line's windows lie inside the
+ * image horizontally (no left/right padding): then six pixels of a line are
+ * read in place by rp_ukernel_f32_avx2_gather, with no packing at all.
+ * Lines whose windows cross the top or bottom edge take the packed path. */
+static int use_gather_forward(const rp_conv2d_geom *g)
+{
+    return use_packed_forward(g) && g->pad_left == 0 && g->ow >= RP_MR_F32 &&
+           (long)(g->ow - 1) * g->stride_w + (long)(g->kw - 1) * g->dilation_w < g->w;
+}
+
+/* offsets[p] = position of patch entry p = (ky, kx, ci) from a window's first value. */
+static void gather_offsets(const rp_conv2d_geom *g, int *offsets)
+{
+    int p = 0;
+    for (int ky = 0; ky < g->kh; ++ky)
+        for (int kx = 0; kx < g->kw; ++kx)
+            for (int ci = 0; ci < g->c; ++ci)
+                offsets[p++] = (ky * g->dilation_h * g->w + kx * g->dilation_w) * g->c + ci;
+}
+
+/* act(conv + b) for output line (img, oy) into yline, or 0 when the line's
+ * windows cross the top or bottom edge (the caller then packs). Six pixels
+ * at a time; a last group of fewer is computed as the six pixels ending the
+ * line, of which only the new ones are stored. */
+static int gather_forward_line_f32(const rp_conv2d_geom *g, const float *x, long img, int oy,
+                                   const int *offsets, const float *w, const float *b,
+                                   rp_act act, float *yline)
+{
+    const int iy0 = oy * g->stride_h - g->pad_top;
+    if (iy0 < 0 || iy0 + (g->kh - 1) * g->dilation_h >= g->h) return 0;
+    const int patch = g->kh * g->kw * g->c, filters = g->filters, c = g->c;
+    const long pixel_stride = (long)g->stride_w * c;
+    const float *xline = x + img * ((long)g->h * g->w * c) + (long)iy0 * g->w * c;
+    float acc[RP_MR_F32 * RP_NR_F32] __attribute__((aligned(32)));
+    for (int ox0 = 0; ox0 < g->ow; ox0 += RP_MR_F32) {
+        const int start = ox0 + RP_MR_F32 <= g->ow ? ox0 : g->ow - RP_MR_F32;
+        const int skip = ox0 - start;          /* rows already stored by the last group */
+        const float *xs = xline + start * pixel_stride;
+        for (int j0 = 0; j0 < filters; j0 += RP_NR_F32) {
+            const float *bias = b ? b + j0 : NULL;
+            float *yt = yline + (long)start * filters + j0;
+            if (skip == 0) {
+                rp_ukernel_f32_avx2_gather(patch, xs, pixel_stride, offsets, w + j0, filters, yt,
+                                           filters, bias, act);
+            } else {
+                rp_ukernel_f32_avx2_gather(patch, xs, pixel_stride, offsets, w + j0, filters, acc,
+                                           RP_NR_F32, bias, act);
+                for (int i = skip; i < RP_MR_F32; ++i)
+                    memcpy(yt + (long)i * filters, acc + i * RP_NR_F32, RP_NR_F32 * sizeof(float));
+            }
+        }
+    }
+    return 1;
+}
+
 /* float32 direct dW: per (tap, 4 filters), 4 sums of 8 lanes over the
  * pixels, each reduced in lane order, then the last rows % 8 pixels. */
 RP_TARGET_AVX2
@@ -780,6 +835,9 @@ static void FN(conv_forward_blocks)(const rp_conv2d_geom *g, int first, int coun
     /* activations the microkernel applies itself (with their default parameter) */
     const int packed = !direct && use_packed_forward(g) &&
                        rp_act_in_microkernel(act, rp_act_param_default(act));
+    const int gather = packed && use_gather_forward(g);
+    int offsets[256];      /* use_packed_forward: patch <= 256 */
+    if (gather) gather_offsets(g, offsets);
     const long rw = g->ow + g->kw + 8;
     float wpad[RP_DIRECT_PATCH * 8], bpad[8];
     if (rows_path) {
@@ -798,6 +856,15 @@ static void FN(conv_forward_blocks)(const rp_conv2d_geom *g, int first, int coun
         const long l0 = blk * lpb, l1 = l0 + lpb < lines ? l0 + lpb : lines;
         REAL *cblk = col + l0 * g->ow * patch;
 #ifdef DIRECT_AVX2_F32
+        if (gather) {
+            for (long l = l0; l < l1; ++l) {
+                float *yline = ychunk + l * g->ow * g->filters;
+                if (!gather_forward_line_f32(g, x, first + l / g->oh, (int)(l % g->oh), offsets,
+                                             w, b, act, yline))
+                    packed_forward_block_f32(g, x, first, l, g->ow, w, b, act, yline);
+            }
+            continue;
+        }
         if (packed) {
             packed_forward_block_f32(g, x, first, l0, (l1 - l0) * g->ow, w, b, act,
                                      ychunk + l0 * g->ow * g->filters);
