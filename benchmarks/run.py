@@ -3,6 +3,10 @@
     python benchmarks/run.py [--threads 2] [--repeats 3] [--quick] [--json out.json]
                              [--only micro,mlp,lenet]
 
+Workloads: raw GEMM (512^3, 1024^3), fused dense + ReLU forward and backward
+at square and MLP shapes, single-sample MLP inference, Conv2D + ReLU forward
+and backward on three layer shapes (the first without dx, as a first layer), one epoch of MLP 784-256-128-10 training
+at batch 32 and 128 and of LeNet-5 at batch 64 (with peak RSS).
 Peers: PyTorch on the CPU (when importable), NumPy (OpenBLAS matmul; a plain
 NumPy backprop loop for the MLP) and scikit-learn's MLPClassifier (when
 importable). Every framework gets the same thread count. Micro workloads run
@@ -302,6 +306,81 @@ def micro_dense(threads, shapes, frameworks):
     return results
 
 
+def micro_gemm(threads, sizes, frameworks):
+    """Raw float32 GEMM C = A B (no bias, no activation) against NumPy's matmul (OpenBLAS)."""
+    import numpy as np
+    from retroprop.backend import cpu
+    results = []
+    for n in sizes:
+        rng = np.random.default_rng(n)
+        a = rng.standard_normal((n, n)).astype(np.float32)
+        b = rng.standard_normal((n, n)).astype(np.float32)
+        c = np.empty((n, n), np.float32)
+        fns = {"retroprop": lambda: cpu.gemm(a, b, c), "numpy": lambda: np.matmul(a, b, out=c)}
+        if "torch" in frameworks:
+            import torch
+            ta, tb, tc = (torch.from_numpy(m) for m in (a, b, c))
+            fns["torch"] = lambda: torch.mm(ta, tb, out=tc)
+        times = {f: [] for f in fns}
+        for _ in range(3):
+            for f, fn in fns.items():
+                times[f].append(time_call(fn))
+        results.append({"workload": f"gemm {n}x{n}x{n}",
+                        "times": {f: median(t) for f, t in times.items()}})
+    return results
+
+
+# Conv2D layer shapes: (batch, H, W, C_in, filters, kernel, padding)
+CONV_SHAPES = [(64, 28, 28, 1, 6, 5, "same"),      # LeNet-5 first layer
+               (64, 14, 14, 6, 16, 5, "valid"),    # LeNet-5 second layer
+               (32, 32, 32, 16, 32, 3, "same")]    # a CIFAR-sized 3x3 layer
+
+
+def micro_conv(threads, frameworks):
+    """Conv2D + ReLU forward, then backward (dW, db, and dx unless the layer
+    reads the images themselves, as a first layer does), per framework."""
+    import numpy as np
+    import retroprop as rp
+    results = []
+    for n, h, w, c, filters, k, padding in CONV_SHAPES:
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((n, h, w, c)).astype(np.float32)
+        model = rp.Sequential([rp.layers.Conv2D(filters, k, padding=padding, activation="relu")],
+                              input_shape=(h, w, c), seed=0)
+        layer = model.layers[0]
+        y = model.forward(x, training=True)
+        dy = rng.standard_normal(y.shape).astype(np.float32)
+        need_dx = c > 1       # a single-channel input is the image: a first layer
+
+        def ours():
+            model.forward(x, training=True)
+            layer.backward(dy, need_dx=need_dx)
+        fns = {"retroprop": ours}
+        if "torch" in frameworks:
+            import torch
+            import torch.nn.functional as F
+            tx = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).requires_grad_(need_dx)
+            tw = torch.from_numpy(np.ascontiguousarray(
+                layer.params["W"].transpose(3, 2, 0, 1))).requires_grad_(True)
+            tb = torch.from_numpy(layer.params["b"].copy()).requires_grad_(True)
+            tdy = torch.from_numpy(np.ascontiguousarray(dy.transpose(0, 3, 1, 2)))
+            pad = k // 2 if padding == "same" else 0
+
+            def t_step():
+                for t in (tx, tw, tb):
+                    t.grad = None
+                torch.relu(F.conv2d(tx, tw, tb, padding=pad)).backward(tdy)
+            fns["torch"] = t_step
+        times = {f: [] for f in fns}
+        for _ in range(3):
+            for f, fn in fns.items():
+                times[f].append(time_call(fn))
+        results.append({"workload": f"conv {n}x{h}x{w}x{c} -> {filters}@{k}x{k} fwd+bwd"
+                                    + ("" if need_dx else " (no dx)"),
+                        "times": {f: median(t) for f, t in times.items()}})
+    return results
+
+
 def micro_latency(threads, frameworks):
     """Single-sample inference of the 784-256-128-10 MLP."""
     import numpy as np
@@ -391,8 +470,13 @@ def main():
     if not args.quick:
         shapes = [(512, 512, 512), (2048, 2048, 2048), (1, 784, 256)] + shapes
     rows = []
+    gemm_sizes = [512, 1024] if args.quick else [512, 1024, 2048]
     if only is None or "micro" in only:
-        rows = micro_dense(args.threads, shapes, frameworks) + micro_latency(args.threads, frameworks)
+        rows = (micro_gemm(args.threads, gemm_sizes, frameworks)
+                + micro_dense(args.threads, shapes, frameworks)
+                + micro_latency(args.threads, frameworks))
+        if hasattr(rp.layers, "Conv2D"):
+            rows += micro_conv(args.threads, frameworks)
 
     n_train = 12000 if args.quick else 60000
     training = [("mlp", 32), ("mlp", 128)]
@@ -418,7 +502,7 @@ def main():
                      "peak_rss_mib": {f: max(v) for f, v in rss.items() if v}})
 
     peers = [f for f in ("torch", "numpy", "sklearn") if any(f in r["times"] for r in rows)]
-    header = f"| {'workload':<44} | {'retroprop':>10} | " + " | ".join(f"{p:>9} | {'ratio':>6}" for p in peers) + " |"
+    header = f"| {'workload':<46} | {'retroprop':>10} | " + " | ".join(f"{p:>9} | {'ratio':>6}" for p in peers) + " |"
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     for r in rows:
@@ -431,7 +515,7 @@ def main():
             else:
                 cells.append(f"{'-':>9} | {'-':>6}")
         ours_s = f"{ours * 1e3:10.3f}" if ours else f"{'-':>10}"
-        print(f"| {r['workload']:<44} | {ours_s} | " + " | ".join(cells) + " |")
+        print(f"| {r['workload']:<46} | {ours_s} | " + " | ".join(cells) + " |")
     print("times are medians in ms; ratio = retroprop / peer (below 1: retroprop faster)")
     for r in rows:
         if "peak_rss_mib" in r:
