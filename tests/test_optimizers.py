@@ -362,6 +362,15 @@ def multi_arrays(dtype, make_states, seed=0):
     return params, grads, states
 
 
+def assert_same_arrays(params, states, want_params, want_states):
+    for a, b in zip(params, want_params):
+        np.testing.assert_array_equal(a, b)
+    for sa, sb in zip(states, want_states):
+        for a, b in zip(sa, sb):
+            if a is not None:
+                np.testing.assert_array_equal(a, b)
+
+
 def single_call(single, p, g, s, kwargs):
     states = s[:1] if single in ("sgd_step", "adagrad_step") else s
     return getattr(cpu, single)(p, g, *states, **kwargs)
@@ -387,12 +396,7 @@ def test_optimizer_step_equals_one_call_per_parameter(rule, single, make_states,
                 single_call(single, p, g, s, kwargs)
     finally:
         rp.set_num_threads(old)
-    for a, b in zip(params, ref_params):
-        np.testing.assert_array_equal(a, b)
-    for sa, sb in zip(states, ref_states):
-        for a, b in zip(sa, sb):
-            if a is not None:
-                np.testing.assert_array_equal(a, b)
+    assert_same_arrays(params, states, ref_params, ref_states)
 
 
 @pytest.mark.parametrize("backend", [pytest.param(cpu, id="cpu", marks=needs_c),
@@ -417,12 +421,7 @@ def test_optimizer_step_refuses_the_whole_step_when_one_update_is_not_finite(
             assert bad == (2 if bad_index == 4 else bad_index)
     finally:
         rp.set_num_threads(old)
-    for a, b in zip(params, before):
-        np.testing.assert_array_equal(a, b)
-    for sa, sb in zip(states, states_before):
-        for a, b in zip(sa, sb):
-            if a is not None:
-                np.testing.assert_array_equal(a, b)
+    assert_same_arrays(params, states, before, states_before)
     # "apply" does not check: it writes (NaN included) and reports nothing.
     with np.errstate(invalid="ignore", over="ignore"):
         bad = backend.optimizer_step(rule, params, grads, [s[0] for s in states],
