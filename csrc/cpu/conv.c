@@ -178,6 +178,8 @@ static void direct_forward_avx2_f32(int patch, int filters, long rows, const flo
  * one unaligned load from row ky at offset ox + kx. RP_ROWS_MAX bounds that
  * buffer (kept on the stack). */
 #define RP_ROWS_MAX 8192
+/* The first layer's dW gathers this many floats of rows and dz per pass. */
+#define RP_LINES_BUF 16384
 
 static int use_direct_rows(const rp_conv2d_geom *g)
 {
@@ -231,50 +233,47 @@ static void direct_line_forward_avx2_f32(const rp_conv2d_geom *g, const float *r
     }
 }
 
-/* acc[(k * 8 + f) * 8 + lane] += the products of one output line for dW:
- * tap k's input values times dz of filter f, 8 pixels per lane group.
- * dzT holds the line's dz transposed (8 rows of dzT_ld values, zero past ow
- * and past the filters), so the last partial group adds zeros. Taps go in
- * pairs: eight accumulators (two taps x four filters) keep both FMA units
- * busy over a short line, and each dz vector loaded serves both taps. */
+/* dW and db of a single-channel layer over `lines` output lines, with dz in
+ * its natural layout (pixel-major, `filters` values a pixel, <= 8, read as
+ * one masked vector): acc[k * 8 + f] += the input value under tap k times
+ * dz of filter f, summed over the lines' pixels; dbacc[f] += dz of f. Line
+ * l's kh input rows start at rows + l * rows_stride (rw apart, zero padded)
+ * and its dz at dz + l * dz_stride. Taps go eight at a time: eight
+ * accumulators over all the lines' pixels, one dz vector loaded per pixel
+ * and one broadcast per tap, so neither dz needs transposing nor the
+ * accumulators a trip to memory before the end. */
 RP_TARGET_AVX2
-static void direct_line_weight_grad_avx2_f32(const rp_conv2d_geom *g, const float *rows, long rw,
-                                             const float *dzT, int dzT_ld, float *acc)
+static void direct_lines_weight_grad_avx2_f32(const rp_conv2d_geom *g, const float *rows, long rw,
+                                              long rows_stride, int lines, const float *dz,
+                                              long dz_stride, float *acc, float *dbacc)
 {
-    const int groups = (g->ow + 7) / 8, fgroups = (g->filters + 3) / 4;
-    const int taps = g->kh * g->kw;
-    for (int k = 0; k < taps; k += 2) {
-        const int pair = k + 1 < taps;
-        const int k1 = pair ? k + 1 : k;     /* a lone last tap pairs with itself, unstored */
-        const float *r0 = rows + (k / g->kw) * rw + k % g->kw;
-        const float *r1 = rows + (k1 / g->kw) * rw + k1 % g->kw;
-        for (int fg = 0; fg < fgroups; ++fg) {
-            float *ak = acc + ((long)k * 8 + fg * 4) * 8;
-            float *bk = acc + ((long)k1 * 8 + fg * 4) * 8;
-            const float *d = dzT + (long)fg * 4 * dzT_ld;
-            __m256 a0 = _mm256_loadu_ps(ak), a1 = _mm256_loadu_ps(ak + 8);
-            __m256 a2 = _mm256_loadu_ps(ak + 16), a3 = _mm256_loadu_ps(ak + 24);
-            __m256 b0 = _mm256_loadu_ps(bk), b1 = _mm256_loadu_ps(bk + 8);
-            __m256 b2 = _mm256_loadu_ps(bk + 16), b3 = _mm256_loadu_ps(bk + 24);
-            for (int gi = 0; gi < groups; ++gi) {
-                const __m256 c0 = _mm256_loadu_ps(r0 + gi * 8), c1 = _mm256_loadu_ps(r1 + gi * 8);
-                const __m256 d0 = _mm256_loadu_ps(d + gi * 8);
-                const __m256 d1 = _mm256_loadu_ps(d + dzT_ld + gi * 8);
-                const __m256 d2 = _mm256_loadu_ps(d + 2 * dzT_ld + gi * 8);
-                const __m256 d3 = _mm256_loadu_ps(d + 3 * dzT_ld + gi * 8);
-                a0 = _mm256_fmadd_ps(c0, d0, a0); b0 = _mm256_fmadd_ps(c1, d0, b0);
-                a1 = _mm256_fmadd_ps(c0, d1, a1); b1 = _mm256_fmadd_ps(c1, d1, b1);
-                a2 = _mm256_fmadd_ps(c0, d2, a2); b2 = _mm256_fmadd_ps(c1, d2, b2);
-                a3 = _mm256_fmadd_ps(c0, d3, a3); b3 = _mm256_fmadd_ps(c1, d3, b3);
-            }
-            _mm256_storeu_ps(ak, a0); _mm256_storeu_ps(ak + 8, a1);
-            _mm256_storeu_ps(ak + 16, a2); _mm256_storeu_ps(ak + 24, a3);
-            if (pair) {
-                _mm256_storeu_ps(bk, b0); _mm256_storeu_ps(bk + 8, b1);
-                _mm256_storeu_ps(bk + 16, b2); _mm256_storeu_ps(bk + 24, b3);
+    const int taps = g->kh * g->kw, ow = g->ow, filters = g->filters;
+    const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(filters),
+                                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    __m256 db = _mm256_loadu_ps(dbacc);
+    for (int k0 = 0; k0 < taps; k0 += 8) {
+        const int count = taps - k0 < 8 ? taps - k0 : 8;
+        long off[8];
+        __m256 a[8];
+        for (int t = 0; t < 8; ++t) {
+            const int k = k0 + (t < count ? t : 0);
+            off[t] = (k / g->kw) * rw + k % g->kw;
+            a[t] = _mm256_loadu_ps(acc + (long)(k0 + t) * 8);
+        }
+        for (int l = 0; l < lines; ++l) {
+            const float *rl = rows + l * rows_stride;
+            const float *dzl = dz + l * dz_stride;
+            for (int ox = 0; ox < ow; ++ox) {
+                const __m256 d = _mm256_maskload_ps(dzl + (long)ox * filters, mask);
+                if (k0 == 0) db = _mm256_add_ps(db, d);
+#pragma GCC unroll 8
+                for (int t = 0; t < 8; ++t)
+                    a[t] = _mm256_fmadd_ps(_mm256_broadcast_ss(rl + off[t] + ox), d, a[t]);
             }
         }
+        for (int t = 0; t < count; ++t) _mm256_storeu_ps(acc + (long)(k0 + t) * 8, a[t]);
     }
+    _mm256_storeu_ps(dbacc, db);
 }
 
 /* float32 forward with filters a multiple of the microkernel width and a
@@ -961,53 +960,42 @@ static void FN(conv_backward_blocks)(const rp_conv2d_geom *g, int first, int cou
 #ifdef DIRECT_AVX2_F32
             if (direct && use_direct_rows(g)) {
                 const long rw = g->ow + g->kw + 8;
-                const int dzT_ld = (g->ow + 7) / 8 * 8;
-                float rowbuf[RP_ROWS_MAX], dzT[RP_ROWS_MAX], dzl[RP_ROWS_MAX];
-                float acc[RP_DIRECT_PATCH * 8 * 8];
-                for (int i = 0; i < patch * 64; ++i) acc[i] = 0.0f;
-                for (int i = 0; i < 8 * dzT_ld; ++i) dzT[i] = 0.0f;
-                float dbacc[64];
-                for (int i = 0; i < 64; ++i) dbacc[i] = 0.0f;
-                for (long l = l0; l < l1; ++l) {
-                    const long lr = (l - l0) * g->ow;   /* the line's first row in the block */
-                    const float *dyl = dyb + lr * filters, *yl = yb + lr * filters;
-                    const long line_count = (long)g->ow * filters;
-                    /* dz of the line in its own layout first (a vectorised
-                     * pass over y and dy, relu as a select), then transposed
-                     * in L1: transposing while reading y and dy was a strided,
-                     * branchy loop that cost more than the dW kernel. */
-                    if (act == RP_ACT_RELU) {
-                        for (long i = 0; i < line_count; ++i) {
-                            const float d = dyl[i];   /* loaded unconditionally: a blend, not a branch */
-                            dzl[i] = yl[i] > 0.0f ? d : 0.0f;
+                /* Up to `span` lines at a time: their zero-padded input rows
+                 * and their dz side by side in one buffer, then one pass of
+                 * the dW kernel over them. */
+                const long rows_stride = (long)g->kh * rw, dz_stride = (long)g->ow * filters;
+                const long line_floats = rows_stride + dz_stride;
+                const long span = RP_LINES_BUF / line_floats > 0 ? RP_LINES_BUF / line_floats : 1;
+                float lines_buf[RP_LINES_BUF];
+                float *rows_all = lines_buf, *dz_all = lines_buf + span * rows_stride;
+                /* (taps rounded up to 8) x 8 filters: the kernel's full tap groups */
+                float acc[(RP_DIRECT_PATCH + 7) / 8 * 8 * 8];
+                float dbacc[8] = {0};
+                for (int i = 0; i < (patch + 7) / 8 * 8 * 8; ++i) acc[i] = 0.0f;
+                for (long s0 = l0; s0 < l1; s0 += span) {
+                    const long s1 = s0 + span < l1 ? s0 + span : l1;
+                    for (long l = s0; l < s1; ++l) {
+                        const long lr = (l - l0) * g->ow;   /* the line's first row in the block */
+                        const float *dyl = dyb + lr * filters, *yl = yb + lr * filters;
+                        float *dzl = dz_all + (l - s0) * dz_stride;
+                        if (act == RP_ACT_RELU) {
+                            for (long i = 0; i < dz_stride; ++i) {
+                                const float d = dyl[i];   /* loaded unconditionally: a blend */
+                                dzl[i] = yl[i] > 0.0f ? d : 0.0f;
+                            }
+                        } else {
+                            for (long i = 0; i < dz_stride; ++i)
+                                dzl[i] = dyl[i] * GRAD_FROM_OUTPUT(act, yl[i]);
                         }
-                    } else {
-                        for (long i = 0; i < line_count; ++i)
-                            dzl[i] = dyl[i] * GRAD_FROM_OUTPUT(act, yl[i]);
+                        direct_line_rows_f32(g, x, first + l / g->oh, (int)(l % g->oh), rw,
+                                             rows_all + (l - s0) * rows_stride);
                     }
-                    for (int f = 0; f < filters; ++f)
-                        for (int ox = 0; ox < g->ow; ++ox)
-                            dzT[f * dzT_ld + ox] = dzl[(long)ox * filters + f];
-                    /* db in 8 lanes per filter (reduced after the block): a
-                     * serial sum per filter would cost more than dW itself */
-                    for (int f = 0; f < filters; ++f)
-                        for (int g8 = 0; g8 < dzT_ld; g8 += 8)
-                            for (int j = 0; j < 8; ++j) dbacc[f * 8 + j] += dzT[f * dzT_ld + g8 + j];
-                    direct_line_rows_f32(g, x, first + l / g->oh, (int)(l % g->oh), rw, rowbuf);
-                    direct_line_weight_grad_avx2_f32(g, rowbuf, rw, dzT, dzT_ld, acc);
+                    direct_lines_weight_grad_avx2_f32(g, rows_all, rw, rows_stride, (int)(s1 - s0),
+                                                      dz_all, dz_stride, acc, dbacc);
                 }
                 for (int k = 0; k < patch; ++k)
-                    for (int f = 0; f < filters; ++f) {
-                        const float *lanes = acc + ((long)k * 8 + f) * 8;
-                        float sum = 0.0f;
-                        for (int j = 0; j < 8; ++j) sum += lanes[j];
-                        pw[k * filters + f] = sum;
-                    }
-                for (int f = 0; f < filters; ++f) {
-                    float sum = 0.0f;
-                    for (int j = 0; j < 8; ++j) sum += dbacc[f * 8 + j];
-                    pb[f] = sum;
-                }
+                    for (int f = 0; f < filters; ++f) pw[k * filters + f] = acc[k * 8 + f];
+                for (int f = 0; f < filters; ++f) pb[f] = dbacc[f];
                 continue;
             }
 #endif
