@@ -403,6 +403,52 @@ static int gather_forward_line_f32(const rp_conv2d_geom *g, const float *x, long
     return 1;
 }
 
+/* dW without a column matrix, for valid convolutions (every window inside
+ * the image) with filters a multiple of 16 and a patch of at most 256
+ * (LeNet's second layer): each 6 x 16 tile of dW reads its six patch
+ * entries in place from the input, over all the block's pixels. */
+#define RP_GATHER_LINES_MAX 1024
+static int use_gather_weight_grad(const rp_conv2d_geom *g)
+{
+    return use_packed_forward(g) && g->pad_top == 0 && g->pad_left == 0 &&
+           (long)(g->oh - 1) * g->stride_h + (long)(g->kh - 1) * g->dilation_h < g->h &&
+           (long)(g->ow - 1) * g->stride_w + (long)(g->kw - 1) * g->dilation_w < g->w;
+}
+
+/* pw (patch x filters, natural layout) = sum over lines [l0, l1) of the
+ * chunk at `first` of col^T dz, with dz the block's (rows x filters). */
+static void gather_weight_grad_block_f32(const rp_conv2d_geom *g, const float *x, int first,
+                                         long l0, long l1, const int *offsets, const float *dz,
+                                         float *pw)
+{
+    const int patch = g->kh * g->kw * g->c, filters = g->filters, c = g->c;
+    const float *line_x[RP_GATHER_LINES_MAX];
+    for (long l = l0; l < l1; ++l) {
+        const long img = first + l / g->oh;
+        const int iy0 = (int)(l % g->oh) * g->stride_h;
+        line_x[l - l0] = x + img * ((long)g->h * g->w * c) + (long)iy0 * g->w * c;
+    }
+    const long pixel_stride = (long)g->stride_w * c;
+    float acc[RP_MR_F32 * RP_NR_F32] __attribute__((aligned(32)));
+    for (int i0 = 0; i0 < patch; i0 += RP_MR_F32) {
+        const int rows = patch - i0 < RP_MR_F32 ? patch - i0 : RP_MR_F32;
+        int off6[RP_MR_F32];
+        for (int r = 0; r < RP_MR_F32; ++r) off6[r] = offsets[i0 + (r < rows ? r : 0)];
+        for (int j0 = 0; j0 < filters; j0 += RP_NR_F32) {
+            float *ct = pw + (long)i0 * filters + j0;
+            if (rows == RP_MR_F32) {
+                rp_ukernel_f32_avx2_gather_t((int)(l1 - l0), line_x, g->ow, pixel_stride, off6,
+                                             dz + j0, filters, ct, filters);
+            } else {
+                rp_ukernel_f32_avx2_gather_t((int)(l1 - l0), line_x, g->ow, pixel_stride, off6,
+                                             dz + j0, filters, acc, RP_NR_F32);
+                for (int r = 0; r < rows; ++r)
+                    memcpy(ct + (long)r * filters, acc + r * RP_NR_F32, RP_NR_F32 * sizeof(float));
+            }
+        }
+    }
+}
+
 /* float32 direct dW: per (tap, 4 filters), 4 sums of 8 lanes over the
  * pixels, each reduced in lane order, then the last rows % 8 pixels. */
 RP_TARGET_AVX2
@@ -940,6 +986,14 @@ static void FN(conv_backward_blocks)(const rp_conv2d_geom *g, int first, int cou
     const long row0 = (long)first * rows_per_image;
     /* The direct kernels compute dW only; dx needs the column-gradient GEMM. */
     const int direct = !dx && use_direct(g);
+#ifdef DIRECT_AVX2_F32
+    /* dW read from the input in place (its partials then in natural layout) */
+    const int gather_dw = !direct && use_gather_weight_grad(g) && lpb <= RP_GATHER_LINES_MAX;
+    int offsets[256];      /* use_packed_forward: patch <= 256 */
+    if (gather_dw) gather_offsets(g, offsets);
+#else
+    const int gather_dw = 0;
+#endif
     const int nt = rp_get_num_threads();
     (void)nt;
 #ifdef RETROPROP_HAVE_OPENMP
@@ -1033,14 +1087,21 @@ static void FN(conv_backward_blocks)(const rp_conv2d_geom *g, int first, int cou
                 const REAL *dzr = dzb + r * filters;
                 for (int f = 0; f < filters; ++f) pb[f] += dzr[f];
             }
-            for (long l = l0; l < l1; ++l)
-                FN(im2col_line)(g, x, first + l / g->oh, (int)(l % g->oh),
-                                col + l * g->ow * patch);
-            /* The block's dW is computed transposed, dW^T = dz^T col: then the
-             * GEMM packs only dz (filters wide) and reads the column matrix
-             * in place, instead of packing all of it as A. */
-            GEMM(1, 0, filters, patch, (int)rows, (REAL)1, dzb, filters, cblk, patch, (REAL)0,
-                 pw, patch, NULL, RP_ACT_LINEAR);
+#ifdef DIRECT_AVX2_F32
+            if (gather_dw) {
+                gather_weight_grad_block_f32(g, x, first, l0, l1, offsets, dzb, pw);
+            } else
+#endif
+            {
+                for (long l = l0; l < l1; ++l)
+                    FN(im2col_line)(g, x, first + l / g->oh, (int)(l % g->oh),
+                                    col + l * g->ow * patch);
+                /* The block's dW is computed transposed, dW^T = dz^T col: then
+                 * the GEMM packs only dz (filters wide) and reads the column
+                 * matrix in place, instead of packing all of it as A. */
+                GEMM(1, 0, filters, patch, (int)rows, (REAL)1, dzb, filters, cblk, patch, (REAL)0,
+                     pw, patch, NULL, RP_ACT_LINEAR);
+            }
             if (dx)
                 GEMM(0, 1, (int)rows, patch, filters, (REAL)1, dzb, filters, w, filters, (REAL)0,
                      cblk, patch, NULL, RP_ACT_LINEAR);
@@ -1062,8 +1123,9 @@ static void FN(conv_backward_blocks)(const rp_conv2d_geom *g, int first, int cou
             const int is_db = i >= (long)patch * filters;
             if (is_db && !db) continue;
             REAL *target = is_db ? db + (i - (long)patch * filters) : dw + i;
-            /* GEMM partials of dW are transposed (filters x patch), the direct ones not */
-            const long src = is_db || direct ? i : (i % filters) * patch + i / filters;
+            /* GEMM partials of dW are transposed (filters x patch), the direct and
+             * gathered ones not */
+            const long src = is_db || direct || gather_dw ? i : (i % filters) * patch + i / filters;
             REAL sum = beta == (REAL)0 ? (REAL)0 : beta * *target;
             for (long blk = 0; blk < blocks; ++blk) sum += partials[blk * per_block + src];
             *target = sum;

@@ -40,6 +40,9 @@ void rp_ukernel_f64_avx2(int kc, const double *ap, const double *bp, long ldbp, 
 void rp_ukernel_f32_avx2_gather(int kc, const float *x, long pixel_stride, const int *offsets,
                                 const float *bp, long ldbp, float *c, int ldc, const float *bias,
                                 rp_act act);
+void rp_ukernel_f32_avx2_gather_t(int lines, const float *const *line_x, int ow,
+                                  long pixel_stride, const int *offsets, const float *bp,
+                                  long ldbp, float *c, int ldc);
 void rp_gemm_row_f32_avx2(int n, int k, float alpha, const float *a, long csa, const float *b,
                           long rsb, float beta, float *c, const float *bias, rp_act act);
 #endif

@@ -98,6 +98,34 @@ void rp_ukernel_f32_avx2_gather(int kc, const float *x, long pixel_stride, const
     TILE_F32_STORE(one, zero, 0)
 }
 
+/* The transposed use of the same idea, for a convolution's dW: the 6x16
+ * tile of C = sum over pixels of A(i, p) B(p, :), where pixel p is pixel ox
+ * of line l, A(i, p) = line_x[l][ox * pixel_stride + offsets[i]] (six patch
+ * entries read in place from the input) and B(p, :) = bp[p * ldbp ..] (dz,
+ * the block's pixels in order). The depth is every pixel of `lines` lines
+ * of ow pixels; C is written (beta = 0, no bias, no activation). */
+void rp_ukernel_f32_avx2_gather_t(int lines, const float *const *line_x, int ow,
+                                  long pixel_stride, const int *offsets, const float *bp,
+                                  long ldbp, float *c, int ldc)
+{
+    TILE_F32_ZERO
+    const int o0 = offsets[0], o1 = offsets[1], o2 = offsets[2];
+    const int o3 = offsets[3], o4 = offsets[4], o5 = offsets[5];
+    for (int l = 0; l < lines; ++l) {
+        const float *xp = line_x[l];
+#pragma GCC unroll 4
+        for (int ox = 0; ox < ow; ++ox) {
+            TILE_F32_STEP(xp + o0, xp + o1, xp + o2, xp + o3, xp + o4, xp + o5)
+            xp += pixel_stride;
+            bp += ldbp;
+        }
+    }
+    const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+    const float *bias = NULL;
+    const rp_act act = RP_ACT_LINEAR;
+    TILE_F32_STORE(one, zero, 0)
+}
+
 /* float64: relu is vectorised; sigmoid and tanh go through libm per element
  * because float64 exists here for gradient checks, where accuracy rules. */
 static inline void store_row_f64(double *c, __m256d acc, __m256d valpha, __m256d vbeta, int use_beta,
