@@ -440,6 +440,26 @@ def test_direct_and_packed_paths_match_numpy_reference(dtype, channels, kernel, 
         np.testing.assert_array_equal(one, two)
 
 
+@pytest.mark.parametrize("width", [1, 8, 9, 16, 17, 24, 25, 33])
+@pytest.mark.parametrize("filters, activation", [(1, "relu"), (4, "tanh"), (6, "relu"),
+                                                 (7, "linear")])
+def test_single_channel_line_kernel_every_width(width, filters, activation):
+    """The single-channel forward of the blocked path runs 16 pixels at a time for up to 6 filters
+    while more than 8 pixels of a line remain, then 8 at a time: every width
+    around those steps must match the NumPy backend, filters 1 to 7."""
+    from retroprop.backend import numpy_ref
+    rng = np.random.default_rng(width * 10 + filters)
+    # enough output lines for the blocked path (8 blocks of ~512 pixels)
+    images = 8 * -(-512 // width) // 6 + 2
+    x = rng.standard_normal((images, 6, width, 1)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 1, filters)).astype(np.float32)
+    b = rng.standard_normal(filters).astype(np.float32)
+    geometry = dict(stride=(1, 1), dilation=(1, 1), padding=(1, 1, 1, 1))
+    want = numpy_ref.conv2d_forward(x, w, b, activation, **geometry)
+    got = cpu_backend.conv2d_forward(x, w, b, activation, **geometry)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_zero_sized_input_is_refused():
     with pytest.raises(ValueError, match="Conv2D 'conv2d'.*positive"):
         Conv2D(2, 1).build((0, 5, 1), np.float32, np.random.default_rng(0))

@@ -27,6 +27,9 @@
 #include "act_internal.h"
 #include "act_scalar.h"
 #include "gemm_internal.h"
+#ifdef RETROPROP_HAVE_OPENMP
+#include <omp.h>
+#endif
 
 int rp_conv2d_is_pointwise(const rp_conv2d_geom *g)
 {
@@ -211,14 +214,61 @@ static void direct_line_rows_f32(const rp_conv2d_geom *g, const float *x, long i
     }
 }
 
-/* One output line of act(conv + b): 8 pixels x 8 filters of sums in registers. */
+/* 16 pixels from ox0 of one output line, for nf <= 6 filters (a constant
+ * where inlined): each filter's weight, broadcast once, serves two vectors
+ * of pixels, so a tap costs 2 + nf loads for 2 * nf FMAs (the 8-pixel loop
+ * below needs 9 loads for 8). */
+RP_TARGET_AVX2 RP_ALWAYS_INLINE
+void direct_line_forward_16_avx2_f32(const rp_conv2d_geom *g, const float *rows, long rw,
+                                     const float *wpad, const float *bpad, rp_act act, int ox0,
+                                     int nf, float *y)
+{
+    __m256 lo[6], hi[6];
+    for (int f = 0; f < nf; ++f) lo[f] = hi[f] = _mm256_set1_ps(bpad[f]);
+    const float *wk = wpad;
+    for (int ky = 0; ky < g->kh; ++ky) {
+        const float *r = rows + ky * rw + ox0;
+        for (int kx = 0; kx < g->kw; ++kx, wk += 8) {
+            const __m256 v0 = _mm256_loadu_ps(r + kx), v1 = _mm256_loadu_ps(r + kx + 8);
+#pragma GCC unroll 6
+            for (int f = 0; f < nf; ++f) {
+                const __m256 wf = _mm256_broadcast_ss(wk + f);
+                lo[f] = _mm256_fmadd_ps(wf, v0, lo[f]);
+                hi[f] = _mm256_fmadd_ps(wf, v1, hi[f]);
+            }
+        }
+    }
+    const int nj = g->ow - ox0 < 16 ? g->ow - ox0 : 16;
+    __m256 acc[8];
+    for (int f = 0; f < 8; ++f) acc[f] = f < nf ? lo[f] : _mm256_setzero_ps();
+    store_pixels_8x8(acc, act, 8, nf, y + (long)ox0 * nf);
+    for (int f = 0; f < 8; ++f) acc[f] = f < nf ? hi[f] : _mm256_setzero_ps();
+    store_pixels_8x8(acc, act, nj - 8, nf, y + (long)(ox0 + 8) * nf);
+}
+
+/* One output line of act(conv + b): 8 pixels x 8 filters of sums in registers
+ * (16 pixels at a time for up to 6 filters, while more than 8 remain: the
+ * 16-pixel kernel then reads at most ow + kw + 6 values of a row, within rw). */
 RP_TARGET_AVX2
 static void direct_line_forward_avx2_f32(const rp_conv2d_geom *g, const float *rows, long rw,
                                          const float *wpad, const float *bpad, rp_act act,
                                          float *y)
 {
     const int filters = g->filters, ow = g->ow;
-    for (int ox0 = 0; ox0 < ow; ox0 += 8) {
+    int ox0 = 0;
+    if (filters <= 6) {
+        for (; ow - ox0 > 8; ox0 += 16) {
+            switch (filters) {
+            case 1: direct_line_forward_16_avx2_f32(g, rows, rw, wpad, bpad, act, ox0, 1, y); break;
+            case 2: direct_line_forward_16_avx2_f32(g, rows, rw, wpad, bpad, act, ox0, 2, y); break;
+            case 3: direct_line_forward_16_avx2_f32(g, rows, rw, wpad, bpad, act, ox0, 3, y); break;
+            case 4: direct_line_forward_16_avx2_f32(g, rows, rw, wpad, bpad, act, ox0, 4, y); break;
+            case 5: direct_line_forward_16_avx2_f32(g, rows, rw, wpad, bpad, act, ox0, 5, y); break;
+            default: direct_line_forward_16_avx2_f32(g, rows, rw, wpad, bpad, act, ox0, 6, y); break;
+            }
+        }
+    }
+    for (; ox0 < ow; ox0 += 8) {
         __m256 acc[8];
         for (int f = 0; f < 8; ++f) acc[f] = _mm256_set1_ps(bpad[f]);
         const float *wk = wpad;
@@ -995,18 +1045,27 @@ static void FN(conv_backward_blocks)(const rp_conv2d_geom *g, int first, int cou
     const int gather_dw = 0;
 #endif
     const int nt = rp_get_num_threads();
-    (void)nt;
+    /* When blocks are whole images, each block scatters its own column
+     * gradient into dx (no other block writes those images) right after
+     * computing it, in a column-matrix space of its thread's that is reused
+     * block after block and so stays in cache. Otherwise the whole chunk's
+     * column gradient is kept and scattered per image afterwards. */
+    const int scatter_in_block = dx && lpb % g->oh == 0 && (long)nt * lpb <= lines;
+    const long block_col = lpb * g->ow * patch;
 #ifdef RETROPROP_HAVE_OPENMP
 #pragma omp parallel num_threads(nt)
 #endif
     {
 #ifdef RETROPROP_HAVE_OPENMP
+        const int tid = omp_get_thread_num();
 #pragma omp for schedule(static)
+#else
+        const int tid = 0;
 #endif
         for (long blk = 0; blk < blocks; ++blk) {
             const long l0 = blk * lpb, l1 = l0 + lpb < lines ? l0 + lpb : lines;
             const long r0 = l0 * g->ow, rows = (l1 - l0) * g->ow;
-            REAL *cblk = col + r0 * patch;
+            REAL *cblk = scatter_in_block ? col + tid * block_col : col + r0 * patch;
             REAL *dzb = dz + (row0 + r0) * filters;
             const REAL *yb = y + (row0 + r0) * filters, *dyb = dy + (row0 + r0) * filters;
             REAL *pw = partials + blk * per_block, *pb = pw + (long)patch * filters;
@@ -1105,8 +1164,15 @@ static void FN(conv_backward_blocks)(const rp_conv2d_geom *g, int first, int cou
             if (dx)
                 GEMM(0, 1, (int)rows, patch, filters, (REAL)1, dzb, filters, w, filters, (REAL)0,
                      cblk, patch, NULL, RP_ACT_LINEAR);
+            if (scatter_in_block) {
+                for (long img = l0 / g->oh; img < l1 / g->oh; ++img) {
+                    REAL *dimg = dx + (first + img) * image_size;
+                    memset(dimg, 0, sizeof(REAL) * (size_t)image_size);
+                    FN(col2im_image_add)(g, cblk + (img - l0 / g->oh) * rows_per_image * patch, dimg);
+                }
+            }
         }
-        if (dx) {
+        if (dx && !scatter_in_block) {
 #ifdef RETROPROP_HAVE_OPENMP
 #pragma omp for schedule(static)
 #endif
