@@ -444,9 +444,11 @@ def test_direct_and_packed_paths_match_numpy_reference(dtype, channels, kernel, 
 @pytest.mark.parametrize("filters, activation", [(1, "relu"), (4, "tanh"), (6, "relu"),
                                                  (7, "linear")])
 def test_single_channel_line_kernel_every_width(width, filters, activation):
-    """The single-channel forward of the blocked path runs 16 pixels at a time for up to 6 filters
-    while more than 8 pixels of a line remain, then 8 at a time: every width
-    around those steps must match the NumPy backend, filters 1 to 7."""
+    """The single-channel forward of the blocked path runs 16 pixels at a time
+    for up to 6 filters while more than 8 pixels of a line remain, then 8 at a
+    time; its dW runs over 8 pixel lanes (the last group zero-padded), two
+    taps a pass for up to 6 filters. Every width around those steps must
+    match the NumPy backend, filters 1 to 7."""
     from retroprop.backend import numpy_ref
     rng = np.random.default_rng(width * 10 + filters)
     # enough output lines for the blocked path (8 blocks of ~512 pixels)
@@ -458,6 +460,14 @@ def test_single_channel_line_kernel_every_width(width, filters, activation):
     want = numpy_ref.conv2d_forward(x, w, b, activation, **geometry)
     got = cpu_backend.conv2d_forward(x, w, b, activation, **geometry)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    # and its dW / db (a first layer: no dx), summed over pixel lanes
+    dy = rng.standard_normal(want.shape).astype(np.float32)
+    want_grads = [np.empty_like(w), np.empty_like(b)]
+    numpy_ref.conv2d_backward(x, w, want, dy, activation, *want_grads, dx=None, **geometry)
+    got_grads = [np.empty_like(w), np.empty_like(b)]
+    cpu_backend.conv2d_backward(x, w, got, dy, activation, *got_grads, dx=None, **geometry)
+    for g, r in zip(got_grads, want_grads):
+        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(r).max())))
 
 
 def test_zero_sized_input_is_refused():

@@ -283,47 +283,125 @@ static void direct_line_forward_avx2_f32(const rp_conv2d_geom *g, const float *r
     }
 }
 
-/* dW and db of a single-channel layer over `lines` output lines, with dz in
- * its natural layout (pixel-major, `filters` values a pixel, <= 8, read as
- * one masked vector): acc[k * 8 + f] += the input value under tap k times
- * dz of filter f, summed over the lines' pixels; dbacc[f] += dz of f. Line
- * l's kh input rows start at rows + l * rows_stride (rw apart, zero padded)
- * and its dz at dz + l * dz_stride. Taps go eight at a time: eight
- * accumulators over all the lines' pixels, one dz vector loaded per pixel
- * and one broadcast per tap, so neither dz needs transposing nor the
- * accumulators a trip to memory before the end. */
+/* dzT[f * owp + ox] = dz[ox * filters + f] for one line of ow pixels of
+ * filters <= 8 values each, and zeros for ox in [ow, owp): 8 pixels at a
+ * time, loaded as 8 rows (masked to the filters), transposed in registers. */
 RP_TARGET_AVX2
-static void direct_lines_weight_grad_avx2_f32(const rp_conv2d_geom *g, const float *rows, long rw,
-                                              long rows_stride, int lines, const float *dz,
-                                              long dz_stride, float *acc, float *dbacc)
+static void transpose_line_avx2_f32(const float *dz, int ow, int filters, int owp, float *dzT)
 {
-    const int taps = g->kh * g->kw, ow = g->ow, filters = g->filters;
     const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(filters),
                                             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    __m256 db = _mm256_loadu_ps(dbacc);
-    for (int k0 = 0; k0 < taps; k0 += 8) {
-        const int count = taps - k0 < 8 ? taps - k0 : 8;
-        long off[8];
-        __m256 a[8];
-        for (int t = 0; t < 8; ++t) {
-            const int k = k0 + (t < count ? t : 0);
-            off[t] = (k / g->kw) * rw + k % g->kw;
-            a[t] = _mm256_loadu_ps(acc + (long)(k0 + t) * 8);
-        }
-        for (int l = 0; l < lines; ++l) {
-            const float *rl = rows + l * rows_stride;
-            const float *dzl = dz + l * dz_stride;
-            for (int ox = 0; ox < ow; ++ox) {
-                const __m256 d = _mm256_maskload_ps(dzl + (long)ox * filters, mask);
-                if (k0 == 0) db = _mm256_add_ps(db, d);
+    for (int ox0 = 0; ox0 < owp; ox0 += 8) {
+        __m256 r[8];
+        for (int j = 0; j < 8; ++j)
+            r[j] = ox0 + j < ow ? _mm256_maskload_ps(dz + (long)(ox0 + j) * filters, mask)
+                                : _mm256_setzero_ps();
+        const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+        const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+        const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+        const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+        __m256 c[8];
+        c[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+        c[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+        c[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+        c[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+        c[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+        c[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+        c[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+        c[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+        for (int f = 0; f < filters; ++f) _mm256_store_ps(dzT + (long)f * owp + ox0, c[f]);
+    }
+}
+
+/* Sum of the 8 lanes of v, in a fixed order. */
+RP_TARGET_AVX2 RP_ALWAYS_INLINE
+float sum_lanes(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* Two taps (k0, k0 + 1; one when k1 is 0) x nf filters (a constant where
+ * inlined) of the single-channel dW below: 2 * nf sums of 8 pixel lanes. */
+RP_TARGET_AVX2 RP_ALWAYS_INLINE
+void lines_weight_grad_taps_avx2_f32(const float *rows, long rows_stride, long off0, long off1,
+                                     int lines, const float *dzT, long dzT_stride, int owp,
+                                     int nf, int two, float *acc0, float *acc1)
+{
+    __m256 a0[8], a1[8];
+    for (int f = 0; f < nf; ++f) a0[f] = a1[f] = _mm256_setzero_ps();
+    for (int l = 0; l < lines; ++l) {
+        const float *r0 = rows + l * rows_stride + off0, *r1 = rows + l * rows_stride + off1;
+        const float *d = dzT + l * dzT_stride;
+        for (int ox = 0; ox < owp; ox += 8) {
+            const __m256 v0 = _mm256_loadu_ps(r0 + ox);
+            const __m256 v1 = two ? _mm256_loadu_ps(r1 + ox) : v0;
 #pragma GCC unroll 8
-                for (int t = 0; t < 8; ++t)
-                    a[t] = _mm256_fmadd_ps(_mm256_broadcast_ss(rl + off[t] + ox), d, a[t]);
+            for (int f = 0; f < nf; ++f) {
+                const __m256 dz = _mm256_load_ps(d + (long)f * owp + ox);
+                a0[f] = _mm256_fmadd_ps(v0, dz, a0[f]);
+                if (two) a1[f] = _mm256_fmadd_ps(v1, dz, a1[f]);
             }
         }
-        for (int t = 0; t < count; ++t) _mm256_storeu_ps(acc + (long)(k0 + t) * 8, a[t]);
     }
-    _mm256_storeu_ps(dbacc, db);
+    for (int f = 0; f < nf; ++f) acc0[f] += sum_lanes(a0[f]);
+    if (two)
+        for (int f = 0; f < nf; ++f) acc1[f] += sum_lanes(a1[f]);
+}
+
+/* dW and db of a single-channel layer over `lines` output lines, vectorised
+ * over pixels: acc[k * 8 + f] += sum over the lines' pixels of the input
+ * value under tap k times dz of filter f, dbacc[f] += sum of dz of f. Line
+ * l's kh input rows start at rows + l * rows_stride (rw apart, zero padded)
+ * and its dz at dzT + l * dzT_stride, transposed: filter f's owp (ow rounded
+ * up to 8, zeros past ow) values at f * owp, 32-byte aligned. Eight pixels
+ * of a tap are one unaligned load from its row, so a pass over two taps
+ * costs 2 + filters loads for 2 * filters FMAs, all in registers until the
+ * lines are done. */
+RP_TARGET_AVX2
+static void direct_lines_weight_grad_avx2_f32(const rp_conv2d_geom *g, const float *rows, long rw,
+                                              long rows_stride, int lines, const float *dzT,
+                                              long dzT_stride, int owp, float *acc, float *dbacc)
+{
+    const int taps = g->kh * g->kw, filters = g->filters;
+    int step;
+    for (int k0 = 0; k0 < taps; k0 += step) {
+        /* two taps a pass while their 2 x filters sums fit in registers */
+        const int two = k0 + 1 < taps && filters <= 6;
+        step = two ? 2 : 1;
+        const long off0 = (k0 / g->kw) * rw + k0 % g->kw;
+        const long off1 = two ? ((k0 + 1) / g->kw) * rw + (k0 + 1) % g->kw : off0;
+        float *acc0 = acc + (long)k0 * 8, *acc1 = acc + (long)(k0 + 1) * 8;
+        switch (filters) {
+#define RP_TAPS_CASE(nf)                                                                   \
+        case nf:                                                                           \
+            if (two)                                                                       \
+                lines_weight_grad_taps_avx2_f32(rows, rows_stride, off0, off1, lines, dzT,  \
+                                                dzT_stride, owp, nf, 1, acc0, acc1);        \
+            else                                                                           \
+                lines_weight_grad_taps_avx2_f32(rows, rows_stride, off0, off1, lines, dzT,  \
+                                                dzT_stride, owp, nf, 0, acc0, acc1);        \
+            break;
+        RP_TAPS_CASE(1) RP_TAPS_CASE(2) RP_TAPS_CASE(3) RP_TAPS_CASE(4)
+        RP_TAPS_CASE(5) RP_TAPS_CASE(6) RP_TAPS_CASE(7)
+        default: RP_TAPS_CASE(8)
+#undef RP_TAPS_CASE
+        }
+    }
+    for (int f = 0; f < filters; ++f) {
+        __m256 s = _mm256_setzero_ps();
+        for (int l = 0; l < lines; ++l) {
+            const float *d = dzT + l * dzT_stride + (long)f * owp;
+            for (int ox = 0; ox < owp; ox += 8) s = _mm256_add_ps(s, _mm256_load_ps(d + ox));
+        }
+        dbacc[f] += sum_lanes(s);
+    }
 }
 
 /* float32 forward with filters a multiple of the microkernel width and a
@@ -1073,38 +1151,47 @@ static void FN(conv_backward_blocks)(const rp_conv2d_geom *g, int first, int cou
 #ifdef DIRECT_AVX2_F32
             if (direct && use_direct_rows(g)) {
                 const long rw = g->ow + g->kw + 8;
-                /* Up to `span` lines at a time: their zero-padded input rows
-                 * and their dz side by side in one buffer, then one pass of
-                 * the dW kernel over them. */
-                const long rows_stride = (long)g->kh * rw, dz_stride = (long)g->ow * filters;
+                /* Up to `span` lines at a time: their zero-padded input rows,
+                 * then their dz transposed (per filter, ow rounded up to 8
+                 * values, zeros past ow), in one buffer; then one pass of the
+                 * dW kernel over them. */
+                const int owp = (g->ow + 7) / 8 * 8;
+                const long rows_stride = (long)g->kh * rw, dz_stride = (long)owp * filters;
                 const long line_floats = rows_stride + dz_stride;
                 const long span = RP_LINES_BUF / line_floats > 0 ? RP_LINES_BUF / line_floats : 1;
-                float lines_buf[RP_LINES_BUF];
-                float *rows_all = lines_buf, *dz_all = lines_buf + span * rows_stride;
-                /* (taps rounded up to 8) x 8 filters: the kernel's full tap groups */
-                float acc[(RP_DIRECT_PATCH + 7) / 8 * 8 * 8];
+                /* + 8: dz's start rounded up to a 32-byte boundary */
+                float lines_buf[RP_LINES_BUF + 8] __attribute__((aligned(32)));
+                float *rows_all = lines_buf;
+                float *dz_all = lines_buf + (span * rows_stride + 7) / 8 * 8;
+                /* taps x 8 filters */
+                float acc[RP_DIRECT_PATCH * 8];
                 float dbacc[8] = {0};
-                for (int i = 0; i < (patch + 7) / 8 * 8 * 8; ++i) acc[i] = 0.0f;
+                for (int i = 0; i < patch * 8; ++i) acc[i] = 0.0f;
                 for (long s0 = l0; s0 < l1; s0 += span) {
                     const long s1 = s0 + span < l1 ? s0 + span : l1;
                     for (long l = s0; l < s1; ++l) {
                         const long lr = (l - l0) * g->ow;   /* the line's first row in the block */
                         const float *dyl = dyb + lr * filters, *yl = yb + lr * filters;
                         float *dzl = dz_all + (l - s0) * dz_stride;
+                        /* dz in natural layout first (a vectorisable pass, relu as a
+                         * blend), then transposed */
+                        float dz_line[RP_ROWS_MAX];
+                        const long count = (long)g->ow * filters;
                         if (act == RP_ACT_RELU) {
-                            for (long i = 0; i < dz_stride; ++i) {
+                            for (long i = 0; i < count; ++i) {
                                 const float d = dyl[i];   /* loaded unconditionally: a blend */
-                                dzl[i] = yl[i] > 0.0f ? d : 0.0f;
+                                dz_line[i] = yl[i] > 0.0f ? d : 0.0f;
                             }
                         } else {
-                            for (long i = 0; i < dz_stride; ++i)
-                                dzl[i] = dyl[i] * GRAD_FROM_OUTPUT(act, yl[i]);
+                            for (long i = 0; i < count; ++i)
+                                dz_line[i] = dyl[i] * GRAD_FROM_OUTPUT(act, yl[i]);
                         }
+                        transpose_line_avx2_f32(dz_line, g->ow, filters, owp, dzl);
                         direct_line_rows_f32(g, x, first + l / g->oh, (int)(l % g->oh), rw,
                                              rows_all + (l - s0) * rows_stride);
                     }
                     direct_lines_weight_grad_avx2_f32(g, rows_all, rw, rows_stride, (int)(s1 - s0),
-                                                      dz_all, dz_stride, acc, dbacc);
+                                                      dz_all, dz_stride, owp, acc, dbacc);
                 }
                 for (int k = 0; k < patch; ++k)
                     for (int f = 0; f < filters; ++f) pw[k * filters + f] = acc[k * 8 + f];
