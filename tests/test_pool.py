@@ -237,3 +237,33 @@ def test_max_pool_ties_on_many_channels_go_to_the_first_cell(shape):
     y_ref, dx_ref = reference_pool(x, dy, layer._pool2, layer._stride2, layer._pads, "max")
     np.testing.assert_array_equal(y, y_ref)
     np.testing.assert_allclose(dx, dx_ref, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 5, 6, 8, 9])
+@pytest.mark.parametrize("strides, padding", [((2, 2), "valid"), ((2, 2), "same"),
+                                              ((1, 1), "valid"), ((2, 1), "same")])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_max_pool_2x2_few_channels(channels, strides, padding, threads):
+    """Rows of whole 2x2 windows with at most 8 channels take a vector path
+    (one masked vector per cell, full-width stores whose extra lanes later
+    pixels overwrite): every channel count, stride and padding around it must
+    match the reference, ties included, on 1 and 2 threads, and no value may
+    land outside its own row (the 2-thread run would see a neighbour's row
+    overwritten)."""
+    rng = np.random.default_rng(channels)
+    layer = MaxPool2D(pool_size=2, strides=strides, padding=padding)
+    layer.build((7, 11, channels), np.float32, rng)
+    # enough window comparisons (4 per output value) for the kernel to use 2 threads
+    images = -(-40000 // (4 * int(np.prod(layer.output_shape))))
+    x = rng.integers(0, 4, (images, 7, 11, channels)).astype(np.float32)     # many ties
+    before = cpu_backend.get_num_threads()
+    try:
+        cpu_backend.set_num_threads(threads)
+        y = layer.forward(x, training=True).copy()
+        dy = rng.standard_normal(y.shape).astype(np.float32)
+        dx = layer.backward(dy)
+    finally:
+        cpu_backend.set_num_threads(before)
+    y_ref, dx_ref = reference_pool(x, dy, layer._pool2, layer._stride2, layer._pads, "max")
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-6, atol=1e-6)

@@ -8,6 +8,7 @@
  */
 #ifndef RP_POOL_TEMPLATE
 
+#include <stdint.h>
 #include <string.h>
 #include "retroprop/pool.h"
 #include "retroprop/runtime.h"
@@ -24,6 +25,67 @@ static void clip_window(int start, int size, int limit, int *lo, int *hi)
     *lo = start < 0 ? 0 : start;
     *hi = start + size > limit ? limit : start + size;
 }
+
+/* Whether every one of the count positions lies in [0, limit): the max
+ * pooling backward scatters to them, so one outside would write out of
+ * bounds. One pass that ORs the failures (it vectorises; no early exit). */
+static int argmax_in_range(const int32_t *argmax, long count, long limit)
+{
+    /* as unsigned, a negative position is above any limit: one comparison */
+    const uint32_t top = limit > (long)UINT32_MAX ? UINT32_MAX : (uint32_t)limit;
+    uint32_t bad = 0;
+    for (long i = 0; i < count; ++i) bad |= (uint32_t)argmax[i] >= top;
+    return !bad;
+}
+
+#if defined(__GNUC__) && defined(__x86_64__) && defined(RETROPROP_HAVE_AVX2)
+#include <immintrin.h>
+#define RP_POOL_AVX2 1
+
+/* Whole 2x2 windows of one output row, pixels [ox0, ox1), for c <= 8
+ * channels: each cell is one masked vector of the c channels, so the
+ * comparisons and selects cover every channel at once (the scalar channel
+ * loop does not vectorise for c < 8). x00 is the top-left cell of pixel
+ * ox0's window; windows are stride_w cells apart. Same rule as the scalar
+ * loop: a later cell wins only when strictly greater. */
+__attribute__((target("avx2,fma")))
+static void maxpool_row_2x2_narrow_avx2_f32(const float *ximg, int32_t x00, int w, int c,
+                                            int stride_w, int ox0, int ox1, float *y,
+                                            int32_t *argmax)
+{
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(c), lanes);
+    const int32_t right = c, down = w * c;
+    for (int ox = ox0; ox < ox1; ++ox, x00 += stride_w * c) {
+        const int32_t cells[3] = {x00 + right, x00 + down, x00 + down + right};
+        __m256 best = _mm256_maskload_ps(ximg + x00, mask);
+        __m256i arg = _mm256_add_epi32(_mm256_set1_epi32(x00), lanes);
+        for (int k = 0; k < 3; ++k) {
+            const __m256 v = _mm256_maskload_ps(ximg + cells[k], mask);
+            const __m256 greater = _mm256_cmp_ps(v, best, _CMP_GT_OQ);
+            best = _mm256_blendv_ps(best, v, greater);
+            const __m256i at = _mm256_add_epi32(_mm256_set1_epi32(cells[k]), lanes);
+            arg = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(arg),
+                                                       _mm256_castsi256_ps(at), greater));
+        }
+        if ((long)ox * c + 8 <= (long)ox1 * c) {
+            /* Whole vectors (masked stores are slow on some cores): the lanes
+             * past c fall on later pixels of the range, which overwrite them. */
+            _mm256_storeu_ps(y + (long)ox * c, best);
+            _mm256_storeu_si256((__m256i *)(argmax + (long)ox * c), arg);
+        } else {
+            float yv[8];
+            int32_t av[8];
+            _mm256_storeu_ps(yv, best);
+            _mm256_storeu_si256((__m256i *)av, arg);
+            for (int ch = 0; ch < c; ++ch) {
+                y[(long)ox * c + ch] = yv[ch];
+                argmax[(long)ox * c + ch] = av[ch];
+            }
+        }
+    }
+}
+#endif
 
 #define RP_POOL_TEMPLATE 1
 #define REAL float
@@ -56,7 +118,31 @@ void FN(rp_maxpool2d_forward)(const rp_pool2d_geom *g, const REAL *x, REAL *y, i
         const REAL *ximg = x + img * image_size;
         int y_lo, y_hi;
         clip_window(oy * g->stride_h - g->pad_top, g->ph, g->h, &y_lo, &y_hi);
+        /* pixels [ox_lo, ox_hi) of a row of whole 2x2 windows of few channels
+         * go to the vector path (float32 with AVX2) */
+        int ox_lo = g->ow, ox_hi = g->ow;
+#ifdef RP_POOL_AVX2
+        if (sizeof(REAL) == 4 && c <= 8 && g->ph == 2 && g->pw == 2 && y_hi - y_lo == 2 &&
+            rp_simd_in_use() == RP_SIMD_AVX2) {
+            /* whole windows: ox * stride_w - pad_left >= 0 and + 2 <= w */
+            ox_lo = (g->pad_left + g->stride_w - 1) / g->stride_w;
+            ox_hi = (g->w - 2 + g->pad_left) / g->stride_w + 1;
+            if (ox_hi > g->ow) ox_hi = g->ow;
+            if (ox_lo > ox_hi) ox_lo = ox_hi;
+        }
+#endif
         for (int ox = 0; ox < g->ow; ++ox) {
+#ifdef RP_POOL_AVX2
+            if (ox == ox_lo && ox_lo < ox_hi) {
+                const int32_t x00 = (int32_t)(((long)y_lo * g->w + ox_lo * g->stride_w -
+                                               g->pad_left) * c);
+                maxpool_row_2x2_narrow_avx2_f32((const float *)ximg, x00, g->w, c, g->stride_w,
+                                                ox_lo, ox_hi, (float *)(y + row * g->ow * c),
+                                                argmax + row * g->ow * c);
+                ox = ox_hi - 1;
+                continue;
+            }
+#endif
             const long out = (row * g->ow + ox) * c;
             REAL *yp = y + out;
             int32_t *ap = argmax + out;
@@ -110,10 +196,11 @@ void FN(rp_maxpool2d_forward)(const rp_pool2d_geom *g, const REAL *x, REAL *y, i
     }
 }
 
-void FN(rp_maxpool2d_backward)(const rp_pool2d_geom *g, const int32_t *argmax, const REAL *dy, REAL *dx)
+int FN(rp_maxpool2d_backward)(const rp_pool2d_geom *g, const int32_t *argmax, const REAL *dy, REAL *dx)
 {
     const long image_size = (long)g->h * g->w * g->c;
     const long out_size = (long)g->oh * g->ow * g->c;
+    if (!argmax_in_range(argmax, (long)g->n * out_size, image_size)) return -1;
     const int nt = g->n < 2 ? 1 : threads_for((double)g->n * (image_size + out_size));
     (void)nt;
 #ifdef RETROPROP_HAVE_OPENMP
@@ -126,6 +213,7 @@ void FN(rp_maxpool2d_backward)(const rp_pool2d_geom *g, const int32_t *argmax, c
         memset(dimg, 0, sizeof(REAL) * (size_t)image_size);
         for (long i = 0; i < out_size; ++i) dimg[ai[i]] += dyi[i];
     }
+    return 0;
 }
 
 void FN(rp_avgpool2d_forward)(const rp_pool2d_geom *g, const REAL *x, REAL *y)

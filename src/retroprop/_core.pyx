@@ -585,8 +585,8 @@ cdef extern from "retroprop/pool.h":
         int oh, ow
     void rp_maxpool2d_forward_f32(const rp_pool2d_geom *g, const float *x, float *y, int32_t *argmax) nogil
     void rp_maxpool2d_forward_f64(const rp_pool2d_geom *g, const double *x, double *y, int32_t *argmax) nogil
-    void rp_maxpool2d_backward_f32(const rp_pool2d_geom *g, const int32_t *argmax, const float *dy, float *dx) nogil
-    void rp_maxpool2d_backward_f64(const rp_pool2d_geom *g, const int32_t *argmax, const double *dy, double *dx) nogil
+    int rp_maxpool2d_backward_f32(const rp_pool2d_geom *g, const int32_t *argmax, const float *dy, float *dx) nogil
+    int rp_maxpool2d_backward_f64(const rp_pool2d_geom *g, const int32_t *argmax, const double *dy, double *dx) nogil
     void rp_avgpool2d_forward_f32(const rp_pool2d_geom *g, const float *x, float *y) nogil
     void rp_avgpool2d_forward_f64(const rp_pool2d_geom *g, const double *x, double *y) nogil
     void rp_avgpool2d_backward_f32(const rp_pool2d_geom *g, const float *dy, float *dx) nogil
@@ -806,17 +806,19 @@ def maxpool2d_backward(argmax, dy, pool, stride, padding, dx):
     _pool_geom(dx.shape, pool, stride, padding, &g)
     _shape(dy, "dy", (g.n, g.oh, g.ow, g.c))
     _argmax_array(argmax, dy.shape, 0)
-    # The kernel writes dx[argmax]: an index outside the image would write out of bounds.
-    if argmax.min() < 0 or argmax.max() >= g.h * g.w * g.c:
-        raise ValueError(f"argmax: positions must lie in [0, {g.h * g.w * g.c})")
     cdef void *pa = _ptr(argmax)
     cdef void *pdy = _ptr(dy)
     cdef void *pdx = _ptr(dx)
+    cdef int status
     with nogil:
+        # The kernel checks every position first: one outside the image would
+        # write out of bounds.
         if kind == 0:
-            rp_maxpool2d_backward_f32(&g, <int32_t *>pa, <float *>pdy, <float *>pdx)
+            status = rp_maxpool2d_backward_f32(&g, <int32_t *>pa, <float *>pdy, <float *>pdx)
         else:
-            rp_maxpool2d_backward_f64(&g, <int32_t *>pa, <double *>pdy, <double *>pdx)
+            status = rp_maxpool2d_backward_f64(&g, <int32_t *>pa, <double *>pdy, <double *>pdx)
+    if status != 0:
+        raise ValueError(f"argmax: positions must lie in [0, {g.h * g.w * g.c})")
     return dx
 
 

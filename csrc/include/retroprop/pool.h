@@ -30,9 +30,10 @@ typedef struct {
 void rp_maxpool2d_forward_f32(const rp_pool2d_geom *g, const float *x, float *y, int32_t *argmax);
 void rp_maxpool2d_forward_f64(const rp_pool2d_geom *g, const double *x, double *y, int32_t *argmax);
 
-/* dx = 0, then dx[argmax[i]] += dy[i] (image by image). */
-void rp_maxpool2d_backward_f32(const rp_pool2d_geom *g, const int32_t *argmax, const float *dy, float *dx);
-void rp_maxpool2d_backward_f64(const rp_pool2d_geom *g, const int32_t *argmax, const double *dy, double *dx);
+/* dx = 0, then dx[argmax[i]] += dy[i] (image by image). Returns 0, or -1
+ * without writing dx when a position lies outside [0, h * w * c). */
+int rp_maxpool2d_backward_f32(const rp_pool2d_geom *g, const int32_t *argmax, const float *dy, float *dx);
+int rp_maxpool2d_backward_f64(const rp_pool2d_geom *g, const int32_t *argmax, const double *dy, double *dx);
 
 /* y = mean over the real cells of each window. */
 void rp_avgpool2d_forward_f32(const rp_pool2d_geom *g, const float *x, float *y);
