@@ -247,3 +247,47 @@ def test_find_nonfinite_on_a_non_contiguous_array():
     view = x[:, ::2]
     assert not view.flags.c_contiguous
     assert cpu.find_nonfinite(view) == 7 * 20 + 3
+
+
+# ---------------------------------------------------------------- batch assembly
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64, np.uint8])
+@pytest.mark.parametrize("rows, row_shape, count", [(1, (7,), 1), (13, (3, 5), 13),
+                                                    (1009, (784,), 257), (50, (), 50)])
+def test_gather_rows_matches_fancy_indexing(threads, dtype, rows, row_shape, count):
+    """gather_rows is x[index] into a reused buffer, for any dtype and row
+    shape: one row, primes, a batch big enough for two threads (257 rows of
+    784 values), and scalar rows; repeated indices too."""
+    from retroprop.backend import numpy_ref
+    rng = np.random.default_rng(rows + count)
+    x = (rng.standard_normal((rows,) + row_shape) * 100).astype(dtype)
+    index = rng.integers(0, rows, count)
+    before = cpu.get_num_threads()
+    try:
+        cpu.set_num_threads(threads)
+        for backend in (cpu, numpy_ref):
+            out = np.full((count,) + row_shape, 7, dtype=dtype)
+            got = backend.gather_rows(x, index, out)
+            assert got is out
+            np.testing.assert_array_equal(out, x[index])
+    finally:
+        cpu.set_num_threads(before)
+
+
+def test_gather_rows_refuses_bad_input_before_writing():
+    from retroprop.backend import numpy_ref
+    x = np.arange(20, dtype=np.float32).reshape(10, 2)
+    for backend in (cpu, numpy_ref):
+        for bad in ([0, 10], [-1, 3]):
+            out = np.full((2, 2), 5, np.float32)
+            with pytest.raises(IndexError, match=r"\[0, 10\)"):
+                backend.gather_rows(x, np.array(bad), out)
+            if backend is cpu:
+                assert (out == 5).all()     # nothing written
+    with pytest.raises(TypeError, match="C-contiguous"):
+        cpu.gather_rows(x[:, ::-1], np.array([1]), np.empty((1, 2), np.float32))
+    with pytest.raises(TypeError, match="dtype"):
+        cpu.gather_rows(x, np.array([1]), np.empty((1, 2), np.float64))
+    with pytest.raises(ValueError, match="shape"):
+        cpu.gather_rows(x, np.array([1, 2]), np.empty((1, 2), np.float32))

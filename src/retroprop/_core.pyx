@@ -1137,6 +1137,42 @@ def find_nonfinite(x):
     return first
 
 
+# ================================================================ batch assembly
+
+cdef extern from "retroprop/rows.h":
+    int rp_gather_rows(size_t row_bytes, long n_rows, const void *x, long count,
+                       const int64_t *index, void *out) nogil
+
+
+def gather_rows(x, index, out):
+    """out[r] = x[index[r]]: x and out C-contiguous arrays of one dtype, out of
+    shape (len(index),) + x.shape[1:]; index a 1-D int64 array."""
+    if not isinstance(x, np.ndarray) or not isinstance(out, np.ndarray) \
+            or not isinstance(index, np.ndarray):
+        raise TypeError("gather_rows: x, index and out must be numpy arrays")
+    if not x.flags.c_contiguous or not out.flags.c_contiguous or not out.flags.writeable:
+        raise TypeError("gather_rows: x and out must be C-contiguous (out writable)")
+    if out.dtype != x.dtype:
+        raise TypeError(f"gather_rows: out has dtype {out.dtype}, x has {x.dtype}")
+    if index.dtype != np.int64 or index.ndim != 1 or not index.flags.c_contiguous:
+        raise TypeError("gather_rows: index must be a C-contiguous 1-D int64 array")
+    if x.ndim < 1:
+        raise ValueError("gather_rows: x must have at least one dimension")
+    _shape(out, "out", (index.shape[0],) + tuple(x.shape[1:]))
+    cdef size_t row_bytes = <size_t>(x.itemsize * (x.size // x.shape[0] if x.shape[0] else 0))
+    cdef long n_rows = <long>x.shape[0]
+    cdef long count = <long>index.shape[0]
+    cdef void *px = _ptr(x)
+    cdef void *pi = _ptr(index)
+    cdef void *po = _ptr(out)
+    cdef int status
+    with nogil:
+        status = rp_gather_rows(row_bytes, n_rows, px, count, <const int64_t *>pi, po)
+    if status != 0:
+        raise IndexError(f"gather_rows: index values must lie in [0, {n_rows})")
+    return out
+
+
 # ================================================================ batch normalisation
 # Per-channel statistics, normalisation and the fused backward over (rows, C)
 # data (csrc/include/retroprop/norm.h has the formulas).

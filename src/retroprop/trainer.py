@@ -310,6 +310,12 @@ class Trainer:
 
         n = x.shape[0]
         n_batches = (n + batch_size - 1) // batch_size
+        # Shuffled batches are gathered into one reused buffer (by the backend:
+        # in C, threaded) rather than a fresh array per batch.
+        backend = self.model.backend
+        batch_buffer = None
+        if shuffle and x.flags.c_contiguous and hasattr(backend, "gather_rows"):
+            batch_buffer = np.empty((min(batch_size, n),) + x.shape[1:], dtype=x.dtype)
         if shuffle:
             # Draw (and drop) the orders of the epochs already trained, so a
             # resumed run sees the same order as an uninterrupted one.
@@ -333,7 +339,11 @@ class Trainer:
                         lo, hi = b * batch_size, min((b + 1) * batch_size, n)
                         if order is not None:
                             idx = order[lo:hi]
-                            xb, tb = x[idx], targets[idx]
+                            if batch_buffer is not None:
+                                xb = backend.gather_rows(x, idx, batch_buffer[:hi - lo])
+                            else:
+                                xb = x[idx]
+                            tb = targets[idx]
                         else:
                             xb, tb = x[lo:hi], targets[lo:hi]
                         total, metric_values = self._train_step(

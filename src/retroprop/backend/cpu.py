@@ -443,6 +443,16 @@ def find_nonfinite(x):
     return _core.find_nonfinite(_input(x, "x"))
 
 
+def gather_rows(x, index, out=None):
+    """out[r] = x[index[r]] (a batch of rows picked by a shuffled order), into a
+    caller's buffer that can be reused batch after batch. x: C-contiguous, any
+    dtype; index: int64 positions in [0, len(x)) (IndexError otherwise)."""
+    index = np.ascontiguousarray(index, dtype=np.int64)
+    if out is None:
+        out = np.empty((index.shape[0],) + x.shape[1:], dtype=x.dtype)
+    return _core.gather_rows(x, index, out)
+
+
 _STEP_MODES = ("apply", "check", "check_apply")
 
 

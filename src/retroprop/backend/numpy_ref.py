@@ -717,6 +717,19 @@ def find_nonfinite(x):
     return int(bad[0]) if bad.size else -1
 
 
+def gather_rows(x, index, out=None):
+    """out[r] = x[index[r]] (see the cpu backend)."""
+    index = np.asarray(index, dtype=np.int64)
+    if index.ndim != 1:
+        raise TypeError("gather_rows: index must be a 1-D int64 array")
+    if index.size and (index.min() < 0 or index.max() >= x.shape[0]):
+        raise IndexError(f"gather_rows: index values must lie in [0, {x.shape[0]})")
+    if out is None:
+        return x[index]
+    np.take(x, index, axis=0, out=out)
+    return out
+
+
 def optimizer_step(rule, params, grads, state0, state1, *, lr, mode="check_apply",
                    momentum=0.0, nesterov=False, weight_decay=0.0, beta_1=0.9, beta_2=0.999,
                    epsilon=1e-7, step=1, decoupled=False, rho=0.9):

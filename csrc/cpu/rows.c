@@ -1,0 +1,46 @@
+/* Batch assembly (retroprop/rows.h). A shuffled batch of a data set that
+ * does not fit in cache is a few hundred scattered rows, each a wait on
+ * memory: two threads keep twice as many of those loads in flight, and the
+ * caller's reused buffer avoids a fresh allocation (and its page faults)
+ * per batch. */
+#include <string.h>
+#include "retroprop/rows.h"
+#include "retroprop/runtime.h"
+#ifdef RETROPROP_HAVE_OPENMP
+#include <omp.h>
+#endif
+
+/* Below this many bytes a batch is copied by the calling thread alone. */
+#define RP_GATHER_PARALLEL_MIN_BYTES (64 * 1024)
+
+static void copy_rows(size_t row_bytes, const char *x, const int64_t *index, long lo, long hi,
+                      char *out)
+{
+    for (long r = lo; r < hi; ++r)
+        memcpy(out + (size_t)r * row_bytes, x + (size_t)index[r] * row_bytes, row_bytes);
+}
+
+int rp_gather_rows(size_t row_bytes, long n_rows, const void *x, long count,
+                   const int64_t *index, void *out)
+{
+    /* every index first: nothing is written when one is out of range */
+    int bad = 0;
+    for (long r = 0; r < count; ++r) bad |= (uint64_t)index[r] >= (uint64_t)n_rows;
+    if (bad) return -1;
+    if (count <= 0 || row_bytes == 0) return 0;
+    const int nt = (double)count * row_bytes < RP_GATHER_PARALLEL_MIN_BYTES || rp_in_parallel()
+                       ? 1 : rp_get_num_threads();
+    if (nt > 1) {
+#ifdef RETROPROP_HAVE_OPENMP
+#pragma omp parallel num_threads(nt)
+        {
+            const long t = omp_get_thread_num(), team = omp_get_num_threads();
+            copy_rows(row_bytes, (const char *)x, index, count * t / team, count * (t + 1) / team,
+                      (char *)out);
+        }
+#endif
+    } else {
+        copy_rows(row_bytes, (const char *)x, index, 0, count, (char *)out);
+    }
+    return 0;
+}
