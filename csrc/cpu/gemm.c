@@ -23,8 +23,12 @@
 #define UKERNEL_GENERIC rp_ukernel_f32_generic
 #define UKERNEL_AVX2 rp_ukernel_f32_avx2
 #define ROW_KERNEL_AVX2 rp_gemm_row_f32_avx2
+#define GATHER_KERNEL_AVX2 rp_ukernel_f32_avx2_gather
+#define GATHER_MAX_K 512
 #include "gemm_driver.inc"
 #undef ROW_KERNEL_AVX2
+#undef GATHER_KERNEL_AVX2
+#undef GATHER_MAX_K
 #undef REAL
 #undef FN
 #undef MR
