@@ -25,7 +25,9 @@
 #define ROW_KERNEL_AVX2 rp_gemm_row_f32_avx2
 #define GATHER_KERNEL_AVX2 rp_ukernel_f32_avx2_gather
 #define GATHER_MAX_K 512
+#define PACK_A_ROWS_AVX2 rp_pack_a_rows6_f32_avx2   /* MR == 6 */
 #include "gemm_driver.inc"
+#undef PACK_A_ROWS_AVX2
 #undef ROW_KERNEL_AVX2
 #undef GATHER_KERNEL_AVX2
 #undef GATHER_MAX_K

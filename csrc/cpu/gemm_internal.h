@@ -43,6 +43,7 @@ void rp_ukernel_f32_avx2_gather(int kc, const float *x, long pixel_stride, const
 void rp_ukernel_f32_avx2_gather_t(int lines, const float *const *line_x, int ow,
                                   long pixel_stride, const int *offsets, const float *bp,
                                   long ldbp, float *c, int ldc);
+void rp_pack_a_rows6_f32_avx2(int kc, const float *a, long rsa, float *ap);
 void rp_gemm_row_f32_avx2(int n, int k, float alpha, const float *a, long csa, const float *b,
                           long rsb, float beta, float *c, const float *bias, rp_act act);
 #endif
