@@ -114,6 +114,7 @@ static int use_direct(const rp_conv2d_geom *g)
 
 #ifdef RP_DIRECT_AVX2
 #include <immintrin.h>
+#include "transpose_avx2.h"
 
 /* acc[f] += w[f] * column for the 8 (zero-padded) filters: 8 pixels of one
  * tap times each filter's weight of that tap. */
@@ -296,23 +297,8 @@ static void transpose_line_avx2_f32(const float *dz, int ow, int filters, int ow
         for (int j = 0; j < 8; ++j)
             r[j] = ox0 + j < ow ? _mm256_maskload_ps(dz + (long)(ox0 + j) * filters, mask)
                                 : _mm256_setzero_ps();
-        const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
-        const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
-        const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
-        const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
-        const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-        const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-        const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-        const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
         __m256 c[8];
-        c[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
-        c[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
-        c[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
-        c[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
-        c[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
-        c[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
-        c[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
-        c[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+        rp_transpose_8x8_ps(r, c);
         for (int f = 0; f < filters; ++f) _mm256_store_ps(dzT + (long)f * owp + ox0, c[f]);
     }
 }

@@ -4,6 +4,7 @@
 #include "gemm_internal.h"
 #include "act_scalar.h"
 #include "simd_avx2.h"
+#include "transpose_avx2.h"
 
 /* alpha * acc (+ beta * C) (+ bias), activation, store: the fused write-back. */
 static inline void store_row_f32(float *c, __m256 acc, __m256 valpha, __m256 vbeta, int use_beta,
@@ -270,26 +271,10 @@ void rp_pack_a_rows6_f32_avx2(int kc, const float *a, long rsa, float *ap)
 {
     int p0 = 0;
     for (; p0 + 8 <= kc; p0 += 8) {
-        const __m256 r0 = _mm256_loadu_ps(a + p0), r1 = _mm256_loadu_ps(a + rsa + p0);
-        const __m256 r2 = _mm256_loadu_ps(a + 2 * rsa + p0), r3 = _mm256_loadu_ps(a + 3 * rsa + p0);
-        const __m256 r4 = _mm256_loadu_ps(a + 4 * rsa + p0), r5 = _mm256_loadu_ps(a + 5 * rsa + p0);
-        const __m256 zero = _mm256_setzero_ps();
-        const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
-        const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
-        const __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
-        const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-        const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-        const __m256 u4 = _mm256_shuffle_ps(t4, zero, 0x44), u5 = _mm256_shuffle_ps(t4, zero, 0xEE);
-        const __m256 u6 = _mm256_shuffle_ps(t5, zero, 0x44), u7 = _mm256_shuffle_ps(t5, zero, 0xEE);
-        __m256 col[8];
-        col[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
-        col[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
-        col[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
-        col[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
-        col[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
-        col[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
-        col[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
-        col[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+        __m256 row[8], col[8];
+        for (int i = 0; i < 6; ++i) row[i] = _mm256_loadu_ps(a + i * rsa + p0);
+        row[6] = row[7] = _mm256_setzero_ps();
+        rp_transpose_8x8_ps(row, col);
         float *dst = ap + (long)p0 * 6;
         for (int p = 0; p < 7; ++p) _mm256_storeu_ps(dst + p * 6, col[p]);
         if (p0 + 8 < kc) {
