@@ -39,21 +39,20 @@ static inline void store_row_f32(float *c, __m256 acc, __m256 valpha, __m256 vbe
         a = _mm256_broadcast_ss(A5); c50 = _mm256_fmadd_ps(a, b0, c50); c51 = _mm256_fmadd_ps(a, b1, c51); \
     }
 
+/* Row I of the tile (registers C0 | C1, 16 columns) through the write-back. */
+#define TILE_F32_STORE_ROW(I, C0, C1, VALPHA, VBETA, USE_BETA)                               \
+    store_row_f32(c + (I) * (long)ldc, C0, VALPHA, VBETA, USE_BETA, bias, act);              \
+    store_row_f32(c + (I) * (long)ldc + 8, C1, VALPHA, VBETA, USE_BETA, bias1, act);
+
 #define TILE_F32_STORE(VALPHA, VBETA, USE_BETA)                                 \
     {                                                                           \
         const float *bias1 = bias ? bias + 8 : NULL;                            \
-        store_row_f32(c + 0 * (long)ldc, c00, VALPHA, VBETA, USE_BETA, bias, act);      \
-        store_row_f32(c + 0 * (long)ldc + 8, c01, VALPHA, VBETA, USE_BETA, bias1, act); \
-        store_row_f32(c + 1 * (long)ldc, c10, VALPHA, VBETA, USE_BETA, bias, act);      \
-        store_row_f32(c + 1 * (long)ldc + 8, c11, VALPHA, VBETA, USE_BETA, bias1, act); \
-        store_row_f32(c + 2 * (long)ldc, c20, VALPHA, VBETA, USE_BETA, bias, act);      \
-        store_row_f32(c + 2 * (long)ldc + 8, c21, VALPHA, VBETA, USE_BETA, bias1, act); \
-        store_row_f32(c + 3 * (long)ldc, c30, VALPHA, VBETA, USE_BETA, bias, act);      \
-        store_row_f32(c + 3 * (long)ldc + 8, c31, VALPHA, VBETA, USE_BETA, bias1, act); \
-        store_row_f32(c + 4 * (long)ldc, c40, VALPHA, VBETA, USE_BETA, bias, act);      \
-        store_row_f32(c + 4 * (long)ldc + 8, c41, VALPHA, VBETA, USE_BETA, bias1, act); \
-        store_row_f32(c + 5 * (long)ldc, c50, VALPHA, VBETA, USE_BETA, bias, act);      \
-        store_row_f32(c + 5 * (long)ldc + 8, c51, VALPHA, VBETA, USE_BETA, bias1, act); \
+        TILE_F32_STORE_ROW(0, c00, c01, VALPHA, VBETA, USE_BETA)                \
+        TILE_F32_STORE_ROW(1, c10, c11, VALPHA, VBETA, USE_BETA)                \
+        TILE_F32_STORE_ROW(2, c20, c21, VALPHA, VBETA, USE_BETA)                \
+        TILE_F32_STORE_ROW(3, c30, c31, VALPHA, VBETA, USE_BETA)                \
+        TILE_F32_STORE_ROW(4, c40, c41, VALPHA, VBETA, USE_BETA)                \
+        TILE_F32_STORE_ROW(5, c50, c51, VALPHA, VBETA, USE_BETA)                \
     }
 
 void rp_ukernel_f32_avx2(int kc, const float *ap, const float *bp, long ldbp, float *c, int ldc,
