@@ -167,6 +167,37 @@ def test_extreme_inputs_finite(simd, dtype, name, param):
         np.testing.assert_allclose(dx[moderate], np.nan_to_num(df(x64, p)), **_tol(dtype))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name,param", CASES, ids=IDS)
+def test_nan_input_gives_nan_output(simd, dtype, name, param):
+    # A NaN must never be turned into a number (the AVX2 e^x once clamped it
+    # into range, so sigmoid(NaN) came out as 1). 19 elements: vector + tail.
+    x = _data(19, dtype, seed=11)
+    x[[0, 9, 18]] = np.nan
+    y = cpu.activation_forward(name, x, param=param)
+    assert np.all(np.isnan(y[[0, 9, 18]])), y
+    assert not np.any(np.isnan(np.delete(y, [0, 9, 18])))
+    if name in ("linear", "step", "relu", "leaky_relu"):
+        # Piecewise-constant derivatives pick a side by a comparison that NaN
+        # fails (as in PyTorch): dy * 1, 0 or the slope, not NaN.
+        return
+    dx = cpu.activation_backward(name, y, np.ones_like(x), x=x, param=param)
+    assert np.all(np.isnan(dx[[0, 9, 18]])), dx
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", ["relu", "sigmoid", "tanh", "step", "leaky_relu", "elu"])
+def test_nan_row_through_fused_dense_stays_nan(simd, dtype, name):
+    # The GEMM write-back applies the activation in registers: a NaN input row
+    # must come out as a NaN output row there too, at every tile position.
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((13, 7)).astype(dtype)
+    x[[0, 6, 12], 2] = np.nan
+    y = cpu.dense_forward(x, rng.standard_normal((7, 19)).astype(dtype), None, name)
+    assert np.all(np.isnan(y[[0, 6, 12]]))
+    assert not np.any(np.isnan(np.delete(y, [0, 6, 12], axis=0)))
+
+
 def test_step_heaviside_zero_gradient_even_for_infinite_dy():
     x = np.array([-1.0, -1e-30, 0.0, 1e-30, 2.0] * 5, np.float32)  # 25: vector and tail
     y = cpu.activation_forward("step", x)

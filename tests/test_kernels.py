@@ -3,6 +3,7 @@ backend against plain float64 NumPy formulas written here, on awkward shapes."""
 import numpy as np
 import pytest
 
+from retroprop import _core
 from retroprop.backend import cpu
 
 ACT = {
@@ -107,8 +108,9 @@ def test_activations_saturate_without_nan(simd, act):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("n,c", [(1, 1), (1, 10), (3, 7), (129, 10), (5000, 17)])
-def test_softmax_and_fused_cross_entropy(threads, dtype, n, c):
+@pytest.mark.parametrize("n,c", [(1, 1), (1, 10), (3, 7), (2, 8), (5, 9), (129, 10), (4, 16),
+                                 (3, 67), (2, 1000), (5000, 17)])
+def test_softmax_and_fused_cross_entropy(simd, threads, dtype, n, c):
     rng = np.random.default_rng(n * c)
     z = (rng.standard_normal((n, c)) * 3).astype(dtype)
     labels = rng.integers(0, c, n)
@@ -124,6 +126,32 @@ def test_softmax_and_fused_cross_entropy(threads, dtype, n, c):
         loss, grad = cpu.softmax_cross_entropy(z, targets)
         assert loss == pytest.approx(loss_ref, rel=tol * 10, abs=tol)
         np.testing.assert_allclose(grad, (p_ref - onehot) / n, rtol=tol * 10, atol=tol / n)
+        # The loss alone (no gradient array) is the same number.
+        assert _core.softmax_cross_entropy(z, labels if targets is labels else None,
+                                           None if targets is labels else targets,
+                                           None) == pytest.approx(loss, rel=1e-12)
+    # Rows are independent: a row's results do not depend on its neighbours
+    # (the vector loop's masked tail reads and writes nothing outside the row).
+    if n > 1:
+        np.testing.assert_array_equal(cpu.softmax(z)[1:], cpu.softmax(z[1:]))
+        out = np.full((n + 1, c), 7.0, dtype)
+        cpu.softmax(z, out[:n])
+        assert np.all(out[n] == 7.0)
+
+
+@pytest.mark.parametrize("c", [3, 10, 17])
+def test_softmax_keeps_nan_and_handles_infinite_logits(simd, c):
+    z = np.zeros((4, c), np.float32)
+    z[0, 1] = np.nan
+    z[1, 0] = -np.inf                 # a masked-out class: probability exactly 0
+    z[2, c - 1] = 200.0               # every other class underflows to 0
+    p = cpu.softmax(z)
+    assert np.all(np.isnan(p[0]))
+    assert p[1, 0] == 0.0 and p[1, 1:].sum() == pytest.approx(1.0, rel=1e-6)
+    np.testing.assert_array_equal(p[2], np.eye(c, dtype=np.float32)[c - 1])
+    np.testing.assert_allclose(p[3], 1.0 / c, rtol=1e-6)
+    loss, grad = cpu.softmax_cross_entropy(z, np.zeros(4, np.int64))
+    assert np.isnan(loss) and np.all(np.isnan(grad[0])) and np.all(np.isfinite(grad[1:]))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

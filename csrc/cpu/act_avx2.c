@@ -25,10 +25,12 @@ static inline __m256 forward_f32x8(rp_act act, __m256 p, __m256 z)
 {
     const __m256 zero = _mm256_setzero_ps();
     switch (act) {
-    case RP_ACT_RELU: return _mm256_max_ps(z, zero);
+    case RP_ACT_RELU: return _mm256_max_ps(zero, z);   /* NaN stays NaN: max returns its second operand */
     case RP_ACT_SIGMOID: return rp_sigmoid_f32x8(_mm256_mul_ps(p, z));
     case RP_ACT_TANH: return rp_tanh_f32x8(z);
-    case RP_ACT_STEP: return _mm256_and_ps(_mm256_cmp_ps(z, zero, _CMP_GE_OQ), _mm256_set1_ps(1.0f));
+    case RP_ACT_STEP:   /* 1 where z >= 0, 0 where z < 0, NaN (all-ones bits) where z is NaN */
+        return _mm256_or_ps(_mm256_and_ps(_mm256_cmp_ps(z, zero, _CMP_GE_OQ), _mm256_set1_ps(1.0f)),
+                            _mm256_cmp_ps(z, z, _CMP_UNORD_Q));
     case RP_ACT_LEAKY_RELU:
         return _mm256_blendv_ps(_mm256_mul_ps(p, z), z, _mm256_cmp_ps(z, zero, _CMP_GT_OQ));
     case RP_ACT_SWISH: return _mm256_mul_ps(z, rp_sigmoid_f32x8(z));

@@ -133,7 +133,7 @@ void store_pixels_8x8(__m256 acc[8], rp_act act, int nj, int filters, float *y)
 {
     float out[8][8] __attribute__((aligned(32)));
     for (int f = 0; f < 8; ++f) {
-        const __m256 v = act == RP_ACT_RELU ? _mm256_max_ps(acc[f], _mm256_setzero_ps()) : acc[f];
+        const __m256 v = act == RP_ACT_RELU ? _mm256_max_ps(_mm256_setzero_ps(), acc[f]) : acc[f];
         _mm256_store_ps(out[f], v);
     }
     if (act == RP_ACT_LINEAR || act == RP_ACT_RELU) {
@@ -820,7 +820,7 @@ RP_ALWAYS_INLINE void FN(conv_forward_direct_body)(int patch, int filters, long 
         } else if (act == RP_ACT_RELU) {
             for (int j = 0; j < nj; ++j)
                 for (int f = 0; f < filters; ++f)
-                    yp[j * filters + f] = acc[f][j] > (REAL)0 ? acc[f][j] : (REAL)0;
+                    yp[j * filters + f] = acc[f][j] < (REAL)0 ? (REAL)0 : acc[f][j];
         } else {
             for (int j = 0; j < nj; ++j)
                 for (int f = 0; f < filters; ++f) yp[j * filters + f] = ACT_SCALAR(act, acc[f][j]);

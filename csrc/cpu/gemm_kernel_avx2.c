@@ -134,7 +134,7 @@ static inline void store_row_f64(double *c, __m256d acc, __m256d valpha, __m256d
     __m256d v = _mm256_mul_pd(acc, valpha);
     if (use_beta) v = _mm256_fmadd_pd(vbeta, _mm256_loadu_pd(c), v);
     if (bias) v = _mm256_add_pd(v, _mm256_loadu_pd(bias));
-    if (act == RP_ACT_RELU) v = _mm256_max_pd(v, _mm256_setzero_pd());
+    if (act == RP_ACT_RELU) v = _mm256_max_pd(_mm256_setzero_pd(), v);   /* NaN stays NaN */
     _mm256_storeu_pd(c, v);
     if (act == RP_ACT_SIGMOID || act == RP_ACT_TANH)
         for (int j = 0; j < 4; ++j) c[j] = rp_act_scalar_f64(act, c[j]);

@@ -3,8 +3,14 @@
 #include <stdlib.h>
 #include "retroprop/loss.h"
 #include "retroprop/runtime.h"
+#include "loss_internal.h"
 #ifdef RETROPROP_HAVE_OPENMP
 #include <omp.h>
+#define RP_THREAD_ID(t) (t) = omp_get_thread_num()
+#define RP_TEAM_SIZE(k) (k) = omp_get_num_threads()
+#else
+#define RP_THREAD_ID(t) (void)(t)
+#define RP_TEAM_SIZE(k) (void)(k)
 #endif
 
 /* Rows are independent; a parallel region only pays off for big batches. */
@@ -23,32 +29,48 @@ static int threads_for_rows(int n, int c)
         for (int j = 0; j < c; ++j) out[j] *= inv;                         \
     }
 
+/* Rows [lo, hi): the AVX2 loop for float32 where the CPU has it, else the
+ * scalar rows (float64 is always scalar). */
+static void softmax_range_f32(int lo, int hi, int c, const float *x, float *out)
+{
+#ifdef RETROPROP_HAVE_AVX2
+    if (rp_simd_in_use() == RP_SIMD_AVX2) {
+        rp_softmax_rows_f32_avx2(lo, hi, c, x, out);
+        return;
+    }
+#endif
+    for (int i = lo; i < hi; ++i) SOFTMAX_ROW(float, expf, (x + (long)i * c), (out + (long)i * c), c)
+}
+
+static void softmax_range_f64(int lo, int hi, int c, const double *x, double *out)
+{
+    for (int i = lo; i < hi; ++i) SOFTMAX_ROW(double, exp, (x + (long)i * c), (out + (long)i * c), c)
+}
+
 /* Small batches (single-sample inference) open no parallel region: even
  * one for a single thread costs ~0.5 us, more than a 10-class softmax. */
-#define SOFTMAX_ROWS(REAL, EXP)                                            \
+#define SOFTMAX_ROWS(SUFFIX)                                               \
     {                                                                      \
         const int nt = threads_for_rows(n, c);                             \
-        if (nt > 1) {                                                      \
-            _Pragma("omp parallel for schedule(static) num_threads(nt)")   \
-            for (int i = 0; i < n; ++i) {                                  \
-                const REAL *z = x + (long)i * c;                           \
-                REAL *o = out + (long)i * c;                               \
-                SOFTMAX_ROW(REAL, EXP, z, o, c)                            \
-            }                                                              \
-        } else {                                                           \
-            for (int i = 0; i < n; ++i) {                                  \
-                const REAL *z = x + (long)i * c;                           \
-                REAL *o = out + (long)i * c;                               \
-                SOFTMAX_ROW(REAL, EXP, z, o, c)                            \
-            }                                                              \
+        if (nt <= 1) {                                                     \
+            softmax_range_##SUFFIX(0, n, c, x, out);                       \
+            return;                                                        \
+        }                                                                  \
+        _Pragma("omp parallel num_threads(nt)")                            \
+        {                                                                  \
+            int t = 0, team = 1;                                           \
+            RP_THREAD_ID(t);                                               \
+            RP_TEAM_SIZE(team);                                            \
+            softmax_range_##SUFFIX((int)((long)n * t / team),              \
+                                   (int)((long)n * (t + 1) / team), c, x, out); \
         }                                                                  \
     }
 
 void rp_softmax_f32(int n, int c, const float *x, float *out)
-SOFTMAX_ROWS(float, expf)
+SOFTMAX_ROWS(f32)
 
 void rp_softmax_f64(int n, int c, const double *x, double *out)
-SOFTMAX_ROWS(double, exp)
+SOFTMAX_ROWS(f64)
 
 /* Per row: m = max z, s = sum e^(z - m); log-sum-exp = m + log s, so the
  * loss never takes the log of an underflowed probability. Row losses are
@@ -82,44 +104,57 @@ SOFTMAX_ROWS(double, exp)
 XENT_ROW(float, expf)
 XENT_ROW(double, exp)
 
+/* Sum of the row losses of rows [lo, hi), in row order. */
+static double xent_range_f32(int lo, int hi, int c, const float *z, const int64_t *labels,
+                             const float *targets, float *grad, float inv_n)
+{
+#ifdef RETROPROP_HAVE_AVX2
+    if (rp_simd_in_use() == RP_SIMD_AVX2)
+        return rp_softmax_xent_rows_f32_avx2(lo, hi, c, z, labels, targets, grad, inv_n);
+#endif
+    double total = 0;
+    for (int i = lo; i < hi; ++i) total += xent_row_float(i, c, z, labels, targets, grad, inv_n);
+    return total;
+}
+
+static double xent_range_f64(int lo, int hi, int c, const double *z, const int64_t *labels,
+                             const double *targets, double *grad, double inv_n)
+{
+    double total = 0;
+    for (int i = lo; i < hi; ++i) total += xent_row_double(i, c, z, labels, targets, grad, inv_n);
+    return total;
+}
+
 /* A small batch (the common case) is one thread's loop with no parallel
- * region; a large one is split over threads with per-thread partial sums. */
-#define SOFTMAX_XENT(REAL)                                                             \
+ * region; a large one is split over threads in contiguous row ranges, with
+ * per-thread partial sums added in thread order: deterministic for a fixed
+ * thread count. */
+#define SOFTMAX_XENT(REAL, SUFFIX)                                                     \
     {                                                                                  \
         const int wanted = threads_for_rows(n, c);                                     \
         const int nt = wanted < 256 ? wanted : 256;   /* partial[] below */           \
         const REAL inv_n = (REAL)1 / (REAL)n;                                          \
-        double total = 0;                                                              \
-        if (nt <= 1) {                                                                 \
-            for (int i = 0; i < n; ++i)                                                \
-                total += xent_row_##REAL(i, c, z, labels, targets, grad, inv_n);       \
-            return total / (double)n;                                                  \
-        }                                                                              \
+        if (nt <= 1)                                                                   \
+            return xent_range_##SUFFIX(0, n, c, z, labels, targets, grad, inv_n) / (double)n; \
         double partial[256] = {0};                                                     \
         _Pragma("omp parallel num_threads(nt)")                                        \
         {                                                                              \
-            int t = 0;                                                                 \
+            int t = 0, team = 1;                                                       \
             RP_THREAD_ID(t);                                                           \
-            double local = 0;                                                          \
-            _Pragma("omp for schedule(static)")                                        \
-            for (int i = 0; i < n; ++i)                                                \
-                local += xent_row_##REAL(i, c, z, labels, targets, grad, inv_n);       \
-            if (t < 256) partial[t] = local;                                           \
+            RP_TEAM_SIZE(team);                                                        \
+            partial[t] = xent_range_##SUFFIX((int)((long)n * t / team),                \
+                                             (int)((long)n * (t + 1) / team), c, z,    \
+                                             labels, targets, grad, inv_n);            \
         }                                                                              \
-        for (int t = 0; t < nt && t < 256; ++t) total += partial[t];                   \
+        double total = 0;                                                              \
+        for (int t = 0; t < nt; ++t) total += partial[t];                              \
         return total / (double)n;                                                      \
     }
 
-#ifdef RETROPROP_HAVE_OPENMP
-#define RP_THREAD_ID(t) (t) = omp_get_thread_num()
-#else
-#define RP_THREAD_ID(t) (void)(t)
-#endif
-
 double rp_softmax_xent_f32(int n, int c, const float *z, const int64_t *labels,
                            const float *targets, float *grad)
-SOFTMAX_XENT(float)
+SOFTMAX_XENT(float, f32)
 
 double rp_softmax_xent_f64(int n, int c, const double *z, const int64_t *labels,
                            const double *targets, double *grad)
-SOFTMAX_XENT(double)
+SOFTMAX_XENT(double, f64)

@@ -6,17 +6,21 @@
 #include <immintrin.h>
 #include "retroprop/act.h"
 
-/* e^x for float32 lanes. x is clamped to the range where e^x is a finite
- * normal float; then x = n ln2 + r with |r| <= ln2/2 and e^r comes from its
- * Taylor series to r^7 (truncation error < 1e-8 relative on that interval),
- * while 2^n is built directly in the exponent bits. */
+/* e^x for float32 lanes. The range reduction runs on x clamped to [-87, 88]
+ * (where e^x is a normal float): x = n ln2 + r with |r| <= ln2/2, e^r from
+ * its Taylor series to r^7 (truncation error < 1e-8 relative on that
+ * interval), 2^n built directly in the exponent bits. Below -87 the result
+ * is 0 (the true value is under 1.7e-38); above 88 it stays e^88, which
+ * keeps 1 / (1 + e^x) finite. NaN lanes stay NaN: max/min would otherwise
+ * replace them by the clamp bound and hide them. */
 static inline __m256 rp_exp_f32x8(__m256 x)
 {
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+    const __m256 low = _mm256_set1_ps(-87.0f);
+    __m256 xc = _mm256_min_ps(_mm256_max_ps(x, low), _mm256_set1_ps(88.0f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(1.44269504088896341f)),
                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     /* ln2 split in a short high part and a correction so n*ln2_hi is exact. */
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), xc);
     r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
     __m256 p = _mm256_set1_ps(1.0f / 5040.0f);
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720.0f));
@@ -27,7 +31,9 @@ static inline __m256 rp_exp_f32x8(__m256 x)
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
     __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+    __m256 e = _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+    e = _mm256_andnot_ps(_mm256_cmp_ps(x, low, _CMP_LT_OQ), e);
+    return _mm256_or_ps(e, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));    /* all-ones bits: NaN */
 }
 
 static inline __m256 rp_sigmoid_f32x8(__m256 z)
@@ -60,7 +66,7 @@ static inline __m256 rp_tanh_f32x8(__m256 z)
 static inline __m256 rp_act_f32x8(rp_act act, __m256 z)
 {
     switch (act) {
-    case RP_ACT_RELU: return _mm256_max_ps(z, _mm256_setzero_ps());
+    case RP_ACT_RELU: return _mm256_max_ps(_mm256_setzero_ps(), z);   /* NaN stays NaN */
     case RP_ACT_SIGMOID: return rp_sigmoid_f32x8(z);
     case RP_ACT_TANH: return rp_tanh_f32x8(z);
     default: return z;

@@ -173,7 +173,7 @@ def activation_forward(name, x, out=None, *, param=None):
     elif name == "tanh":
         np.tanh(x, out=out)
     elif name == "step":
-        np.copyto(out, x >= 0)               # Heaviside with H(0) = 1
+        np.copyto(out, np.where(np.isnan(x), x, x >= 0))   # Heaviside with H(0) = 1; NaN stays NaN
     elif name == "leaky_relu":
         np.copyto(out, np.where(x > 0, x, a * x))
     elif name == "elu":
