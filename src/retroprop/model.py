@@ -120,6 +120,9 @@ class Sequential:
         TypeError; an empty batch or a scalar raises ValueError. The shape is
         checked by the first layer.
         """
+        if type(x) is np.ndarray and x.dtype is self.dtype and self.built and x.ndim and x.shape[0] \
+                and x.flags.c_contiguous:
+            return x        # the common case (every batch of a fit), in a few cheap tests
         if not isinstance(x, np.ndarray):
             try:
                 x = np.asarray(x)
@@ -213,7 +216,10 @@ class Sequential:
 
     def regularization_loss(self):
         """Sum of all layers' weight penalties."""
-        return float(sum(layer.regularization_loss() for layer in self.layers))
+        total = 0.0
+        for layer in self.layers:
+            total += layer.regularization_loss()
+        return float(total)
 
     def count_params(self):
         """Total number of parameter scalars."""
