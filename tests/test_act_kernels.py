@@ -79,16 +79,6 @@ def _check(name, param, x, dtype, against_reference_backend=True):
     np.testing.assert_allclose(dx, dy * df(x64, p), **_tol(dtype))
 
 
-@pytest.fixture(params=["avx2+fma", "generic"])
-def simd(request):
-    if request.param != "generic" and cpu.backend_info()["simd_best"] == "generic":
-        pytest.skip("this CPU has no AVX2+FMA")
-    previous = cpu.backend_info()["simd"]
-    cpu.set_simd(request.param)
-    yield request.param
-    cpu.set_simd(previous)
-
-
 @pytest.fixture
 def two_threads():
     previous = cpu.get_num_threads()

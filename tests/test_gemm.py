@@ -26,25 +26,6 @@ ACTIVATIONS = {
 }
 
 
-@pytest.fixture(params=["avx2+fma", "generic"])
-def simd(request):
-    best = cpu.backend_info()["simd_best"]
-    if request.param != "generic" and best == "generic":
-        pytest.skip("this CPU has no AVX2+FMA; the generic path is tested")
-    previous = cpu.backend_info()["simd"]
-    cpu.set_simd(request.param)
-    yield request.param
-    cpu.set_simd(previous)
-
-
-@pytest.fixture(params=[1, 2])
-def threads(request):
-    previous = cpu.get_num_threads()
-    cpu.set_num_threads(request.param)
-    yield request.param
-    cpu.set_num_threads(previous)
-
-
 def reference(a, b, c, trans_a, trans_b, alpha, beta, bias, act):
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     opa, opb = (a64.T if trans_a else a64), (b64.T if trans_b else b64)

@@ -16,24 +16,6 @@ DENSE_SHAPES = [(1, 1, 1), (1, 784, 256), (3, 5, 7), (13, 17, 19), (32, 784, 256
                 (128, 256, 128), (1000, 3, 17), (97, 61, 10)]
 
 
-@pytest.fixture(params=["avx2+fma", "generic"])
-def simd(request):
-    if request.param != "generic" and cpu.backend_info()["simd_best"] == "generic":
-        pytest.skip("this CPU has no AVX2+FMA")
-    previous = cpu.backend_info()["simd"]
-    cpu.set_simd(request.param)
-    yield request.param
-    cpu.set_simd(previous)
-
-
-@pytest.fixture(params=[1, 2])
-def threads(request):
-    previous = cpu.get_num_threads()
-    cpu.set_num_threads(request.param)
-    yield request.param
-    cpu.set_num_threads(previous)
-
-
 def rtol_for(dtype):
     return 2e-5 if dtype == np.float32 else 1e-11
 

@@ -267,3 +267,23 @@ def test_max_pool_2x2_few_channels(channels, strides, padding, threads):
     y_ref, dx_ref = reference_pool(x, dy, layer._pool2, layer._stride2, layer._pads, "max")
     np.testing.assert_array_equal(y, y_ref)
     np.testing.assert_allclose(dx, dx_ref, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("channels", [1, 6, 9, 16])
+@pytest.mark.parametrize("pool,stride", [(2, 2), (3, 1), ((2, 3), (2, 1))])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_pool_nan_is_the_maximum(simd, channels, pool, stride, dtype):
+    # A NaN in a window wins it (as in PyTorch, and as NumPy's argmax picks
+    # it): a later cell that is NaN must not be skipped by "strictly greater".
+    from retroprop.backend import numpy_ref
+    x = np.random.default_rng(channels).random((2, 6, 8, channels)).astype(dtype)
+    x[0, 1, 1, channels - 1] = np.nan      # the last cell of a 2x2 window, not its first
+    x[1, 4, 5, 0] = np.nan
+    pool = pool if isinstance(pool, tuple) else (pool, pool)
+    stride = stride if isinstance(stride, tuple) else (stride, stride)
+    out, argmax = cpu_backend.maxpool2d_forward(x, pool, stride)
+    ref_out, ref_argmax = numpy_ref.maxpool2d_forward(x, pool, stride)
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(ref_out))
+    assert np.isnan(out[0]).any() and np.isnan(out[1]).any()
+    np.testing.assert_array_equal(out, ref_out)          # NaNs compare equal here
+    np.testing.assert_array_equal(argmax, ref_argmax)
