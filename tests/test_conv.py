@@ -517,3 +517,56 @@ def test_backend_refuses_a_workspace_too_small():
         cpu_backend.conv2d_forward(x, w, None, "linear", workspace=np.empty(need - 1))
     with pytest.raises(TypeError, match="workspace"):
         cpu_backend.conv2d_forward(x, w, None, "linear", workspace=np.empty(need, np.float32))
+
+
+@pytest.mark.parametrize("channels, kernel, filters, stride, dilation, padding, activation", [
+    (16, (3, 3), 32, (1, 1), (1, 1), (1, 1, 1, 1), "relu"),    # "same" 3x3: the usual layer
+    (3, (3, 3), 16, (1, 1), (1, 1), (0, 1, 0, 1), "linear"),   # bottom/right padding only
+    (5, (3, 3), 16, (2, 2), (1, 1), (1, 1, 1, 1), "tanh"),     # stride 2
+    (4, (3, 3), 16, (1, 1), (2, 2), (2, 2, 2, 2), "sigmoid"),  # dilated
+    (6, (5, 5), 16, (1, 1), (1, 1), (2, 2, 2, 2), "relu"),     # 5x5, two rows of padding
+    (28, (3, 3), 16, (1, 1), (1, 1), (1, 0, 2, 1), "relu"),    # patch 252, uneven padding
+    (2, (3, 3), 16, (1, 1), (1, 1), (1, 1, 1, 1), "elu"),      # activation not in the kernel
+])
+@pytest.mark.parametrize("small_chunks", [False, True])
+def test_padded_copy_path_matches_numpy_reference(monkeypatch, channels, kernel, filters,
+                                                  stride, dilation, padding, activation,
+                                                  small_chunks):
+    """float32 convolutions of the packed path with zero padding run on a
+    copy of each chunk of images with the padding written out (forward and
+    dW read it in place). Forward, dW, db and dx must agree with the NumPy
+    backend, with one chunk or several (a copy per chunk, the buffer reused
+    with stale contents), and not depend on the thread count."""
+    from retroprop.backend import numpy_ref
+    rng = np.random.default_rng(channels + filters)
+    # enough output lines for the blocked loops (>= 8 blocks of ~512 pixels)
+    x = rng.standard_normal((48, 24, 13, channels)).astype(np.float32)
+    w = (rng.standard_normal(kernel + (channels, filters)) / 4).astype(np.float32)
+    b = rng.standard_normal(filters).astype(np.float32)
+    geometry = dict(stride=stride, dilation=dilation, padding=padding)
+    y_ref = numpy_ref.conv2d_forward(x, w, b, activation, **geometry)
+    dy = rng.standard_normal(y_ref.shape).astype(np.float32)
+    ref = [np.empty_like(w), np.empty_like(b), np.empty_like(x)]
+    numpy_ref.conv2d_backward(x, w, y_ref, dy, activation, ref[0], ref[1], dx=ref[2], **geometry)
+    if small_chunks:
+        # room in the column workspace for 20 images: chunks of 20, 20 and 8
+        oh, ow = y_ref.shape[1:3]
+        monkeypatch.setattr(cpu_backend, "COL_WORKSPACE_ELEMENTS",
+                            20 * oh * ow * kernel[0] * kernel[1] * channels)
+    before = cpu_backend.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            cpu_backend.set_num_threads(threads)
+            y = cpu_backend.conv2d_forward(x, w, b, activation, **geometry)
+            grads = [np.full_like(w, np.nan), np.full_like(b, np.nan), np.full_like(x, np.nan)]
+            cpu_backend.conv2d_backward(x, w, y, dy, activation, grads[0], grads[1],
+                                        dx=grads[2], **geometry)
+            results.append([y] + grads)
+    finally:
+        cpu_backend.set_num_threads(before)
+    for got, want in zip(results[0], [y_ref] + ref):
+        scale = max(1.0, float(np.abs(want).max()))
+        np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4 * scale)
+    for one, two in zip(*results):
+        np.testing.assert_array_equal(one, two)

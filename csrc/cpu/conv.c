@@ -529,6 +529,78 @@ static int use_gather_weight_grad(const rp_conv2d_geom *g)
            (long)(g->ow - 1) * g->stride_w + (long)(g->kw - 1) * g->dilation_w < g->w;
 }
 
+/* Zero padding keeps the in-place kernels above off: windows at the edges
+ * of a line would read outside it. For the convolutions of the packed path
+ * ("same" 3x3 layers with 16k filters: the usual CNN layer), a copy of a
+ * chunk of images with the padding written out as zeros lets every line
+ * take them anyway: the forward then packs no patch (a copy ~kh*kw times
+ * smaller than the patches it replaces), and dW needs no column matrix. */
+static int use_padded_copy(const rp_conv2d_geom *g)
+{
+    return use_packed_forward(g) && !use_direct(g) && (g->pad_top > 0 || g->pad_left > 0 ||
+           (long)(g->oh - 1) * g->stride_h + (long)(g->kh - 1) * g->dilation_h >= g->h ||
+           (long)(g->ow - 1) * g->stride_w + (long)(g->kw - 1) * g->dilation_w >= g->w) &&
+           g->ow >= RP_MR_F32;
+}
+
+/* The geometry of count images of g with their padding made part of them:
+ * every window inside, no padding; the output size is unchanged. */
+static rp_conv2d_geom padded_geometry(const rp_conv2d_geom *g, int count)
+{
+    rp_conv2d_geom p = *g;
+    const long need_h = (long)(g->oh - 1) * g->stride_h + (long)(g->kh - 1) * g->dilation_h + 1;
+    const long need_w = (long)(g->ow - 1) * g->stride_w + (long)(g->kw - 1) * g->dilation_w + 1;
+    p.n = count;
+    p.h = (int)(need_h > (long)g->pad_top + g->h ? need_h : (long)g->pad_top + g->h);
+    p.w = (int)(need_w > (long)g->pad_left + g->w ? need_w : (long)g->pad_left + g->w);
+    p.pad_top = p.pad_left = 0;
+    return p;
+}
+
+/* Per calling thread, grown on demand and kept (as the GEMM's packing buffers). */
+static __thread float *padded_buffer = NULL;
+static __thread size_t padded_capacity = 0;
+
+/* Images [first, first + count) of x copied into the thread's buffer with
+ * their zero padding (geometry *gp from padded_geometry), or NULL when the
+ * buffer cannot be had (the caller then takes the unpadded path). */
+static const float *padded_images_f32(const rp_conv2d_geom *g, const float *x, int first,
+                                      int count, rp_conv2d_geom *gp)
+{
+    *gp = padded_geometry(g, count);
+    const long row = (long)gp->w * g->c, image = (long)gp->h * row;
+    const size_t need = (size_t)count * (size_t)image;
+    if (need > padded_capacity) {
+        free(padded_buffer);
+        padded_buffer = NULL;
+        padded_capacity = 0;
+        if (need > ((size_t)1 << 28)) return NULL;      /* 1 GiB: not worth a copy */
+        padded_buffer = (float *)malloc(need * sizeof(float));
+        if (!padded_buffer) return NULL;
+        padded_capacity = need;
+    }
+    float *xp = padded_buffer;
+    const long in_row = (long)g->w * g->c, in_image = (long)g->h * in_row;
+    const long left = (long)g->pad_left * g->c, right = row - left - in_row;
+    const int nt = threads_for((double)need);
+    (void)nt;
+#ifdef RETROPROP_HAVE_OPENMP
+#pragma omp parallel for schedule(static) num_threads(nt)
+#endif
+    for (long r = 0; r < (long)count * gp->h; ++r) {
+        const long img = r / gp->h, iy = r % gp->h - g->pad_top;
+        float *dst = xp + img * image + (r % gp->h) * row;
+        if (iy < 0 || iy >= g->h) {
+            memset(dst, 0, sizeof(float) * (size_t)row);
+            continue;
+        }
+        memset(dst, 0, sizeof(float) * (size_t)left);
+        memcpy(dst + left, x + (first + img) * in_image + iy * in_row, sizeof(float) * (size_t)in_row);
+        memset(dst + left + in_row, 0, sizeof(float) * (size_t)right);
+    }
+    return xp;
+}
+
 /* pw (patch x filters, natural layout) = sum over lines [l0, l1) of the
  * chunk at `first` of col^T dz, with dz the block's (rows x filters). */
 static void gather_weight_grad_block_f32(const rp_conv2d_geom *g, const float *x, int first,
@@ -602,7 +674,9 @@ static void direct_weight_grad_avx2_f32(int patch, int filters, long rows, const
 #define RP_CONV_TEMPLATE 1
 #define REAL float
 #define FN(name) name##_f32
+#ifdef RP_DIRECT_AVX2
 #define DIRECT_AVX2_F32 1
+#endif
 #define GEMM rp_gemm_f32
 #define GRAD_FROM_OUTPUT rp_act_grad_from_output_f32
 #define ACT_SCALAR rp_act_scalar_f32
@@ -1068,6 +1142,18 @@ void FN(rp_conv2d_forward)(const rp_conv2d_geom *g, const REAL *x, const REAL *w
     for (int first = 0; first < g->n; first += chunk) {
         const int count = g->n - first < chunk ? g->n - first : chunk;
         const long lpb = lines_per_block(g, count);
+#ifdef DIRECT_AVX2_F32
+        if (lpb > 0 && use_padded_copy(g) && rp_act_in_microkernel(act, rp_act_param_default(act))) {
+            /* the chunk's images with their padding: every line read in place */
+            rp_conv2d_geom gp;
+            const float *xp = padded_images_f32(g, x, first, count, &gp);
+            if (xp) {
+                FN(conv_forward_blocks)(&gp, 0, count, lines_per_block(&gp, count), xp, w, b, act,
+                                        col, y + (long)first * rows_per_image * g->filters);
+                continue;
+            }
+        }
+#endif
         if (lpb > 0) {
             FN(conv_forward_blocks)(g, first, count, lpb, x, w, b, act, col, y);
             continue;
@@ -1089,7 +1175,8 @@ void FN(rp_conv2d_forward)(const rp_conv2d_geom *g, const REAL *x, const REAL *w
 static void FN(conv_backward_blocks)(const rp_conv2d_geom *g, int first, int count, long lpb,
                                      const REAL *x, const REAL *w, const REAL *y,
                                      const REAL *dy, rp_act act, REAL *col, REAL *dz,
-                                     REAL *partials, REAL beta, REAL *dw, REAL *db, REAL *dx)
+                                     REAL *partials, REAL beta, REAL *dw, REAL *db, REAL *dx,
+                                     const rp_conv2d_geom *gx, const REAL *xg, int xg_first)
 {
     const int patch = g->kh * g->kw * g->c, filters = g->filters;
     const long rows_per_image = (long)g->oh * g->ow;
@@ -1102,11 +1189,12 @@ static void FN(conv_backward_blocks)(const rp_conv2d_geom *g, int first, int cou
     const int direct = !dx && use_direct(g);
 #ifdef DIRECT_AVX2_F32
     /* dW read from the input in place (its partials then in natural layout) */
-    const int gather_dw = !direct && use_gather_weight_grad(g) && lpb <= RP_GATHER_LINES_MAX;
+    const int gather_dw = !direct && use_gather_weight_grad(gx) && lpb <= RP_GATHER_LINES_MAX;
     int offsets[256];      /* use_packed_forward: patch <= 256 */
-    if (gather_dw) gather_offsets(g, offsets);
+    if (gather_dw) gather_offsets(gx, offsets);
 #else
     const int gather_dw = 0;
+    (void)gx, (void)xg, (void)xg_first;
 #endif
     const int nt = rp_get_num_threads();
     /* When blocks are whole images, each block scatters its own column
@@ -1221,7 +1309,7 @@ static void FN(conv_backward_blocks)(const rp_conv2d_geom *g, int first, int cou
             }
 #ifdef DIRECT_AVX2_F32
             if (gather_dw) {
-                gather_weight_grad_block_f32(g, x, first, l0, l1, offsets, dzb, pw);
+                gather_weight_grad_block_f32(gx, xg, xg_first, l0, l1, offsets, dzb, pw);
             } else
 #endif
             {
@@ -1297,8 +1385,25 @@ void FN(rp_conv2d_backward)(const rp_conv2d_geom *g, const REAL *x, const REAL *
                 const int count = g->n - first < chunk ? g->n - first : chunk;
                 long lpb = lines_per_block(g, count);
                 if (lpb <= 0) lpb = (long)count * g->oh;   /* one block: still valid */
+                /* dW reads x in place when every window is inside it, or
+                 * else (float32, see use_padded_copy) a padded copy of it */
+                const rp_conv2d_geom *gx = g;
+                const REAL *xg = x;
+                int xg_first = first;
+#ifdef DIRECT_AVX2_F32
+                rp_conv2d_geom gp;
+                if (use_padded_copy(g) && lpb <= RP_GATHER_LINES_MAX) {
+                    const float *xp = padded_images_f32(g, x, first, count, &gp);
+                    if (xp) {
+                        gx = &gp;
+                        xg = xp;
+                        xg_first = 0;
+                    }
+                }
+#endif
                 FN(conv_backward_blocks)(g, first, count, lpb, x, w, y, dy, act, col, dz,
-                                         partials, first == 0 ? (REAL)0 : (REAL)1, dw, db, dx);
+                                         partials, first == 0 ? (REAL)0 : (REAL)1, dw, db, dx,
+                                         gx, xg, xg_first);
             }
             return;
         }

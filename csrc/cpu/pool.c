@@ -121,8 +121,8 @@ void FN(rp_maxpool2d_forward)(const rp_pool2d_geom *g, const REAL *x, REAL *y, i
         clip_window(oy * g->stride_h - g->pad_top, g->ph, g->h, &y_lo, &y_hi);
         /* pixels [ox_lo, ox_hi) of a row of whole 2x2 windows of few channels
          * go to the vector path (float32 with AVX2) */
-        int ox_lo = g->ow, ox_hi = g->ow;
 #ifdef RP_POOL_AVX2
+        int ox_lo = g->ow, ox_hi = g->ow;
         if (sizeof(REAL) == 4 && c <= 8 && g->ph == 2 && g->pw == 2 && y_hi - y_lo == 2 &&
             rp_simd_in_use() == RP_SIMD_AVX2) {
             /* whole windows: ox * stride_w - pad_left >= 0 and + 2 <= w */
