@@ -527,6 +527,11 @@ def test_backend_refuses_a_workspace_too_small():
     (6, (5, 5), 16, (1, 1), (1, 1), (2, 2, 2, 2), "relu"),     # 5x5, two rows of padding
     (28, (3, 3), 16, (1, 1), (1, 1), (1, 0, 2, 1), "relu"),    # patch 252, uneven padding
     (2, (3, 3), 16, (1, 1), (1, 1), (1, 1, 1, 1), "elu"),      # activation not in the kernel
+    # 16k input channels at stride 1: dx is the convolution of dz with W turned
+    (16, (5, 5), 16, (1, 1), (1, 1), (2, 2, 2, 2), "relu"),    # its patch: 25 x 16 = 400
+    (32, (3, 3), 16, (1, 1), (1, 1), (0, 0, 0, 0), "tanh"),    # valid: dz padded by 2
+    (16, (3, 2), 32, (1, 1), (1, 2), (2, 0, 1, 0), "linear"),  # dilated, uneven padding
+    (16, (3, 3), 16, (2, 2), (1, 1), (1, 1, 1, 1), "relu"),    # stride 2: the GEMM + col2im
 ])
 @pytest.mark.parametrize("small_chunks", [False, True])
 def test_padded_copy_path_matches_numpy_reference(monkeypatch, channels, kernel, filters,
@@ -534,7 +539,8 @@ def test_padded_copy_path_matches_numpy_reference(monkeypatch, channels, kernel,
                                                   small_chunks):
     """float32 convolutions of the packed path with zero padding run on a
     copy of each chunk of images with the padding written out (forward and
-    dW read it in place). Forward, dW, db and dx must agree with the NumPy
+    dW read it in place); with 16k input channels and stride 1, dx is a
+    convolution of dz on that path. Forward, dW, db and dx must agree with the NumPy
     backend, with one chunk or several (a copy per chunk, the buffer reused
     with stale contents), and not depend on the thread count."""
     from retroprop.backend import numpy_ref

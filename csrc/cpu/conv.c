@@ -391,13 +391,16 @@ static void direct_lines_weight_grad_avx2_f32(const rp_conv2d_geom *g, const flo
 }
 
 /* float32 forward with filters a multiple of the microkernel width and a
- * patch within one GEMM depth block (LeNet's second layer: 150 x 16): the
+ * patch of at most RP_PACKED_PATCH_MAX (LeNet's second layer: 150 x 16; a
+ * 3x3 layer on 32 channels: 288; its whole panel of W, 32 KiB, stays in
+ * L1/L2 without the GEMM's depth blocking): the
  * column matrix is gathered straight into the microkernel's packed-A layout,
  * six pixels at a time, and W is read in place as B. This skips both the
  * column matrix and the GEMM's own packing copy of it. */
+#define RP_PACKED_PATCH_MAX 512
 static int use_packed_forward(const rp_conv2d_geom *g)
 {
-    return g->filters % RP_NR_F32 == 0 && g->kh * g->kw * g->c <= 256 &&
+    return g->filters % RP_NR_F32 == 0 && g->kh * g->kw * g->c <= RP_PACKED_PATCH_MAX &&
            !rp_conv2d_is_pointwise(g) && rp_simd_in_use() == RP_SIMD_AVX2;
 }
 
@@ -436,7 +439,7 @@ static void packed_forward_block_f32(const rp_conv2d_geom *g, const float *x, in
 {
     const int patch = g->kh * g->kw * g->c, filters = g->filters;
     const long base = l0 * g->ow;       /* the block's first pixel within the chunk */
-    float ap[256 * RP_MR_F32] __attribute__((aligned(32)));
+    float ap[RP_PACKED_PATCH_MAX * RP_MR_F32] __attribute__((aligned(32)));
     float acc[RP_MR_F32 * RP_NR_F32] __attribute__((aligned(32)));
     for (long r = 0; r < rows; r += RP_MR_F32) {
         const int nrow = rows - r < RP_MR_F32 ? (int)(rows - r) : RP_MR_F32;
@@ -518,7 +521,7 @@ static int gather_forward_line_f32(const rp_conv2d_geom *g, const float *x, long
 }
 
 /* dW without a column matrix, for valid convolutions (every window inside
- * the image) with filters a multiple of 16 and a patch of at most 256
+ * the image) with filters a multiple of 16 and a patch of at most RP_PACKED_PATCH_MAX
  * (LeNet's second layer): each 6 x 16 tile of dW reads its six patch
  * entries in place from the input, over all the block's pixels. */
 #define RP_GATHER_LINES_MAX 1024
@@ -599,6 +602,43 @@ static const float *padded_images_f32(const rp_conv2d_geom *g, const float *x, i
         memset(dst + left + in_row, 0, sizeof(float) * (size_t)right);
     }
     return xp;
+}
+
+/* dx of a stride-1 convolution is itself a convolution: of dz, padded by
+ * the kernel's extent less the forward's padding, with W turned by 180
+ * degrees and its two channel axes swapped. Where that convolution takes
+ * the padded in-place path, dx skips the column-gradient GEMM (of depth
+ * `filters` only: a tile write-back every few steps) and col2im. Sets *gt
+ * and returns 1 when it applies. */
+static int transposed_geometry(const rp_conv2d_geom *g, rp_conv2d_geom *gt)
+{
+    if (g->stride_h != 1 || g->stride_w != 1) return 0;
+    const int top = (g->kh - 1) * g->dilation_h - g->pad_top;
+    const int left = (g->kw - 1) * g->dilation_w - g->pad_left;
+    if (top < 0 || left < 0) return 0;
+    *gt = *g;
+    gt->h = g->oh;
+    gt->w = g->ow;
+    gt->c = g->filters;
+    gt->filters = g->c;
+    gt->pad_top = top;
+    gt->pad_left = left;
+    gt->oh = g->h;
+    gt->ow = g->w;
+    return use_padded_copy(gt) && lines_per_block(gt, g->n) > 0;
+}
+
+/* wt (kh, kw, filters, c) = w (kh, kw, c, filters) turned by 180 degrees,
+ * channel axes swapped: the weights of the convolution above. */
+static void transposed_weights_f32(const rp_conv2d_geom *g, const float *w, float *wt)
+{
+    const int c = g->c, filters = g->filters, taps = g->kh * g->kw;
+    for (int t = 0; t < taps; ++t) {
+        const float *src = w + (long)t * c * filters;
+        float *dst = wt + (long)(taps - 1 - t) * filters * c;
+        for (int ci = 0; ci < c; ++ci)
+            for (int f = 0; f < filters; ++f) dst[(long)f * c + ci] = src[(long)ci * filters + f];
+    }
 }
 
 /* pw (patch x filters, natural layout) = sum over lines [l0, l1) of the
@@ -1069,7 +1109,7 @@ static void FN(conv_forward_blocks)(const rp_conv2d_geom *g, int first, int coun
     const int packed = !direct && use_packed_forward(g) &&
                        rp_act_in_microkernel(act, rp_act_param_default(act));
     const int gather = packed && use_gather_forward(g);
-    int offsets[256];      /* use_packed_forward: patch <= 256 */
+    int offsets[RP_PACKED_PATCH_MAX];   /* use_packed_forward: patch <= RP_PACKED_PATCH_MAX */
     if (gather) gather_offsets(g, offsets);
     const long rw = g->ow + g->kw + 8;
     float wpad[RP_DIRECT_PATCH * 8], bpad[8];
@@ -1190,7 +1230,7 @@ static void FN(conv_backward_blocks)(const rp_conv2d_geom *g, int first, int cou
 #ifdef DIRECT_AVX2_F32
     /* dW read from the input in place (its partials then in natural layout) */
     const int gather_dw = !direct && use_gather_weight_grad(gx) && lpb <= RP_GATHER_LINES_MAX;
-    int offsets[256];      /* use_packed_forward: patch <= 256 */
+    int offsets[RP_PACKED_PATCH_MAX];   /* use_packed_forward: patch <= RP_PACKED_PATCH_MAX */
     if (gather_dw) gather_offsets(gx, offsets);
 #else
     const int gather_dw = 0;
@@ -1381,6 +1421,16 @@ void FN(rp_conv2d_backward)(const rp_conv2d_geom *g, const REAL *x, const REAL *
             per_block * RP_CONV_MAX_BLOCKS <= RP_CONV_PARTIALS_MAX)
             partials = FN(reserve_partials)(per_block * RP_CONV_MAX_BLOCKS);
         if (partials) {
+            /* dx as a convolution of dz (float32, see transposed_geometry),
+             * after the blocks have written all of dz; else by the blocks */
+            REAL *dx_blocks = dx;
+#ifdef DIRECT_AVX2_F32
+            rp_conv2d_geom gt;
+            float *wt = NULL;
+            if (dx && transposed_geometry(g, &gt))
+                wt = (float *)malloc(sizeof(float) * (size_t)patch * filters);
+            if (wt) dx_blocks = NULL;
+#endif
             for (int first = 0; first < g->n; first += chunk) {
                 const int count = g->n - first < chunk ? g->n - first : chunk;
                 long lpb = lines_per_block(g, count);
@@ -1402,9 +1452,18 @@ void FN(rp_conv2d_backward)(const rp_conv2d_geom *g, const REAL *x, const REAL *
                 }
 #endif
                 FN(conv_backward_blocks)(g, first, count, lpb, x, w, y, dy, act, col, dz,
-                                         partials, first == 0 ? (REAL)0 : (REAL)1, dw, db, dx,
-                                         gx, xg, xg_first);
+                                         partials, first == 0 ? (REAL)0 : (REAL)1, dw, db,
+                                         dx_blocks, gx, xg, xg_first);
             }
+#ifdef DIRECT_AVX2_F32
+            if (wt) {
+                /* one chunk: transposed_geometry checked that it is cut in
+                 * blocks, so this forward never needs the column workspace */
+                transposed_weights_f32(g, w, wt);
+                FN(rp_conv2d_forward)(&gt, dz, wt, NULL, RP_ACT_LINEAR, g->n, col, dx);
+                free(wt);
+            }
+#endif
             return;
         }
     }

@@ -24,7 +24,10 @@
 #define UKERNEL_AVX2 rp_ukernel_f32_avx2
 #define ROW_KERNEL_AVX2 rp_gemm_row_f32_avx2
 #define GATHER_KERNEL_AVX2 rp_ukernel_f32_avx2_gather
-#define GATHER_MAX_K 512
+/* At most one depth block: where more threads send a narrow C to the blocked
+ * path instead, it then sums each element in the same order, so results do
+ * not depend on the thread count (a 400-deep one did). */
+#define GATHER_MAX_K KC
 #define PACK_A_ROWS_AVX2 rp_pack_a_rows6_f32_avx2   /* MR == 6 */
 #include "gemm_driver.inc"
 #undef PACK_A_ROWS_AVX2
