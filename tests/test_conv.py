@@ -389,6 +389,28 @@ def test_blocked_path_matches_numpy_reference_and_ignores_thread_count(monkeypat
         np.testing.assert_array_equal(one, two)
 
 
+def _check_on_one_and_two_threads(x, w, b, dy, activation, geometry, expected, tol, with_dx):
+    """The C backend's forward and backward (y, dw, db and dx if with_dx) on 1
+    and 2 threads: each within tol of expected, and both runs identical."""
+    before = cpu_backend.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            cpu_backend.set_num_threads(threads)
+            y = cpu_backend.conv2d_forward(x, w, b, activation, **geometry)
+            grads = [np.full_like(w, np.nan), np.full_like(b, np.nan)]
+            dx = np.full_like(x, np.nan) if with_dx else None
+            cpu_backend.conv2d_backward(x, w, y, dy, activation, *grads, dx=dx, **geometry)
+            results.append([y] + grads + ([dx] if with_dx else []))
+    finally:
+        cpu_backend.set_num_threads(before)
+    for got, want in zip(results[0], expected):
+        scale = max(1.0, float(np.abs(want).max()))
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol * scale)
+    for one, two in zip(*results):
+        np.testing.assert_array_equal(one, two)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("channels, kernel, filters, stride, padding, activation", [
     (1, (5, 5), 6, (1, 1), (2, 2, 2, 2), "relu"),      # LeNet conv1: per-line row buffers
@@ -421,23 +443,8 @@ def test_direct_and_packed_paths_match_numpy_reference(dtype, channels, kernel, 
     dy = rng.standard_normal(y_ref.shape).astype(dtype)
     ref = [np.empty_like(w), np.empty_like(b)]
     numpy_ref.conv2d_backward(x, w, y_ref, dy, activation, *ref, dx=None, **geometry)
-    before = cpu_backend.get_num_threads()
-    results = []
-    try:
-        for threads in (1, 2):
-            cpu_backend.set_num_threads(threads)
-            y = cpu_backend.conv2d_forward(x, w, b, activation, **geometry)
-            grads = [np.empty_like(w), np.empty_like(b)]
-            cpu_backend.conv2d_backward(x, w, y, dy, activation, *grads, dx=None, **geometry)
-            results.append([y] + grads)
-    finally:
-        cpu_backend.set_num_threads(before)
-    tol = 2e-4 if dtype == np.float32 else 1e-10
-    for got, want in zip(results[0], [y_ref] + ref):
-        scale = max(1.0, float(np.abs(want).max()))
-        np.testing.assert_allclose(got, want, rtol=tol, atol=tol * scale)
-    for one, two in zip(*results):
-        np.testing.assert_array_equal(one, two)
+    _check_on_one_and_two_threads(x, w, b, dy, activation, geometry, [y_ref] + ref,
+                                  tol=2e-4 if dtype == np.float32 else 1e-10, with_dx=False)
 
 
 @pytest.mark.parametrize("width", [1, 8, 9, 16, 17, 24, 25, 33])
@@ -559,20 +566,5 @@ def test_padded_copy_path_matches_numpy_reference(monkeypatch, channels, kernel,
         oh, ow = y_ref.shape[1:3]
         monkeypatch.setattr(cpu_backend, "COL_WORKSPACE_ELEMENTS",
                             20 * oh * ow * kernel[0] * kernel[1] * channels)
-    before = cpu_backend.get_num_threads()
-    results = []
-    try:
-        for threads in (1, 2):
-            cpu_backend.set_num_threads(threads)
-            y = cpu_backend.conv2d_forward(x, w, b, activation, **geometry)
-            grads = [np.full_like(w, np.nan), np.full_like(b, np.nan), np.full_like(x, np.nan)]
-            cpu_backend.conv2d_backward(x, w, y, dy, activation, grads[0], grads[1],
-                                        dx=grads[2], **geometry)
-            results.append([y] + grads)
-    finally:
-        cpu_backend.set_num_threads(before)
-    for got, want in zip(results[0], [y_ref] + ref):
-        scale = max(1.0, float(np.abs(want).max()))
-        np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4 * scale)
-    for one, two in zip(*results):
-        np.testing.assert_array_equal(one, two)
+    _check_on_one_and_two_threads(x, w, b, dy, activation, geometry, [y_ref] + ref, tol=2e-4,
+                                  with_dx=True)
