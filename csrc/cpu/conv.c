@@ -52,8 +52,8 @@ int rp_conv2d_is_pointwise(const rp_conv2d_geom *g)
  * into blocks of whole output lines of about RP_CONV_BLOCK_ROWS column-matrix
  * rows (a block's columns then stay in L2 between im2col and its GEMMs), at
  * most RP_CONV_MAX_BLOCKS blocks, and are used when there are at least
- * RP_CONV_MIN_BLOCKS; the backward partial sums are bounded by
- * RP_CONV_PARTIALS_MAX values. */
+ * RP_CONV_MIN_BLOCKS; the backward partial sums (a dW and db per block of
+ * the largest chunk) are bounded by RP_CONV_PARTIALS_MAX values. */
 #define RP_CONV_BLOCK_ROWS 512
 #define RP_CONV_MAX_BLOCKS 64
 #define RP_CONV_MIN_BLOCKS 8
@@ -1417,9 +1417,20 @@ void FN(rp_conv2d_backward)(const rp_conv2d_geom *g, const REAL *x, const REAL *
          * is then one block. */
         const size_t per_block = (size_t)patch * filters + filters;
         REAL *partials = NULL;
-        if (lines_per_block(g, chunk < g->n ? chunk : g->n) > 0 &&
-            per_block * RP_CONV_MAX_BLOCKS <= RP_CONV_PARTIALS_MAX)
-            partials = FN(reserve_partials)(per_block * RP_CONV_MAX_BLOCKS);
+        /* room for the blocks of the largest chunk: chunks have at most two
+         * sizes, the full one and the rest */
+        const int count0 = chunk < g->n ? chunk : g->n;
+        const long lpb0 = lines_per_block(g, count0);
+        size_t max_blocks = 0;
+        if (lpb0 > 0) {
+            const int last = g->n % count0 ? g->n % count0 : count0;
+            const long lpb_last = lines_per_block(g, last);
+            const long blocks0 = ((long)count0 * g->oh + lpb0 - 1) / lpb0;
+            const long blocks_last = lpb_last > 0 ? ((long)last * g->oh + lpb_last - 1) / lpb_last : 1;
+            max_blocks = (size_t)(blocks0 > blocks_last ? blocks0 : blocks_last);
+        }
+        if (lpb0 > 0 && per_block * max_blocks <= RP_CONV_PARTIALS_MAX)
+            partials = FN(reserve_partials)(per_block * max_blocks);
         if (partials) {
             /* dx as a convolution of dz (float32, see transposed_geometry),
              * after the blocks have written all of dz; else by the blocks */
