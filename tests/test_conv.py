@@ -541,6 +541,7 @@ def test_backend_refuses_a_workspace_too_small():
     (16, (3, 3), 16, (2, 2), (1, 1), (1, 1, 1, 1), "relu"),    # stride 2: the GEMM + col2im
     # dW partials of 64 blocks would pass the bound; those of the 32 used do not
     (32, (3, 3), 64, (1, 1), (1, 1), (1, 1, 1, 1), "relu"),
+    (64, (3, 3), 32, (1, 1), (1, 1), (1, 1, 1, 1), "relu"),    # patch 576 (> 512)
 ])
 @pytest.mark.parametrize("small_chunks", [False, True])
 def test_padded_copy_path_matches_numpy_reference(monkeypatch, channels, kernel, filters,
