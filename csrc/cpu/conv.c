@@ -81,6 +81,18 @@ static long lines_per_block(const rp_conv2d_geom *g, int count)
     return (lines + even - 1) / even;
 }
 
+/* A buffer of the calling thread, grown on demand and kept between calls
+ * (as the GEMM's packing buffers): room for `bytes`, or NULL if out of memory. */
+static void *reserve_thread_buffer(void **buffer, size_t *capacity, size_t bytes)
+{
+    if (*capacity < bytes) {
+        free(*buffer);
+        *buffer = malloc(bytes);
+        *capacity = *buffer ? bytes : 0;
+    }
+    return *buffer;
+}
+
 /* Below RP_ELEMENTWISE_PARALLEL_MIN elements a parallel region costs more than it saves. */
 static int threads_for(double elements)
 {
@@ -561,9 +573,8 @@ static rp_conv2d_geom padded_geometry(const rp_conv2d_geom *g, int count)
     return p;
 }
 
-/* Per calling thread, grown on demand and kept (as the GEMM's packing buffers). */
-static __thread float *padded_buffer = NULL;
-static __thread size_t padded_capacity = 0;
+static __thread void *padded_buffer = NULL;
+static __thread size_t padded_capacity = 0;     /* bytes */
 
 /* Images [first, first + count) of x copied into the thread's buffer with
  * their zero padding (geometry *gp from padded_geometry), or NULL when the
@@ -574,16 +585,10 @@ static const float *padded_images_f32(const rp_conv2d_geom *g, const float *x, i
     *gp = padded_geometry(g, count);
     const long row = (long)gp->w * g->c, image = (long)gp->h * row;
     const size_t need = (size_t)count * (size_t)image;
-    if (need > padded_capacity) {
-        free(padded_buffer);
-        padded_buffer = NULL;
-        padded_capacity = 0;
-        if (need > ((size_t)1 << 28)) return NULL;      /* 1 GiB: not worth a copy */
-        padded_buffer = (float *)malloc(need * sizeof(float));
-        if (!padded_buffer) return NULL;
-        padded_capacity = need;
-    }
-    float *xp = padded_buffer;
+    if (need > ((size_t)1 << 28)) return NULL;      /* over 1 GiB: not worth a copy */
+    float *xp = (float *)reserve_thread_buffer(&padded_buffer, &padded_capacity,
+                                               need * sizeof(float));
+    if (!xp) return NULL;
     const long in_row = (long)g->w * g->c, in_image = (long)g->h * in_row;
     const long left = (long)g->pad_left * g->c, right = row - left - in_row;
     const int nt = threads_for((double)need);
@@ -1027,18 +1032,14 @@ static void FN(conv_weight_grad_direct)(int patch, int filters, long rows, const
 
 /* Per calling thread, grown on demand and kept (as the GEMM's packing
  * buffers): the per-block partial sums of dW. */
-static __thread REAL *FN(dw_partials) = NULL;
-static __thread size_t FN(dw_partials_capacity) = 0;
+static __thread void *FN(dw_partials) = NULL;
+static __thread size_t FN(dw_partials_capacity) = 0;     /* bytes */
 
 /* The calling thread's partial-sum buffer with room for count values (NULL if out of memory). */
 static REAL *FN(reserve_partials)(size_t count)
 {
-    if (FN(dw_partials_capacity) < count) {
-        free(FN(dw_partials));
-        FN(dw_partials) = malloc(sizeof(REAL) * count);
-        FN(dw_partials_capacity) = FN(dw_partials) ? count : 0;
-    }
-    return FN(dw_partials);
+    return (REAL *)reserve_thread_buffer(&FN(dw_partials), &FN(dw_partials_capacity),
+                                         sizeof(REAL) * count);
 }
 
 /* dw = beta * dw + col^T dz over `rows` rows. This is a long, thin
@@ -1189,8 +1190,9 @@ void FN(rp_conv2d_forward)(const rp_conv2d_geom *g, const REAL *x, const REAL *w
             rp_conv2d_geom gp;
             const float *xp = padded_images_f32(g, x, first, count, &gp);
             if (xp) {
-                FN(conv_forward_blocks)(&gp, 0, count, lines_per_block(&gp, count), xp, w, b, act,
-                                        col, y + (long)first * rows_per_image * g->filters);
+                /* (the same output lines, so the same blocks) */
+                FN(conv_forward_blocks)(&gp, 0, count, lpb, xp, w, b, act, col,
+                                        y + (long)first * rows_per_image * g->filters);
                 continue;
             }
         }
