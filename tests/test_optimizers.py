@@ -483,3 +483,67 @@ def test_apply_step_counts_only_applied_steps():
     assert opt.iterations == 1
     # The first Adam step moves every weight by lr against the gradient's sign.
     np.testing.assert_allclose(w, 0.9)
+
+
+def _sgd_by_hand(w, v, g, lr, momentum):
+    v[...] = momentum * v + g
+    w -= lr * v
+
+
+def test_repeated_steps_reuse_lists_but_follow_new_arrays_and_state():
+    """Steps reuse the backend's argument lists of the previous step; every
+    change that matters must still be seen: a new parameter list, a new
+    gradient array, momentum switched on, and state replaced by load_state_dict."""
+    w1, w2 = np.ones(4), np.full(3, 2.0)
+    g1, g2 = np.full(4, 0.5), np.full(3, -1.0)
+    opt = rp.optim.SGD(lr=0.1)
+    items = [("a", w1, g1), ("b", w2, g2)]
+    opt.apply_step(items)
+    opt.apply_step(list(items))                  # same arrays: the lists are reused
+    np.testing.assert_allclose(w1, 1.0 - 2 * 0.05)
+    np.testing.assert_allclose(w2, 2.0 + 2 * 0.1)
+
+    opt.apply_step([("a", w1, g1)])              # a shorter list: "b" untouched
+    np.testing.assert_allclose(w1, 1.0 - 3 * 0.05)
+    np.testing.assert_allclose(w2, 2.0 + 2 * 0.1)
+
+    g1_new = np.full(4, 2.0)                     # a new gradient array under the same key
+    opt.apply_step([("a", w1, g1_new)])
+    np.testing.assert_allclose(w1, 1.0 - 3 * 0.05 - 0.2)
+
+    opt.momentum = 0.5                           # momentum on: velocity must appear
+    expected, v = w1.copy(), np.zeros(4)
+    for _ in range(2):
+        opt.apply_step([("a", w1, g1_new)])
+        _sgd_by_hand(expected, v, g1_new, 0.1, 0.5)
+    np.testing.assert_allclose(w1, expected)
+    np.testing.assert_allclose(opt.velocity["a"], v)
+
+    state = opt.state_dict()                     # replace the state: the new arrays are used
+    state["velocity"]["a"] = np.full(4, 10.0)
+    opt.load_state_dict(state)
+    v = np.full(4, 10.0)
+    opt.apply_step([("a", w1, g1_new)])
+    _sgd_by_hand(expected, v, g1_new, 0.1, 0.5)
+    np.testing.assert_allclose(w1, expected)
+    np.testing.assert_allclose(opt.velocity["a"], v)
+
+
+@pytest.mark.parametrize("make", [lambda: rp.optim.Adam(lr=0.1), lambda: rp.optim.RMSprop(momentum=0.5),
+                                  lambda: rp.optim.Adagrad(lr=0.1)])
+def test_stateful_optimizer_steps_follow_load_state_dict(make):
+    """After load_state_dict, the next step reads the loaded state, not the
+    arrays the previous steps used."""
+    w, g = np.ones(5), np.linspace(-1, 1, 5)
+    reference, opt = make(), make()
+    opt.apply_step([("w", w, g)])
+    saved = opt.state_dict()
+    opt.apply_step([("w", w, g)])                # changes the state arrays in place
+    w_ref = w.copy()
+    opt.load_state_dict(saved)                   # back to the state after one step
+    reference.load_state_dict(saved)
+    opt.apply_step([("w", w, g)])
+    reference.apply_step([("w", w_ref, g)])
+    np.testing.assert_array_equal(w, w_ref)
+    for key, arr in reference.state_arrays().items():
+        np.testing.assert_array_equal(opt.state_arrays()[key], arr)

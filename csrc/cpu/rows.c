@@ -13,11 +13,33 @@
 /* Below this many bytes a batch is copied by the calling thread alone. */
 #define RP_GATHER_PARALLEL_MIN_BYTES (64 * 1024)
 
+#if defined(__GNUC__) || defined(__clang__)
+#define PREFETCH_READ(p) __builtin_prefetch((p), 0, 0)
+#else
+#define PREFETCH_READ(p) ((void)(p))
+#endif
+
+/* The cache lines of a source row's first 4 KB (the hardware prefetcher
+ * streams the rest of a longer row), asked for ahead of its copy. */
+static void prefetch_row(const char *row, size_t row_bytes)
+{
+    const size_t bytes = row_bytes < 4096 ? row_bytes : 4096;
+    for (size_t offset = 0; offset < bytes; offset += 64) PREFETCH_READ(row + offset);
+}
+
+/* The hardware prefetcher follows a row once it is being read, but each
+ * new row starts at a random address (often on a new page): requesting the
+ * next row's lines before copying this one keeps both rows' misses in
+ * flight. Measured on 128 rows of 3136 bytes out of 188 MB, two threads:
+ * 63 -> 46 us a batch (mean of 100); looking further ahead gained nothing. */
 static void copy_rows(size_t row_bytes, const char *x, const int64_t *index, long lo, long hi,
                       char *out)
 {
-    for (long r = lo; r < hi; ++r)
+    if (lo < hi) prefetch_row(x + (size_t)index[lo] * row_bytes, row_bytes);
+    for (long r = lo; r < hi; ++r) {
+        if (r + 1 < hi) prefetch_row(x + (size_t)index[r + 1] * row_bytes, row_bytes);
         memcpy(out + (size_t)r * row_bytes, x + (size_t)index[r] * row_bytes, row_bytes);
+    }
 }
 
 int rp_gather_rows(size_t row_bytes, long n_rows, const void *x, long count,

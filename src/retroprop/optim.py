@@ -39,6 +39,11 @@ class Optimizer:
             self.lr = _check_lr_value(lr)
         self.iterations = 0   # optimizer steps taken so far
         self.backend = None   # set by the Trainer; get_backend() otherwise
+        # The backend's argument lists of the last step, reused while the
+        # same arrays come back (see _step_lists); _state_version counts
+        # creations and replacements of state arrays, which invalidate them.
+        self._last_lists = None
+        self._state_version = 0
 
     def current_lr(self):
         """The learning rate of the next step."""
@@ -73,14 +78,7 @@ class Optimizer:
     def _run(self, params_and_grads, mode):
         backend = self.backend if self.backend is not None else get_backend()
         lr = self.current_lr()
-        keys, params, grads, state0, state1 = [], [], [], [], []
-        for key, param, grad in params_and_grads:
-            first, second = self.state_for(key, param)
-            keys.append(key)
-            params.append(param)
-            grads.append(grad)
-            state0.append(first)
-            state1.append(second)
+        keys, params, grads, state0, state1 = self._step_lists(params_and_grads)
         bad = backend.optimizer_step(self.rule, params, grads, state0, state1, lr=lr, mode=mode,
                                      **self.step_hyperparameters())
         if bad >= 0:
@@ -88,6 +86,46 @@ class Optimizer:
         if mode != "check":
             self.iterations += 1
         return None
+
+    def _step_lists(self, params_and_grads):
+        """(keys, params, grads, state0, state1): the backend's parallel lists.
+
+        A training loop passes the same arrays every step, so the lists of
+        the last step are reused when every key, parameter and gradient is
+        the same (compared by identity) and no state array was created or
+        replaced since; only then are the state arrays not looked up again.
+        At batch 128 of a 784-256-128-10 MLP the lookups cost ~25 us a step."""
+        items = params_and_grads if type(params_and_grads) is list else list(params_and_grads)
+        last = self._last_lists
+        if (last is not None and last[0] == self._state_version
+                and last[1] == self._state_layout() and len(last[2]) == len(items)):
+            keys, params, grads = last[2], last[3], last[4]
+            for i, (key, param, grad) in enumerate(items):
+                if param is not params[i] or grad is not grads[i] or key != keys[i]:
+                    break
+            else:
+                return last[2:]
+        keys, params, grads, state0, state1 = [], [], [], [], []
+        for key, param, grad in items:
+            first, second = self.state_for(key, param)
+            keys.append(key)
+            params.append(param)
+            grads.append(grad)
+            state0.append(first)
+            state1.append(second)
+        # state_for may have created arrays (bumping the version): read it after.
+        self._last_lists = (self._state_version, self._state_layout(),
+                            keys, params, grads, state0, state1)
+        return keys, params, grads, state0, state1
+
+    def _state_layout(self):
+        """What decides which state arrays ``state_for`` returns besides the key
+        (SGD: whether momentum is on), so that changing it rebuilds the lists."""
+        return None
+
+    def _state_changed(self):
+        """Called whenever state arrays are created or replaced."""
+        self._state_version += 1
 
     # What a subclass defines: the backend rule, its state arrays, its numbers.
     rule = None
@@ -105,6 +143,8 @@ class Optimizer:
         """Dict key -> array of the per-parameter state that ``step`` updates in place.
 
         Saved in checkpoints (with :meth:`state_dict`) and inspected by tests.
+        Change these arrays in place, or replace them all with
+        :meth:`load_state_dict`: steps keep the arrays they found.
         """
         return {}
 
@@ -174,6 +214,7 @@ class SGD(Optimizer):
         velocity = self.velocity.get(key)
         if velocity is None:
             velocity = self.velocity[key] = np.zeros_like(param)
+            self._state_changed()
         elif velocity.shape != param.shape or velocity.dtype != param.dtype:
             raise ValueError(f"optimizer state for {key!r} has shape {velocity.shape} "
                              f"({velocity.dtype}) but the parameter is {param.shape} "
@@ -200,6 +241,10 @@ class SGD(Optimizer):
     def load_state_dict(self, state):
         super().load_state_dict(state)
         self.velocity = {k: np.array(v, copy=True) for k, v in state.get("velocity", {}).items()}
+        self._state_changed()
+
+    def _state_layout(self):
+        return self.momentum != 0.0
 
 
 def _check_unit_interval(value, name, upper_open=True):
@@ -240,6 +285,7 @@ class _StatefulOptimizer(Optimizer):
         arr = arrays.get(key)
         if arr is None:
             arr = arrays[key] = np.full_like(param, self._initial_value(slot))
+            self._state_changed()
         elif arr.shape != param.shape or arr.dtype != param.dtype:
             raise ValueError(f"optimizer state {slot!r} for {key!r} has shape {arr.shape} "
                              f"({arr.dtype}) but the parameter is {param.shape} ({param.dtype})")
@@ -260,6 +306,7 @@ class _StatefulOptimizer(Optimizer):
         super().load_state_dict(state)
         self.slots = {slot: {k: np.array(a, copy=True) for k, a in state.get(slot, {}).items()}
                       for slot in self._slot_names}
+        self._state_changed()
 
 
 class Adam(_StatefulOptimizer):
@@ -348,6 +395,9 @@ class RMSprop(_StatefulOptimizer):
     def state_for(self, key, param):
         mom = self._slot("mom", key, param) if self.momentum > 0.0 else None
         return self._slot("ms", key, param), mom
+
+    def _state_layout(self):
+        return self.momentum > 0.0
 
     def step_hyperparameters(self):
         return dict(rho=self.rho, momentum=self.momentum, epsilon=self.epsilon)

@@ -202,8 +202,8 @@ class Trainer:
         loss_value, y_pred, seed = forward_loss(model, self.loss, xb, yb, training=True,
                                                 with_grad=True, fused=fused)
         total = loss_value + model.regularization_loss()
-        where = f"at epoch {epoch}/{epochs}, batch {batch}/{n_batches}"
         if not math.isfinite(total):
+            where = f"at epoch {epoch}/{epochs}, batch {batch}/{n_batches}"
             raise NonFiniteError(f"loss is {total} {where}; the step was not applied "
                                  f"(try a lower learning rate)", epoch, batch)
         # Metrics before backward: they only read y_pred.
@@ -212,6 +212,7 @@ class Trainer:
         params = list(model.named_parameters())
         bad_key = self.optimizer.apply_step(params, check=self.check_finite)
         if bad_key is not None:
+            where = f"at epoch {epoch}/{epochs}, batch {batch}/{n_batches}"
             grad = next(g for key, _, g in params if key == bad_key)
             if not np.isfinite(grad).all():
                 raise NonFiniteError(f"gradient of {bad_key} contains NaN or Inf {where}; "
