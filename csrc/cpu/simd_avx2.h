@@ -6,19 +6,22 @@
 #include <immintrin.h>
 #include "retroprop/act.h"
 
-/* e^x for float32 lanes. The range reduction runs on x clamped to [-87, 88]
- * (where e^x is a normal float): x = n ln2 + r with |r| <= ln2/2, e^r from
- * its Taylor series to r^7 (truncation error < 1e-8 relative on that
- * interval), 2^n built directly in the exponent bits. Below -87 the result
- * is 0 (the true value is under 1.7e-38); above 88 it stays e^88, which
- * keeps 1 / (1 + e^x) finite. NaN lanes stay NaN: max/min would otherwise
- * replace them by the clamp bound and hide them. */
+/* e^x for float32 lanes. The range reduction runs on x clamped to
+ * [-87, ln FLT_MAX]: x = n ln2 + r, e^r from its Taylor series to r^7 and
+ * 2^n built directly in the exponent bits. n stops at 127 (the largest
+ * normal exponent), so |r| <= ln2/2 (truncation error < 1e-8 relative)
+ * except just below ln FLT_MAX, where r reaches 0.7 (< 3e-6). Below -87 the
+ * result is 0 (the true value is under 1.7e-38); above ln FLT_MAX it is
+ * +inf, as libm's expf, so sigmoid(-inf) is exactly 0 on every path. NaN
+ * lanes stay NaN: max/min would otherwise replace them by the clamp bound
+ * and hide them. */
 static inline __m256 rp_exp_f32x8(__m256 x)
 {
-    const __m256 low = _mm256_set1_ps(-87.0f);
-    __m256 xc = _mm256_min_ps(_mm256_max_ps(x, low), _mm256_set1_ps(88.0f));
+    const __m256 low = _mm256_set1_ps(-87.0f), high = _mm256_set1_ps(88.72283f);
+    __m256 xc = _mm256_min_ps(_mm256_max_ps(x, low), high);
     __m256 n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(1.44269504088896341f)),
                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    n = _mm256_min_ps(n, _mm256_set1_ps(127.0f));
     /* ln2 split in a short high part and a correction so n*ln2_hi is exact. */
     __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), xc);
     r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
@@ -33,6 +36,7 @@ static inline __m256 rp_exp_f32x8(__m256 x)
     __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     __m256 e = _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
     e = _mm256_andnot_ps(_mm256_cmp_ps(x, low, _CMP_LT_OQ), e);
+    e = _mm256_blendv_ps(e, _mm256_set1_ps(__builtin_inff()), _mm256_cmp_ps(x, high, _CMP_GT_OQ));
     return _mm256_or_ps(e, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));    /* all-ones bits: NaN */
 }
 
