@@ -1046,33 +1046,19 @@ cdef int _explain_step_arrays(Py_ssize_t i, str rule, int kind, object param, ob
     raise AssertionError(f"optimizer_step: parameter {i} failed a check that found no error")
 
 
-def optimizer_step(str rule, list params, list grads, list state0, list state1, str mode,
-                   double lr, double weight_decay=0.0, double momentum=0.0, bint nesterov=False,
-                   double beta1=0.0, double beta2=0.0, double c1=1.0, double c2=1.0,
-                   bint decoupled=False, double rho=0.0, double eps=0.0):
-    """One optimizer step over many parameters in one C call (retroprop/optim.h).
-
-    params[i] is updated with grads[i] and its state arrays state0[i],
-    state1[i] (None where the rule has no such state). mode "apply" writes,
-    "check" writes nothing, "check_apply" writes only when no new value would
-    be NaN/Inf. Returns (index of the first parameter that fails the check or
-    -1, number of non-finite new values)."""
-    if rule not in _OPT_RULES:
-        raise ValueError(f"rule: expected one of {sorted(_OPT_RULES)}, got {rule!r}")
-    if mode not in _OPT_MODES:
-        raise ValueError(f"mode: expected one of {sorted(_OPT_MODES)}, got {mode!r}")
+cdef int _fill_opt_tensors(str rule, list params, list grads, list state0, list state1,
+                           double momentum, rp_opt_tensor *tensors) except -2:
+    """Check one step's arrays and fill tensors[0:len(params)]; returns the
+    element kind (0: float32, 1: float64), or -1 when there are no parameters."""
     cdef Py_ssize_t count = len(params)
     if len(grads) != count or len(state0) != count or len(state1) != count:
         raise ValueError(f"params, grads, state0 and state1 must have the same length, got "
                          f"{count}, {len(grads)}, {len(state0)}, {len(state1)}")
-    _fits_int("number of parameters", count)
     name0, name1 = _OPT_STATE_NAMES[rule]
     need0 = name0 is not None and (rule != "sgd" or momentum != 0.0)
     need1 = name1 is not None and (rule != "rmsprop" or momentum != 0.0)
     cdef int kind = -1
     cdef Py_ssize_t i
-    cdef cnp.ndarray tensor_buffer = np.empty(max(count, 1) * sizeof(rp_opt_tensor), dtype=np.uint8)
-    cdef rp_opt_tensor *tensors = <rp_opt_tensor *>cnp.PyArray_DATA(tensor_buffer)
     for i in range(count):
         param, grad, s0, s1 = params[i], grads[i], state0[i], state1[i]
         if kind == -1:
@@ -1089,6 +1075,14 @@ def optimizer_step(str rule, list params, list grads, list state0, list state1, 
         tensors[i].grad = _ptr(grad)
         tensors[i].state0 = _ptr_or_null(s0) if need0 else NULL
         tensors[i].state1 = _ptr_or_null(s1) if need1 else NULL
+    return kind
+
+
+cdef rp_opt_config _opt_config(str rule, double lr, double weight_decay, double momentum,
+                               bint nesterov, double beta1, double beta2, double c1, double c2,
+                               bint decoupled, double rho, double eps) except *:
+    if rule not in _OPT_RULES:
+        raise ValueError(f"rule: expected one of {sorted(_OPT_RULES)}, got {rule!r}")
     cdef rp_opt_config cfg
     cfg.rule = _OPT_RULES[rule]
     cfg.lr = lr
@@ -1102,7 +1096,34 @@ def optimizer_step(str rule, list params, list grads, list state0, list state1, 
     cfg.decoupled = decoupled
     cfg.rho = rho
     cfg.eps = eps
-    cdef rp_opt_mode cmode = _OPT_MODES[mode]
+    return cfg
+
+
+cdef rp_opt_mode _opt_mode(str mode) except *:
+    if mode not in _OPT_MODES:
+        raise ValueError(f"mode: expected one of {sorted(_OPT_MODES)}, got {mode!r}")
+    return _OPT_MODES[mode]
+
+
+def optimizer_step(str rule, list params, list grads, list state0, list state1, str mode,
+                   double lr, double weight_decay=0.0, double momentum=0.0, bint nesterov=False,
+                   double beta1=0.0, double beta2=0.0, double c1=1.0, double c2=1.0,
+                   bint decoupled=False, double rho=0.0, double eps=0.0):
+    """One optimizer step over many parameters in one C call (retroprop/optim.h).
+
+    params[i] is updated with grads[i] and its state arrays state0[i],
+    state1[i] (None where the rule has no such state). mode "apply" writes,
+    "check" writes nothing, "check_apply" writes only when no new value would
+    be NaN/Inf. Returns (index of the first parameter that fails the check or
+    -1, number of non-finite new values)."""
+    cdef rp_opt_config cfg = _opt_config(rule, lr, weight_decay, momentum, nesterov, beta1, beta2,
+                                         c1, c2, decoupled, rho, eps)
+    cdef rp_opt_mode cmode = _opt_mode(mode)
+    cdef Py_ssize_t count = len(params)
+    _fits_int("number of parameters", count)
+    cdef cnp.ndarray tensor_buffer = np.empty(max(count, 1) * sizeof(rp_opt_tensor), dtype=np.uint8)
+    cdef rp_opt_tensor *tensors = <rp_opt_tensor *>cnp.PyArray_DATA(tensor_buffer)
+    cdef int kind = _fill_opt_tensors(rule, params, grads, state0, state1, momentum, tensors)
     cdef int n_tensors = <int>count
     cdef long first_bad = -1
     cdef size_t bad = 0
@@ -1114,6 +1135,186 @@ def optimizer_step(str rule, list params, list grads, list state0, list state1, 
         else:
             first_bad = rp_optimizer_step_f64(&cfg, tensors, n_tensors, cmode, &bad)
     return first_bad, bad
+
+
+# ================================================================ dense stack step
+
+cdef extern from "retroprop/dense_stack.h":
+    ctypedef struct rp_dense_stack_layer:
+        int n_in, n_out
+        const void *w
+        const void *b
+        void *dw
+        void *db
+        rp_act act
+        double act_param
+        void *y
+        void *dz
+        void *dx
+    ctypedef enum rp_stack_status:
+        RP_STACK_APPLIED
+        RP_STACK_LOSS_NONFINITE
+        RP_STACK_STEP_REFUSED
+    rp_stack_status rp_dense_stack_step_f32(int batch, int n_layers,
+                                            const rp_dense_stack_layer *layers, const float *x,
+                                            const int64_t *labels, const float *targets,
+                                            float *logits, const rp_opt_config *opt,
+                                            const rp_opt_tensor *tensors, int n_tensors,
+                                            rp_opt_mode mode, double *loss, long *first_bad) nogil
+    rp_stack_status rp_dense_stack_step_f64(int batch, int n_layers,
+                                            const rp_dense_stack_layer *layers, const double *x,
+                                            const int64_t *labels, const double *targets,
+                                            double *logits, const rp_opt_config *opt,
+                                            const rp_opt_tensor *tensors, int n_tensors,
+                                            rp_opt_mode mode, double *loss, long *first_bad) nogil
+
+
+cdef class DenseStack:
+    """The arrays of a dense stack's training step at one batch size, checked
+    once: per layer W, b (or None), dW, db (or None), the hidden activation
+    (name, parameter) and the buffers y, dz, dx (None for the first layer),
+    plus the last layer's logits. It keeps a reference to every array, so
+    the pointers it holds stay valid; each step checks again that no array
+    was reshaped in place."""
+    cdef object arrays          # every array, with the shape it must keep
+    cdef cnp.ndarray layer_buffer
+    cdef rp_dense_stack_layer *layers
+    cdef readonly int n_layers, batch, kind, n_in, n_out
+    cdef object logits
+
+    def __init__(self, list weights, list biases, list dweights, list dbiases, list activations,
+                 list act_params, list outputs, list dzs, list dxs, logits):
+        cdef Py_ssize_t count = len(weights), l
+        if count < 1 or not (len(biases) == len(dweights) == len(dbiases) == len(activations)
+                             == len(act_params) == len(outputs) == len(dzs) == len(dxs) == count):
+            raise ValueError("DenseStack: one entry per layer in every list, at least one layer")
+        _fits_int("layers", count)
+        self.kind = _real_kind(weights[0], "weights[0]")
+        if _ndim(outputs[0]) != 2:
+            raise ValueError(f"outputs[0]: expected a 2-D array, got shape {outputs[0].shape}")
+        _fits_int("batch", _dim(outputs[0], 0))
+        self.batch = <int>_dim(outputs[0], 0)
+        self.layer_buffer = np.zeros(count * sizeof(rp_dense_stack_layer), dtype=np.uint8)
+        self.layers = <rp_dense_stack_layer *>cnp.PyArray_DATA(self.layer_buffer)
+        self.n_layers = <int>count
+        self.arrays = []
+        cdef rp_dense_stack_layer *L
+        for l in range(count):
+            w, b, dw, db = weights[l], biases[l], dweights[l], dbiases[l]
+            where = f"[{l}]"
+            _same_kind(w, "weights" + where, self.kind)
+            if _ndim(w) != 2:
+                raise ValueError(f"weights{where}: expected a 2-D array, got shape {w.shape}")
+            n_in, n_out = _dim(w, 0), _dim(w, 1)
+            _fits_int("n_in", n_in)
+            _fits_int("n_out", n_out)
+            if l > 0 and n_in != self.layers[l - 1].n_out:
+                raise ValueError(f"weights{where}: {n_in} inputs, but layer {l - 1} has "
+                                 f"{self.layers[l - 1].n_out} outputs")
+            _same_kind(dw, "dweights" + where, self.kind, 1)
+            _shape2(dw, "dweights" + where, n_in, n_out)
+            if (b is None) != (db is None):
+                raise ValueError(f"biases{where} and dbiases{where}: both arrays or both None")
+            if b is not None:
+                _same_kind(b, "biases" + where, self.kind)
+                _shape1(b, "biases" + where, n_out)
+                _same_kind(db, "dbiases" + where, self.kind, 1)
+                _shape1(db, "dbiases" + where, n_out)
+            for arr, name in ((outputs[l], "outputs"), (dzs[l], "dzs")):
+                _same_kind(arr, name + where, self.kind, 1)
+                _shape2(arr, name + where, self.batch, n_out)
+            if (l == 0) != (dxs[l] is None):
+                raise ValueError(f"dxs{where}: None for the first layer only")
+            if l > 0:
+                _same_kind(dxs[l], "dxs" + where, self.kind, 1)
+                _shape2(dxs[l], "dxs" + where, self.batch, n_in)
+            L = &self.layers[l]
+            L.n_in = <int>n_in
+            L.n_out = <int>n_out
+            L.w = _ptr(w)
+            L.b = _ptr_or_null(b)
+            L.dw = _ptr(dw)
+            L.db = _ptr_or_null(db)
+            if l < count - 1:
+                L.act = _act_code(activations[l])
+                L.act_param = _act_param(L.act, act_params[l], activations[l])
+            else:
+                L.act = RP_ACT_LINEAR     # the softmax, fused with the loss
+                L.act_param = 0.0
+            L.y = _ptr(outputs[l])
+            L.dz = _ptr(dzs[l])
+            L.dx = _ptr_or_null(dxs[l])
+            for arr in (w, b, dw, db, outputs[l], dzs[l], dxs[l]):
+                if arr is not None:
+                    self.arrays.append((arr, arr.shape))
+        self.n_in = self.layers[0].n_in
+        self.n_out = self.layers[count - 1].n_out
+        _same_kind(logits, "logits", self.kind, 1)
+        _shape2(logits, "logits", self.batch, self.n_out)
+        self.logits = logits
+        self.arrays.append((logits, logits.shape))
+
+    def step(self, x, labels, targets, str rule, list params, list grads, list state0,
+             list state1, str mode, double lr, double weight_decay=0.0, double momentum=0.0,
+             bint nesterov=False, double beta1=0.0, double beta2=0.0, double c1=1.0,
+             double c2=1.0, bint decoupled=False, double rho=0.0, double eps=0.0):
+        """Forward, softmax cross-entropy against labels (int64 class ids) or
+        targets (rows), backward and the optimizer step (as optimizer_step).
+        Returns (status, loss, first_bad): status 0 applied, 1 the loss is
+        not finite (nothing after the forward ran), 2 the optimizer's check
+        refused the step (first_bad: the parameter's index)."""
+        cdef rp_opt_config cfg = _opt_config(rule, lr, weight_decay, momentum, nesterov, beta1,
+                                             beta2, c1, c2, decoupled, rho, eps)
+        cdef rp_opt_mode cmode = _opt_mode(mode)
+        for arr, shape in self.arrays:
+            if arr.shape != shape:
+                raise ValueError(f"DenseStack: an array was reshaped in place to {arr.shape} "
+                                 f"(was {shape}); build a new DenseStack")
+        _same_kind(x, "x", self.kind)
+        _shape2(x, "x", self.batch, self.n_in)
+        cdef const int64_t *label_ptr = NULL
+        cdef Py_ssize_t i
+        if (labels is None) == (targets is None):
+            raise ValueError("DenseStack.step: pass exactly one of labels and targets")
+        if labels is not None:
+            if (not isinstance(labels, np.ndarray)
+                    or cnp.PyArray_TYPE(<cnp.ndarray>labels) != cnp.NPY_INT64
+                    or not cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>labels)
+                    or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>labels)):
+                raise TypeError("labels: expected a C-contiguous int64 numpy array")
+            _shape1(labels, "labels", self.batch)
+            label_ptr = <const int64_t *>_ptr(labels)
+            for i in range(self.batch):
+                if label_ptr[i] < 0 or label_ptr[i] >= self.n_out:
+                    raise ValueError(f"labels: class id {label_ptr[i]} out of range [0, {self.n_out})")
+        else:
+            _same_kind(targets, "targets", self.kind)
+            _shape2(targets, "targets", self.batch, self.n_out)
+        cdef Py_ssize_t count = len(params)
+        _fits_int("number of parameters", count)
+        cdef cnp.ndarray tensor_buffer = np.empty(max(count, 1) * sizeof(rp_opt_tensor), dtype=np.uint8)
+        cdef rp_opt_tensor *tensors = <rp_opt_tensor *>cnp.PyArray_DATA(tensor_buffer)
+        cdef int kind = _fill_opt_tensors(rule, params, grads, state0, state1, momentum, tensors)
+        if kind != -1 and kind != self.kind:
+            raise TypeError("params: the optimizer's parameters must have the stack's dtype")
+        cdef int n_tensors = <int>count
+        cdef void *px = _ptr(x)
+        cdef void *pt = _ptr_or_null(targets)
+        cdef void *pz = _ptr(self.logits)
+        cdef double loss = 0.0
+        cdef long first_bad = -1
+        cdef rp_stack_status status
+        with nogil:
+            if self.kind == 0:
+                status = rp_dense_stack_step_f32(self.batch, self.n_layers, self.layers,
+                                                 <float *>px, label_ptr, <float *>pt, <float *>pz,
+                                                 &cfg, tensors, n_tensors, cmode, &loss, &first_bad)
+            else:
+                status = rp_dense_stack_step_f64(self.batch, self.n_layers, self.layers,
+                                                 <double *>px, label_ptr, <double *>pt,
+                                                 <double *>pz, &cfg, tensors, n_tensors, cmode,
+                                                 &loss, &first_bad)
+        return <int>status, loss, first_bad
 
 
 # ================================================================ finiteness scan

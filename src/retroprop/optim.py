@@ -81,6 +81,11 @@ class Optimizer:
         keys, params, grads, state0, state1 = self._step_lists(params_and_grads)
         bad = backend.optimizer_step(self.rule, params, grads, state0, state1, lr=lr, mode=mode,
                                      **self.step_hyperparameters())
+        return self._finish_step(keys, bad, mode)
+
+    def _finish_step(self, keys, bad, mode):
+        """After a backend step returned ``bad`` (a parameter index, or -1): the
+        key of the refused parameter, or None after counting the step."""
         if bad >= 0:
             return keys[bad]
         if mode != "check":

@@ -19,6 +19,11 @@ Fused path: when the last layer's activation is softmax and the loss is
 categorical cross-entropy on probabilities, the loss and its gradient
 w.r.t. the logits come from the backend's ``softmax_cross_entropy`` and
 backprop starts with ``model.backward_from_logits``.
+
+One-call path: for a model of Dense layers with fused hidden activations and
+a softmax output trained with categorical cross-entropy, the whole step above
+is one backend call (``stack_step.py``): the same kernels, the same checks and
+errors, identical weights, without the Python between the kernels.
 """
 import math
 
@@ -28,6 +33,7 @@ from . import activations as activations_module
 from . import losses as losses_module
 from . import metrics as metrics_module
 from . import optim as optim_module
+from . import stack_step
 from .backend import get_backend
 from .callbacks import Callback, History, ProgressBar
 
@@ -167,6 +173,8 @@ class Trainer:
         self.check_finite = bool(check_finite)
         self.stop_training = False
         self._fused = None      # uses_fused_output, decided once per fit
+        self._stack_ok = False  # whether steps may run in one call (stack_step.py), per fit
+        self._stack_plans = {}  # batch size -> stack_step.DenseStackPlan
         self.history = None
 
     # -- validation -----------------------------------------------------------
@@ -197,31 +205,71 @@ class Trainer:
 
     def _train_step(self, xb, yb, epoch, batch, epochs, n_batches):
         """One optimizer step on a batch; ``epoch``/``batch`` are 1-based (for messages)."""
+        plan = self._stack_plan(xb)
+        if plan is not None:
+            return self._stack_step(plan, xb, yb, epoch, batch, epochs, n_batches)
         model = self.model
         fused = self._fused if self._fused is not None else uses_fused_output(model, self.loss)
         loss_value, y_pred, seed = forward_loss(model, self.loss, xb, yb, training=True,
                                                 with_grad=True, fused=fused)
         total = loss_value + model.regularization_loss()
         if not math.isfinite(total):
-            where = f"at epoch {epoch}/{epochs}, batch {batch}/{n_batches}"
-            raise NonFiniteError(f"loss is {total} {where}; the step was not applied "
-                                 f"(try a lower learning rate)", epoch, batch)
+            self._raise_nonfinite_loss(total, epoch, batch, epochs, n_batches)
         # Metrics before backward: they only read y_pred.
         metric_values = [fn(yb, y_pred) for fn in self.metric_fns]
         backpropagate(model, self.loss, seed, input_grad=False, fused=fused)
         params = list(model.named_parameters())
         bad_key = self.optimizer.apply_step(params, check=self.check_finite)
         if bad_key is not None:
-            where = f"at epoch {epoch}/{epochs}, batch {batch}/{n_batches}"
-            grad = next(g for key, _, g in params if key == bad_key)
-            if not np.isfinite(grad).all():
-                raise NonFiniteError(f"gradient of {bad_key} contains NaN or Inf {where}; "
-                                     f"the step was not applied", epoch, batch)
-            raise NonFiniteError(f"parameter {bad_key} would become NaN or Inf with the "
-                                 f"optimizer step {where}; the step was not applied and "
-                                 f"the weights are unchanged (try a lower learning rate)",
-                                 epoch, batch)
+            self._raise_refused_step(params, bad_key, epoch, batch, epochs, n_batches)
         return total, metric_values
+
+    def _stack_plan(self, xb):
+        """The one-call step's plan for this batch (stack_step.py), or None when
+        the step goes layer by layer."""
+        if not self._stack_ok or not (type(xb) is np.ndarray and xb.ndim == 2
+                                      and xb.dtype is self.model.dtype
+                                      and xb.flags.c_contiguous):
+            return None
+        n = xb.shape[0]
+        plan = self._stack_plans.get(n)
+        if plan is not None and plan.optimizer is self.optimizer and plan.still_valid():
+            return plan
+        backend = self.model.backend
+        if not stack_step.qualifies(self.model, self.loss, backend):
+            self._stack_ok = False
+            return None
+        plan = self._stack_plans[n] = stack_step.DenseStackPlan(self.model, self.optimizer,
+                                                                backend, n)
+        return plan
+
+    def _stack_step(self, plan, xb, yb, epoch, batch, epochs, n_batches):
+        """_train_step in one backend call: the same kernels, the same checks."""
+        status, total, bad_key = plan.step(xb, yb, "check_apply" if self.check_finite else "apply")
+        if status == 1:
+            self._raise_nonfinite_loss(total, epoch, batch, epochs, n_batches)
+        if status == 2:
+            self._raise_refused_step(plan.items, bad_key, epoch, batch, epochs, n_batches)
+        y_pred = plan.outputs[-1]
+        return total, [fn(yb, y_pred) for fn in self.metric_fns]
+
+    @staticmethod
+    def _raise_nonfinite_loss(total, epoch, batch, epochs, n_batches):
+        where = f"at epoch {epoch}/{epochs}, batch {batch}/{n_batches}"
+        raise NonFiniteError(f"loss is {total} {where}; the step was not applied "
+                             f"(try a lower learning rate)", epoch, batch)
+
+    @staticmethod
+    def _raise_refused_step(params, bad_key, epoch, batch, epochs, n_batches):
+        where = f"at epoch {epoch}/{epochs}, batch {batch}/{n_batches}"
+        grad = next(g for key, _, g in params if key == bad_key)
+        if not np.isfinite(grad).all():
+            raise NonFiniteError(f"gradient of {bad_key} contains NaN or Inf {where}; "
+                                 f"the step was not applied", epoch, batch)
+        raise NonFiniteError(f"parameter {bad_key} would become NaN or Inf with the "
+                             f"optimizer step {where}; the step was not applied and "
+                             f"the weights are unchanged (try a lower learning rate)",
+                             epoch, batch)
 
     def _evaluate_arrays(self, x, targets, batch_size):
         n = x.shape[0]
@@ -308,6 +356,9 @@ class Trainer:
         self.history = history
         self.stop_training = False
         self._fused = uses_fused_output(self.model, self.loss)
+        self._stack_ok = self._fused and stack_step.qualifies(self.model, self.loss,
+                                                             self.model.backend)
+        self._stack_plans = {}
 
         n = x.shape[0]
         n_batches = (n + batch_size - 1) // batch_size

@@ -476,13 +476,65 @@ def optimizer_step(rule, params, grads, state0, state1, *, lr, mode="check_apply
     if mode not in _STEP_MODES:
         raise ValueError(f"mode must be one of {_STEP_MODES}, got {mode!r}")
     grads = [_input(g, "grad", p.dtype) for p, g in zip(params, grads)]
-    c1, c2 = _bias_corrections(beta_1, beta_2, step) if rule == "adam" else (1.0, 1.0)
     first_bad, _ = _core.optimizer_step(
         rule, _as_list(params), grads, _as_list(state0), _as_list(state1), mode, float(lr),
-        weight_decay=float(weight_decay), momentum=float(momentum), nesterov=bool(nesterov),
-        beta1=float(beta_1), beta2=float(beta_2), c1=c1, c2=c2, decoupled=bool(decoupled),
-        rho=float(rho), eps=float(epsilon))
+        **_core_hyperparameters(rule, momentum, nesterov, weight_decay, beta_1, beta_2, epsilon,
+                                step, decoupled, rho))
     return first_bad
+
+
+def _core_hyperparameters(rule, momentum, nesterov, weight_decay, beta_1, beta_2, epsilon, step,
+                          decoupled, rho):
+    """optimizer_step's keyword arguments as the binding takes them."""
+    c1, c2 = _bias_corrections(beta_1, beta_2, step) if rule == "adam" else (1.0, 1.0)
+    return dict(weight_decay=float(weight_decay), momentum=float(momentum),
+                nesterov=bool(nesterov), beta1=float(beta_1), beta2=float(beta_2), c1=c1, c2=c2,
+                decoupled=bool(decoupled), rho=float(rho), eps=float(epsilon))
+
+
+# ---------------------------------------------------------------- dense stack step
+
+def dense_stack(weights, biases, dweights, dbiases, activations, act_params, outputs, dzs, dxs,
+                logits):
+    """The arrays of a whole training step of a stack of dense layers ending in
+    softmax + categorical cross-entropy, checked once (see ``dense_stack_step``).
+
+    Per layer: W (in, out), b or None, dW, db or None, the hidden activation's
+    name (one of FUSED_ACTIVATIONS; the last layer's entry is ignored) and
+    parameter (None: default), output y (batch, out), dL/dz scratch (batch,
+    out) and dL/dx (batch, in; None for the first layer); logits (batch,
+    classes) receives the last layer's pre-activation."""
+    return _core.DenseStack(list(weights), list(biases), list(dweights), list(dbiases),
+                            list(activations), list(act_params), list(outputs), list(dzs),
+                            list(dxs), logits)
+
+
+def dense_stack_step(stack, x, targets, rule, params, grads, state0, state1, *, lr,
+                     mode="check_apply", momentum=0.0, nesterov=False, weight_decay=0.0,
+                     beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=1, decoupled=False, rho=0.9):
+    """One training step in one C call: forward through ``stack`` (from
+    ``dense_stack``), softmax cross-entropy against ``targets`` (int64 class
+    ids of shape (batch,) or rows of shape (batch, classes)), backward into
+    dW/db, then the optimizer step of ``optimizer_step`` over params/grads/
+    state (which should include every dW and db). The same kernels as the
+    layer-by-layer step, in the same order: the results are identical.
+
+    Returns (status, loss, first_bad): status 0 when the step went through (or
+    mode is "check"), 1 when the loss is NaN/Inf (no gradient, no update), 2
+    when the optimizer's check refused the update (first_bad: the index of the
+    first parameter whose update is not finite; nothing was written)."""
+    if mode not in _STEP_MODES:
+        raise ValueError(f"mode must be one of {_STEP_MODES}, got {mode!r}")
+    x = _input(x, "x")
+    if type(targets) is np.ndarray and targets.dtype is _INT64 and targets.ndim == 1:
+        labels, rows = targets, None
+    else:
+        labels, rows = None, _input(np.asarray(targets), "targets", x.dtype)
+    return _core.DenseStack.step(
+        stack, x, labels, rows, rule, _as_list(params), _as_list(grads), _as_list(state0),
+        _as_list(state1), mode, float(lr),
+        **_core_hyperparameters(rule, momentum, nesterov, weight_decay, beta_1, beta_2, epsilon,
+                                step, decoupled, rho))
 
 
 # ---------------------------------------------------------------- batch normalisation

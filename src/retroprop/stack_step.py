@@ -1,0 +1,122 @@
+"""A training step in one backend call, for the plainest models.
+
+A model made only of :class:`~retroprop.layers.Dense` layers, whose hidden
+activations the dense kernels fuse and whose last layer is a softmax trained
+with categorical cross-entropy (the MLP of every course), spends a
+noticeable part of a step in Python between its kernels: at batch 128 of a
+784-256-128-10 MLP, about 50 us of a ~1.1 ms step. For such a model the
+Trainer hands the whole step to the backend's ``dense_stack_step`` (when the
+backend has one): forward, loss, backward and the optimizer update in one C
+call, with the GIL released throughout.
+
+It runs the kernels the layer-by-layer step runs, in the same order, on the
+same parameter, gradient and optimizer-state arrays, so the weights after
+any number of steps are identical to those of the layer-by-layer path
+(tests/test_stack_step.py checks this bit for bit). Everything a step could
+see changing is checked before each step: the parameter and gradient arrays
+of every layer, its activation, name, trainability and regularizers, and the
+optimizer's state; any change rebuilds the plan or, when the model no longer
+qualifies, falls back to the layer-by-layer step.
+"""
+import numpy as np
+
+from .layers.dense import Dense
+from .losses import CategoricalCrossentropy
+
+
+def _layer_signature(layer):
+    """What a plan assumes about one layer, compared (by identity) every step."""
+    return (layer.params.get("W"), layer.params.get("b"), layer.grads.get("W"),
+            layer.grads.get("b"), layer.activation, layer.name, layer.trainable,
+            layer.kernel_regularizer, layer.bias_regularizer)
+
+
+def qualifies(model, loss, backend):
+    """Whether the whole step of ``model`` trained with ``loss`` can run as one
+    ``dense_stack_step`` call of ``backend``."""
+    layers = getattr(model, "layers", None)
+    if not layers or not hasattr(backend, "dense_stack_step"):
+        return False
+    if type(loss) is not CategoricalCrossentropy or loss.from_logits:
+        return False
+    if np.dtype(model.dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
+        return False
+    for i, layer in enumerate(layers):
+        if type(layer) is not Dense or not layer.built:
+            return False
+        if layer.kernel_regularizer is not None or layer.bias_regularizer is not None:
+            return False
+        act = layer.activation
+        if i == len(layers) - 1:
+            if act.name != "softmax":
+                return False
+        elif not act.fusable or act.name not in backend.FUSED_ACTIVATIONS:
+            return False
+    return True
+
+
+class DenseStackPlan:
+    """The arrays of one model's step at one batch size, and the step itself."""
+
+    def __init__(self, model, optimizer, backend, batch):
+        self.model = model
+        self.optimizer = optimizer
+        self.backend = backend
+        self.batch = batch
+        layers = model.layers
+        dtype = model.dtype
+        self.signatures = [_layer_signature(layer) for layer in layers]
+        # The optimizer's (key, param, grad) list, kept so that its own lists
+        # are reused step after step (Optimizer._step_lists).
+        self.items = list(model.named_parameters())
+        self.outputs = [np.empty((batch, layer.units), dtype) for layer in layers]
+        dzs = [np.empty((batch, layer.units), dtype) for layer in layers]
+        dxs = [None] + [np.empty((batch, layer.input_shape[0]), dtype) for layer in layers[1:]]
+        self.logits = np.empty((batch, layers[-1].units), dtype)
+        self.stack = backend.dense_stack(
+            [layer.params["W"] for layer in layers],
+            [layer.params.get("b") for layer in layers],
+            [layer.grads["W"] for layer in layers],
+            [layer.grads.get("b") for layer in layers],
+            [layer.activation.name for layer in layers],
+            [layer.activation.param for layer in layers],
+            self.outputs, dzs, dxs, self.logits)
+
+    def still_valid(self):
+        """True while every layer and the parameter list are what the plan was built on."""
+        for layer, expected in zip(self.model.layers, self.signatures):
+            params, grads = layer.params, layer.grads
+            if (params.get("W") is not expected[0] or params.get("b") is not expected[1]
+                    or grads.get("W") is not expected[2] or grads.get("b") is not expected[3]
+                    or layer.activation is not expected[4] or layer.name != expected[5]
+                    or layer.trainable is not expected[6]
+                    or layer.kernel_regularizer is not expected[7]
+                    or layer.bias_regularizer is not expected[8]):
+                return False
+        return len(self.model.layers) == len(self.signatures)
+
+    def step(self, xb, targets, mode):
+        """One step; returns (status, loss, refused key or None), status as in
+        the backend's ``dense_stack_step``. Leaves every layer as its forward and
+        backward would (last input, output and logits)."""
+        opt = self.optimizer
+        keys, params, grads, state0, state1 = opt._step_lists(self.items)
+        status, loss, first_bad = self.backend.dense_stack_step(
+            self.stack, xb, targets, opt.rule, params, grads, state0, state1,
+            lr=opt.current_lr(), mode=mode, **opt.step_hyperparameters())
+        x = xb
+        last = len(self.outputs) - 1
+        for i, (layer, y) in enumerate(zip(self.model.layers, self.outputs)):
+            layer._x = x
+            layer._y = y
+            if i == last:
+                layer.logits = self.logits
+            else:
+                layer.logits = y if layer.activation.name == "linear" else None
+            x = y
+        bad_key = None
+        if status == 2:
+            bad_key = keys[first_bad]
+        elif status == 0:
+            opt._finish_step(keys, -1, mode)
+        return status, loss, bad_key

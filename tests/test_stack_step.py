@@ -1,0 +1,290 @@
+"""The one-call training step of Dense + softmax models (stack_step.py):
+bit-identical to the layer-by-layer step, rebuilt or abandoned whenever the
+model changes under it, and with the same errors."""
+import numpy as np
+import pytest
+
+import retroprop as rp
+from retroprop import stack_step
+from retroprop.layers import Dense, Dropout
+from retroprop.trainer import NonFiniteError
+
+try:
+    from retroprop.backend import cpu
+except ImportError:   # the C extension is not built
+    cpu = None
+
+pytestmark = pytest.mark.skipif(cpu is None, reason="C backend not built")
+
+
+def _model(dtype=np.float32, acts=("relu", "tanh"), use_bias=True, seed=3, n_in=13, classes=7):
+    layers = [Dense(u, activation=a, use_bias=use_bias) for u, a in zip((17, 11), acts)]
+    layers.append(Dense(classes, activation="softmax", use_bias=use_bias))
+    return rp.Sequential(layers, input_shape=(n_in,), seed=seed, dtype=dtype)
+
+
+def _data(n=101, n_in=13, classes=7, seed=0, dtype=np.float32):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, n_in)).astype(dtype), rng.integers(0, classes, n)
+
+
+class _LayerByLayer:
+    """Force the layer-by-layer step for one trainer (the reference)."""
+
+    def __init__(self, monkeypatch):
+        real = stack_step.qualifies
+        self.trainers = set()
+
+        def qualifies(model, loss, backend):
+            if any(t.model is model for t in self.trainers):
+                return False
+            return real(model, loss, backend)
+        monkeypatch.setattr(stack_step, "qualifies", qualifies)
+
+
+def _fit_both(monkeypatch, make_opt, dtype=np.float32, epochs=3, batch=16, callbacks=(),
+              y_onehot=False, **model_kw):
+    x, y = _data(dtype=dtype)
+    if y_onehot:
+        y = np.eye(7)[y]
+    forced = _LayerByLayer(monkeypatch)
+    results = []
+    for one_call in (True, False):
+        model = _model(dtype=dtype, **model_kw)
+        trainer = rp.Trainer(model, "categorical_crossentropy", make_opt(),
+                             metrics=["accuracy"], callbacks=[c() for c in callbacks])
+        if not one_call:
+            forced.trainers.add(trainer)
+        history = trainer.fit(x, y, epochs=epochs, batch_size=batch, verbose=0, seed=5)
+        assert bool(trainer._stack_plans) == one_call
+        results.append((model, trainer, history))
+    return results
+
+
+OPTIMIZERS = [
+    lambda: rp.optim.SGD(lr=0.05),
+    lambda: rp.optim.SGD(lr=0.05, momentum=0.9, weight_decay=1e-3),
+    lambda: rp.optim.SGD(lr=0.05, momentum=0.9, nesterov=True),
+    lambda: rp.optim.Adam(lr=0.01),
+    lambda: rp.optim.AdamW(lr=0.01),
+    lambda: rp.optim.RMSprop(lr=0.01, momentum=0.5),
+    lambda: rp.optim.Adagrad(lr=0.05),
+    lambda: rp.optim.SGD(lr=rp.schedules.ExponentialDecay(0.1, rate=0.2)),
+]
+
+
+def _assert_same_training(results):
+    (m1, t1, h1), (m2, t2, h2) = results
+    for w1, w2 in zip(m1.get_weights(), m2.get_weights()):
+        np.testing.assert_array_equal(w1, w2)
+    s1, s2 = t1.optimizer.state_arrays(), t2.optimizer.state_arrays()
+    assert s1.keys() == s2.keys()
+    for key in s1:
+        np.testing.assert_array_equal(s1[key], s2[key])
+    assert t1.optimizer.iterations == t2.optimizer.iterations
+    assert h1.history == h2.history
+
+
+@pytest.mark.parametrize("make_opt", OPTIMIZERS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_call_step_is_bit_identical_to_layer_by_layer(monkeypatch, make_opt, dtype):
+    # 101 samples at batch 16: a partial last batch, so two plans.
+    _assert_same_training(_fit_both(monkeypatch, make_opt, dtype=dtype))
+
+
+@pytest.mark.parametrize("acts", [("sigmoid", "leaky_relu"), ("elu", "linear"), ("step", "relu")])
+def test_every_fused_hidden_activation(monkeypatch, acts):
+    _assert_same_training(_fit_both(monkeypatch, OPTIMIZERS[1], acts=acts))
+
+
+def test_without_bias_and_with_one_hot_targets(monkeypatch):
+    _assert_same_training(_fit_both(monkeypatch, OPTIMIZERS[3], use_bias=False))
+    _assert_same_training(_fit_both(monkeypatch, OPTIMIZERS[1], y_onehot=True))
+
+
+def test_single_layer_model(monkeypatch):
+    x, y = _data()
+    forced = _LayerByLayer(monkeypatch)
+    weights = []
+    for one_call in (True, False):
+        model = rp.Sequential([Dense(7, activation="softmax")], input_shape=(13,), seed=1)
+        trainer = rp.Trainer(model, "categorical_crossentropy", rp.optim.SGD(lr=0.1), metrics=[])
+        if not one_call:
+            forced.trainers.add(trainer)
+        trainer.fit(x, y, epochs=2, batch_size=32, verbose=0, seed=2)
+        assert bool(trainer._stack_plans) == one_call
+        weights.append(model.get_weights())
+    for a, b in zip(*weights):
+        np.testing.assert_array_equal(a, b)
+
+
+class _ChangeModelMidTraining(rp.callbacks.Callback):
+    """Freezes the first layer after batch 2, unfreezes it after batch 4,
+    changes a hidden activation after batch 6 and renames a layer after 8."""
+
+    def on_batch_end(self, batch, logs=None):
+        model = self.trainer.model
+        self.count = getattr(self, "count", 0) + 1
+        if self.count == 2:
+            model.layers[0].trainable = False
+        elif self.count == 4:
+            model.layers[0].trainable = True
+        elif self.count == 6:
+            model.layers[1].activation = rp.activations.get("sigmoid")
+        elif self.count == 8:
+            model.layers[1].name = "renamed"
+        elif self.count == 10:
+            model.set_weights([w * 0.5 for w in model.get_weights()])   # in place
+
+
+def test_changes_between_steps_are_followed(monkeypatch):
+    _assert_same_training(_fit_both(monkeypatch, OPTIMIZERS[1], callbacks=[_ChangeModelMidTraining]))
+
+
+class _AddRegularizer(rp.callbacks.Callback):
+    def on_batch_end(self, batch, logs=None):
+        if batch == 2 and self.trainer.model.layers[0].kernel_regularizer is None:
+            self.trainer.model.layers[0].kernel_regularizer = rp.regularizers.L2(0.01)
+
+
+def test_a_model_that_stops_qualifying_falls_back(monkeypatch):
+    results = _fit_both(monkeypatch, OPTIMIZERS[1], callbacks=[_AddRegularizer])
+    assert results[0][1]._stack_ok is False      # dropped after the regularizer appeared
+    _assert_same_training(results)
+
+
+def test_layer_state_after_a_step_is_that_of_forward_and_backward(monkeypatch):
+    (m1, _, _), (m2, _, _) = _fit_both(monkeypatch, OPTIMIZERS[0], epochs=1, batch=101)
+    for l1, l2 in zip(m1.layers, m2.layers):
+        np.testing.assert_array_equal(l1._y, l2._y)
+        np.testing.assert_array_equal(l1._x, l2._x)
+        assert (l1.logits is None) == (l2.logits is None)
+        if l1.logits is not None:
+            np.testing.assert_array_equal(l1.logits, l2.logits)
+        for name in l1.grads:
+            np.testing.assert_array_equal(l1.grads[name], l2.grads[name])
+
+
+@pytest.mark.parametrize("layers,loss", [
+    ([Dense(5, activation="relu", kernel_regularizer=rp.regularizers.L2(0.1)),
+      Dense(3, activation="softmax")], "categorical_crossentropy"),
+    ([Dense(5, activation="relu"), Dropout(0.5), Dense(3, activation="softmax")],
+     "categorical_crossentropy"),
+    ([Dense(5, activation="gelu"), Dense(3, activation="softmax")], "categorical_crossentropy"),
+    ([Dense(5, activation="relu"), Dense(3, activation="linear")], "mse"),
+    ([Dense(5, activation="relu"), Dense(3)], rp.losses.CategoricalCrossentropy(from_logits=True)),
+])
+def test_other_models_do_not_qualify(layers, loss):
+    model = rp.Sequential(layers, input_shape=(4,), seed=0)
+    trainer = rp.Trainer(model, loss, "sgd", metrics=[])
+    x = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)
+    y = np.arange(8) % 3 if loss != "mse" else np.zeros((8, 3), np.float32)
+    trainer.fit(x, y, epochs=1, batch_size=4, verbose=0)
+    assert not trainer._stack_ok and not trainer._stack_plans
+
+
+@pytest.mark.parametrize("check_finite", [True, False])
+@pytest.mark.parametrize("lr", [1e36, 3e38])   # a NaN loss at batch 2; an overflowing update
+def test_nonfinite_errors_are_those_of_the_layer_by_layer_step(monkeypatch, check_finite, lr):
+    x, y = _data()
+    x[:, 0] *= 1e4
+    forced = _LayerByLayer(monkeypatch)
+    outcomes = []
+    for one_call in (True, False):
+        model = _model()
+        trainer = rp.Trainer(model, "categorical_crossentropy", rp.optim.SGD(lr=lr),
+                             metrics=[], check_finite=check_finite)
+        if not one_call:
+            forced.trainers.add(trainer)
+        with pytest.raises(NonFiniteError) as info:
+            trainer.fit(x, y, epochs=5, batch_size=16, verbose=0, seed=5)
+        outcomes.append((str(info.value), info.value.epoch, info.value.batch,
+                         model.get_weights(), trainer.optimizer.iterations))
+    (msg1, e1, b1, w1, i1), (msg2, e2, b2, w2, i2) = outcomes
+    assert (msg1, e1, b1, i1) == (msg2, e2, b2, i2)
+    for a, b in zip(w1, w2):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_refused_step_names_the_parameter_and_writes_nothing():
+    model = _model()
+    x, y = _data()
+    trainer = rp.Trainer(model, "categorical_crossentropy",
+                         rp.optim.SGD(lr=0.1, momentum=0.9, weight_decay=10.0), metrics=[])
+    trainer.fit(x[:16], y[:16], epochs=1, batch_size=16, verbose=0)
+    assert trainer._stack_plans
+    # A huge but finite bias: the loss stays finite, its decayed update overflows.
+    model.layers[2].params["b"][0] = 3e38
+    before = model.get_weights()
+    velocity = {k: v.copy() for k, v in trainer.optimizer.velocity.items()}
+    with pytest.raises(NonFiniteError, match="parameter dense_2/b would become NaN or Inf"):
+        trainer.fit(x[:16], y[:16], epochs=1, batch_size=16, verbose=0)
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    for key, v in trainer.optimizer.velocity.items():
+        np.testing.assert_array_equal(v, velocity[key])
+    assert trainer.optimizer.iterations == 1
+
+
+def _stack_arrays(batch=6, dtype=np.float32):
+    rng = np.random.default_rng(0)
+    w = [rng.standard_normal((4, 5)).astype(dtype), rng.standard_normal((5, 3)).astype(dtype)]
+    b = [np.zeros(5, dtype), np.zeros(3, dtype)]
+    dw = [np.empty_like(a) for a in w]
+    db = [np.empty_like(a) for a in b]
+    ys = [np.empty((batch, 5), dtype), np.empty((batch, 3), dtype)]
+    dzs = [np.empty_like(a) for a in ys]
+    dxs = [None, np.empty((batch, 5), dtype)]
+    logits = np.empty((batch, 3), dtype)
+    return w, b, dw, db, ys, dzs, dxs, logits
+
+
+def test_backend_step_checks_its_arrays():
+    w, b, dw, db, ys, dzs, dxs, logits = _stack_arrays()
+    acts, params = ["relu", "softmax"], [None, None]
+    with pytest.raises(ValueError, match=r"weights\[1\]: 4 inputs, but layer 0 has 5 outputs"):
+        cpu.dense_stack([w[0], np.zeros((4, 3), np.float32)], b, dw, db, acts, params, ys, dzs,
+                        dxs, logits)
+    with pytest.raises(ValueError, match="dxs"):
+        cpu.dense_stack(w, b, dw, db, acts, params, ys, dzs, [None, None], logits)
+    with pytest.raises(ValueError, match="activation"):
+        cpu.dense_stack(w, b, dw, db, ["gelu", "softmax"], params, ys, dzs, dxs, logits)
+    stack = cpu.dense_stack(w, b, dw, db, acts, params, ys, dzs, dxs, logits)
+    grads = dw + db
+    args = ("sgd", w + b, grads, [None] * 4, [None] * 4)
+    x = np.ones((6, 4), np.float32)
+    with pytest.raises(ValueError, match=r"x: expected shape \(6, 4\)"):
+        cpu.dense_stack_step(stack, np.ones((5, 4), np.float32), np.zeros(5, np.int64), *args, lr=0.1)
+    with pytest.raises(ValueError, match=r"class id 3 out of range \[0, 3\)"):
+        cpu.dense_stack_step(stack, x, np.array([0, 1, 2, 3, 0, 0]), *args, lr=0.1)
+    with pytest.raises(TypeError, match="dtype"):
+        cpu.dense_stack_step(stack, x.astype(np.float64), np.zeros(6, np.int64), *args, lr=0.1)
+    status, loss, bad = cpu.dense_stack_step(stack, x, np.zeros(6, np.int64), *args, lr=0.1)
+    assert status == 0 and bad == -1 and np.isfinite(loss)
+    dw[0].shape = (5, 4)          # reshaped in place: the stack refuses to run
+    with pytest.raises(ValueError, match="reshaped in place"):
+        cpu.dense_stack_step(stack, x, np.zeros(6, np.int64), *args, lr=0.1)
+
+
+def test_backend_step_equals_the_separate_kernels():
+    w, b, dw, db, ys, dzs, dxs, logits = _stack_arrays(batch=9, dtype=np.float64)
+    rng = np.random.default_rng(4)
+    x, labels = rng.standard_normal((9, 4)), rng.integers(0, 3, 9)
+    w_ref, b_ref = [a.copy() for a in w], [a.copy() for a in b]
+    stack = cpu.dense_stack(w, b, dw, db, ["tanh", "softmax"], [None, None], ys, dzs, dxs, logits)
+    status, loss, _ = cpu.dense_stack_step(stack, x, labels, "sgd", w + b, dw + db, [None] * 4,
+                                           [None] * 4, lr=0.5)
+    assert status == 0
+    # The same step by hand with the separate kernels.
+    h = cpu.dense_forward(x, w_ref[0], b_ref[0], "tanh")
+    z = np.empty((9, 3))
+    p = cpu.dense_forward(h, w_ref[1], b_ref[1], "softmax", logits=z)
+    loss_ref, g = cpu.softmax_cross_entropy(z, labels)
+    dw1, db1, dh = np.empty((5, 3)), np.empty(3), np.empty((9, 5))
+    cpu.dense_backward(h, w_ref[1], z, g, "linear", dw1, db=db1, dx=dh)
+    dw0, db0 = np.empty((4, 5)), np.empty(5)
+    cpu.dense_backward(x, w_ref[0], h, dh, "tanh", dw0, db=db0)
+    assert loss == loss_ref
+    np.testing.assert_array_equal(ys[1], p)
+    for got, ref, grad in zip(w + b, w_ref + b_ref, (dw0, dw1, db0, db1)):
+        np.testing.assert_array_equal(got, ref - 0.5 * grad)
