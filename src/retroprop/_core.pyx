@@ -9,6 +9,7 @@ Arguments are refused with TypeError (dtype, contiguity) or ValueError (shape).
 import numpy as np
 cimport numpy as cnp
 from libc.stdint cimport int64_t
+from libc.stdlib cimport free, realloc
 
 cnp.import_array()
 
@@ -1181,6 +1182,11 @@ cdef class DenseStack:
     cdef rp_dense_stack_layer *layers
     cdef readonly int n_layers, batch, kind, n_in, n_out
     cdef object logits
+    cdef rp_opt_tensor *tensors     # the optimizer's tensors, refilled every step
+    cdef Py_ssize_t tensor_capacity
+
+    def __dealloc__(self):
+        free(self.tensors)
 
     def __init__(self, list weights, list biases, list dweights, list dbiases, list activations,
                  list act_params, list outputs, list dzs, list dxs, logits):
@@ -1292,8 +1298,14 @@ cdef class DenseStack:
             _shape2(targets, "targets", self.batch, self.n_out)
         cdef Py_ssize_t count = len(params)
         _fits_int("number of parameters", count)
-        cdef cnp.ndarray tensor_buffer = np.empty(max(count, 1) * sizeof(rp_opt_tensor), dtype=np.uint8)
-        cdef rp_opt_tensor *tensors = <rp_opt_tensor *>cnp.PyArray_DATA(tensor_buffer)
+        cdef rp_opt_tensor *grown
+        if count > self.tensor_capacity:
+            grown = <rp_opt_tensor *>realloc(self.tensors, count * sizeof(rp_opt_tensor))
+            if grown == NULL:
+                raise MemoryError("DenseStack.step: no memory for the optimizer's tensor list")
+            self.tensors = grown
+            self.tensor_capacity = count
+        cdef rp_opt_tensor *tensors = self.tensors
         cdef int kind = _fill_opt_tensors(rule, params, grads, state0, state1, momentum, tensors)
         if kind != -1 and kind != self.kind:
             raise TypeError("params: the optimizer's parameters must have the stack's dtype")
