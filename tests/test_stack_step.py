@@ -243,13 +243,18 @@ def test_backend_step_checks_its_arrays():
     w, b, dw, db, ys, dzs, dxs, logits = _stack_arrays()
     acts, params = ["relu", "softmax"], [None, None]
     with pytest.raises(ValueError, match=r"weights\[1\]: 4 inputs, but layer 0 has 5 outputs"):
-        cpu.dense_stack([w[0], np.zeros((4, 3), np.float32)], b, dw, db, acts, params, ys, dzs,
-                        dxs, logits)
+        cpu.dense_stack([w[0], np.zeros((4, 3), np.float32)], b, acts, params, ys, logits,
+                        dweights=dw, dbiases=db, dzs=dzs, dxs=dxs)
     with pytest.raises(ValueError, match="dxs"):
-        cpu.dense_stack(w, b, dw, db, acts, params, ys, dzs, [None, None], logits)
+        cpu.dense_stack(w, b, acts, params, ys, logits, dweights=dw, dbiases=db, dzs=dzs,
+                        dxs=[None, None])
     with pytest.raises(ValueError, match="activation"):
-        cpu.dense_stack(w, b, dw, db, ["gelu", "softmax"], params, ys, dzs, dxs, logits)
-    stack = cpu.dense_stack(w, b, dw, db, acts, params, ys, dzs, dxs, logits)
+        cpu.dense_stack(w, b, ["gelu", "softmax"], params, ys, logits, dweights=dw, dbiases=db,
+                        dzs=dzs, dxs=dxs)
+    with pytest.raises(ValueError, match="all, or none"):
+        cpu.dense_stack(w, b, acts, params, ys, logits, dweights=dw)
+    stack = cpu.dense_stack(w, b, acts, params, ys, logits, dweights=dw, dbiases=db, dzs=dzs,
+                            dxs=dxs)
     grads = dw + db
     args = ("sgd", w + b, grads, [None] * 4, [None] * 4)
     x = np.ones((6, 4), np.float32)
@@ -271,7 +276,8 @@ def test_backend_step_equals_the_separate_kernels():
     rng = np.random.default_rng(4)
     x, labels = rng.standard_normal((9, 4)), rng.integers(0, 3, 9)
     w_ref, b_ref = [a.copy() for a in w], [a.copy() for a in b]
-    stack = cpu.dense_stack(w, b, dw, db, ["tanh", "softmax"], [None, None], ys, dzs, dxs, logits)
+    stack = cpu.dense_stack(w, b, ["tanh", "softmax"], [None, None], ys, logits, dweights=dw,
+                            dbiases=db, dzs=dzs, dxs=dxs)
     status, loss, _ = cpu.dense_stack_step(stack, x, labels, "sgd", w + b, dw + db, [None] * 4,
                                            [None] * 4, lr=0.5)
     assert status == 0
@@ -288,3 +294,81 @@ def test_backend_step_equals_the_separate_kernels():
     np.testing.assert_array_equal(ys[1], p)
     for got, ref, grad in zip(w + b, w_ref + b_ref, (dw0, dw1, db0, db1)):
         np.testing.assert_array_equal(got, ref - 0.5 * grad)
+
+
+# ---------------------------------------------------------------- forward only
+
+def _forward_models(monkeypatch, make):
+    """(one-call model, layer-by-layer model): the same weights."""
+    real = stack_step.forward_qualifies
+    generic = make()
+    monkeypatch.setattr(stack_step, "forward_qualifies",
+                        lambda model, backend: model is not generic and real(model, backend))
+    one_call = make()
+    one_call.set_weights(generic.get_weights())
+    return one_call, generic
+
+
+@pytest.mark.parametrize("last", ["softmax", "sigmoid", "linear", "leaky_relu"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_call_forward_is_bit_identical(monkeypatch, last, dtype):
+    def make():
+        return rp.Sequential([Dense(17, activation="elu"), Dense(11, activation="relu"),
+                              Dense(5, activation=last)], input_shape=(13,), seed=1, dtype=dtype)
+    fast, slow = _forward_models(monkeypatch, make)
+    rng = np.random.default_rng(2)
+    for n in (1, 7, 300, 7):
+        x = rng.standard_normal((n, 13)).astype(dtype)
+        np.testing.assert_array_equal(fast.forward(x), slow.forward(x))
+        np.testing.assert_array_equal(fast.predict(x, batch_size=64), slow.predict(x, batch_size=64))
+        for a, b in zip(fast.layers, slow.layers):
+            np.testing.assert_array_equal(a._y, b._y)
+            assert (a.logits is None) == (b.logits is None)
+            if a.logits is not None:
+                np.testing.assert_array_equal(a.logits, b.logits)
+    assert fast._forward_plans and not slow._forward_plans
+    # backward after the one-call forward: the layers hold what it needs
+    dy = rng.standard_normal((7, 5)).astype(dtype)
+    np.testing.assert_array_equal(fast.backward(dy.copy()), slow.backward(dy.copy()))
+    for a, b in zip(fast.layers, slow.layers):
+        np.testing.assert_array_equal(a.grads["W"], b.grads["W"])
+
+
+def test_one_call_forward_follows_changes(monkeypatch):
+    def make():
+        return rp.Sequential([Dense(9, activation="leaky_relu"), Dense(4, activation="softmax")],
+                             input_shape=(6,), seed=4)
+    fast, slow = _forward_models(monkeypatch, make)
+    x = np.random.default_rng(0).standard_normal((5, 6)).astype(np.float32)
+
+    def same():
+        np.testing.assert_array_equal(fast.forward(x), slow.forward(x))
+    same()
+    for model in (fast, slow):
+        model.layers[0].activation.alpha = 0.5        # a parameter changed in place
+    same()
+    for model in (fast, slow):
+        model.layers[0].activation = rp.activations.get("tanh")
+    same()
+    for model in (fast, slow):                        # an array replaced, not copied into
+        model.layers[1].params["b"] = np.full(4, 0.3, np.float32)
+    same()
+    for model in (fast, slow):                        # no longer qualifies: layer by layer
+        model.layers[0].activation = rp.activations.get("gelu")
+    same()
+
+
+def test_one_call_forward_keeps_the_errors_of_the_layers():
+    model = rp.Sequential([Dense(4, activation="relu"), Dense(2, activation="softmax")],
+                          input_shape=(3,), seed=0)
+    model.forward(np.zeros((2, 3), np.float32))
+    assert model._forward_plans
+    with pytest.raises(ValueError, match=r"Dense .dense. expects input of shape \(N, 3\), got \(2, 5\)"):
+        model.forward(np.zeros((2, 5), np.float32))
+
+
+def test_models_with_other_layers_run_layer_by_layer():
+    model = rp.Sequential([Dense(4, activation="relu"), Dropout(0.5), Dense(2, activation="softmax")],
+                          input_shape=(3,), seed=0)
+    model.forward(np.zeros((2, 3), np.float32))
+    assert not model._forward_plans

@@ -1,13 +1,34 @@
 /* A dense stack's training step in one call (retroprop/dense_stack.h): the
  * same kernel calls, in the same order, as Dense.forward, the fused softmax
  * cross-entropy, Dense.backward_from_logits / backward and the optimizer's
- * check-then-apply step. */
+ * check-then-apply step; and the forward alone. */
 #include <math.h>
 #include "retroprop/dense.h"
 #include "retroprop/dense_stack.h"
 #include "retroprop/loss.h"
 
-#define DEFINE_STACK_STEP(SUFFIX, REAL)                                                       \
+#define DEFINE_STACK(SUFFIX, REAL)                                                            \
+    void rp_dense_stack_forward_##SUFFIX(int batch, int n_layers,                             \
+                                         const rp_dense_stack_layer *layers, const REAL *x,  \
+                                         REAL *logits)                                        \
+    {                                                                                         \
+        const int last = n_layers - 1;                                                        \
+        const REAL *in = x;                                                                   \
+        for (int l = 0; l < n_layers; ++l) {                                                  \
+            const rp_dense_stack_layer *L = &layers[l];                                       \
+            if (l == last && logits) {                                                        \
+                rp_dense_forward_softmax_##SUFFIX(batch, L->n_in, L->n_out, in,               \
+                                                  (const REAL *)L->w, (const REAL *)L->b,     \
+                                                  logits, (REAL *)L->y);                      \
+            } else {                                                                          \
+                rp_dense_forward_##SUFFIX(batch, L->n_in, L->n_out, in, (const REAL *)L->w,   \
+                                          (const REAL *)L->b, L->act, L->act_param,           \
+                                          (REAL *)L->y);                                      \
+            }                                                                                 \
+            in = (const REAL *)L->y;                                                          \
+        }                                                                                     \
+    }                                                                                         \
+                                                                                              \
     rp_stack_status rp_dense_stack_step_##SUFFIX(                                             \
         int batch, int n_layers, const rp_dense_stack_layer *layers, const REAL *x,           \
         const int64_t *labels, const REAL *targets, REAL *logits, const rp_opt_config *opt,   \
@@ -15,19 +36,9 @@
         long *first_bad)                                                                      \
     {                                                                                         \
         const int last = n_layers - 1;                                                        \
-        *first_bad = -1;                                                                      \
-        /* forward: hidden layers with their fused activation, then softmax */                \
-        const REAL *in = x;                                                                   \
-        for (int l = 0; l < last; ++l) {                                                      \
-            const rp_dense_stack_layer *L = &layers[l];                                       \
-            rp_dense_forward_##SUFFIX(batch, L->n_in, L->n_out, in, (const REAL *)L->w,       \
-                                      (const REAL *)L->b, L->act, L->act_param, (REAL *)L->y); \
-            in = (const REAL *)L->y;                                                          \
-        }                                                                                     \
         const rp_dense_stack_layer *top = &layers[last];                                      \
-        rp_dense_forward_softmax_##SUFFIX(batch, top->n_in, top->n_out, in,                   \
-                                          (const REAL *)top->w, (const REAL *)top->b, logits, \
-                                          (REAL *)top->y);                                    \
+        *first_bad = -1;                                                                      \
+        rp_dense_stack_forward_##SUFFIX(batch, n_layers, layers, x, logits);                  \
         /* loss and dL/dlogits (the Trainer checks the loss before backward) */               \
         *loss = rp_softmax_xent_##SUFFIX(batch, top->n_out, logits, labels, targets,          \
                                          (REAL *)top->dz);                                    \
@@ -48,5 +59,5 @@
         return *first_bad >= 0 ? RP_STACK_STEP_REFUSED : RP_STACK_APPLIED;                    \
     }
 
-DEFINE_STACK_STEP(f32, float)
-DEFINE_STACK_STEP(f64, double)
+DEFINE_STACK(f32, float)
+DEFINE_STACK(f64, double)

@@ -1156,6 +1156,10 @@ cdef extern from "retroprop/dense_stack.h":
         RP_STACK_APPLIED
         RP_STACK_LOSS_NONFINITE
         RP_STACK_STEP_REFUSED
+    void rp_dense_stack_forward_f32(int batch, int n_layers, const rp_dense_stack_layer *layers,
+                                    const float *x, float *logits) nogil
+    void rp_dense_stack_forward_f64(int batch, int n_layers, const rp_dense_stack_layer *layers,
+                                    const double *x, double *logits) nogil
     rp_stack_status rp_dense_stack_step_f32(int batch, int n_layers,
                                             const rp_dense_stack_layer *layers, const float *x,
                                             const int64_t *labels, const float *targets,
@@ -1171,42 +1175,52 @@ cdef extern from "retroprop/dense_stack.h":
 
 
 cdef class DenseStack:
-    """The arrays of a dense stack's training step at one batch size, checked
-    once: per layer W, b (or None), dW, db (or None), the hidden activation
-    (name, parameter) and the buffers y, dz, dx (None for the first layer),
-    plus the last layer's logits. It keeps a reference to every array, so
-    the pointers it holds stay valid; each step checks again that no array
-    was reshaped in place."""
+    """The arrays of a dense stack at one batch size, checked once: per layer
+    W, b (or None), the activation (name, parameter; the last one may be
+    "softmax", which needs ``logits``) and the output buffer y; for training
+    also dW, db (or None), dz and dx (None for the first layer). It keeps a
+    reference to every array, so the pointers it holds stay valid; each call
+    checks again that no array was reshaped in place."""
     cdef object arrays          # every array, with the shape it must keep
     cdef cnp.ndarray layer_buffer
     cdef rp_dense_stack_layer *layers
     cdef readonly int n_layers, batch, kind, n_in, n_out
-    cdef object logits
+    cdef readonly bint trainable, softmax_top
+    cdef object logits, output
     cdef rp_opt_tensor *tensors     # the optimizer's tensors, refilled every step
     cdef Py_ssize_t tensor_capacity
 
     def __dealloc__(self):
         free(self.tensors)
 
-    def __init__(self, list weights, list biases, list dweights, list dbiases, list activations,
-                 list act_params, list outputs, list dzs, list dxs, logits):
+    def __init__(self, list weights, list biases, list activations, list act_params,
+                 list outputs, logits, dweights=None, dbiases=None, dzs=None, dxs=None):
         cdef Py_ssize_t count = len(weights), l
-        if count < 1 or not (len(biases) == len(dweights) == len(dbiases) == len(activations)
-                             == len(act_params) == len(outputs) == len(dzs) == len(dxs) == count):
+        if count < 1 or not (len(biases) == len(activations) == len(act_params) == len(outputs)
+                             == count):
             raise ValueError("DenseStack: one entry per layer in every list, at least one layer")
+        training = (dweights, dbiases, dzs, dxs)
+        if any(t is None for t in training) and any(t is not None for t in training):
+            raise ValueError("DenseStack: dweights, dbiases, dzs and dxs all, or none")
+        self.trainable = dweights is not None
+        if self.trainable:
+            dweights, dbiases, dzs, dxs = list(dweights), list(dbiases), list(dzs), list(dxs)
+            if not len(dweights) == len(dbiases) == len(dzs) == len(dxs) == count:
+                raise ValueError("DenseStack: one entry per layer in every list")
         _fits_int("layers", count)
         self.kind = _real_kind(weights[0], "weights[0]")
         if _ndim(outputs[0]) != 2:
             raise ValueError(f"outputs[0]: expected a 2-D array, got shape {outputs[0].shape}")
         _fits_int("batch", _dim(outputs[0], 0))
         self.batch = <int>_dim(outputs[0], 0)
+        self.softmax_top = activations[count - 1] == "softmax"
         self.layer_buffer = np.zeros(count * sizeof(rp_dense_stack_layer), dtype=np.uint8)
         self.layers = <rp_dense_stack_layer *>cnp.PyArray_DATA(self.layer_buffer)
         self.n_layers = <int>count
         self.arrays = []
         cdef rp_dense_stack_layer *L
         for l in range(count):
-            w, b, dw, db = weights[l], biases[l], dweights[l], dbiases[l]
+            w, b = weights[l], biases[l]
             where = f"[{l}]"
             _same_kind(w, "weights" + where, self.kind)
             if _ndim(w) != 2:
@@ -1217,48 +1231,82 @@ cdef class DenseStack:
             if l > 0 and n_in != self.layers[l - 1].n_out:
                 raise ValueError(f"weights{where}: {n_in} inputs, but layer {l - 1} has "
                                  f"{self.layers[l - 1].n_out} outputs")
-            _same_kind(dw, "dweights" + where, self.kind, 1)
-            _shape2(dw, "dweights" + where, n_in, n_out)
-            if (b is None) != (db is None):
-                raise ValueError(f"biases{where} and dbiases{where}: both arrays or both None")
             if b is not None:
                 _same_kind(b, "biases" + where, self.kind)
                 _shape1(b, "biases" + where, n_out)
-                _same_kind(db, "dbiases" + where, self.kind, 1)
-                _shape1(db, "dbiases" + where, n_out)
-            for arr, name in ((outputs[l], "outputs"), (dzs[l], "dzs")):
-                _same_kind(arr, name + where, self.kind, 1)
-                _shape2(arr, name + where, self.batch, n_out)
-            if (l == 0) != (dxs[l] is None):
-                raise ValueError(f"dxs{where}: None for the first layer only")
-            if l > 0:
-                _same_kind(dxs[l], "dxs" + where, self.kind, 1)
-                _shape2(dxs[l], "dxs" + where, self.batch, n_in)
+            _same_kind(outputs[l], "outputs" + where, self.kind, 1)
+            _shape2(outputs[l], "outputs" + where, self.batch, n_out)
             L = &self.layers[l]
             L.n_in = <int>n_in
             L.n_out = <int>n_out
             L.w = _ptr(w)
             L.b = _ptr_or_null(b)
-            L.dw = _ptr(dw)
-            L.db = _ptr_or_null(db)
-            if l < count - 1:
+            L.y = _ptr(outputs[l])
+            if l == count - 1 and self.softmax_top:
+                L.act = RP_ACT_LINEAR     # the softmax (fused with the loss in a step)
+                L.act_param = 0.0
+            else:
                 L.act = _act_code(activations[l])
                 L.act_param = _act_param(L.act, act_params[l], activations[l])
-            else:
-                L.act = RP_ACT_LINEAR     # the softmax, fused with the loss
-                L.act_param = 0.0
-            L.y = _ptr(outputs[l])
-            L.dz = _ptr(dzs[l])
-            L.dx = _ptr_or_null(dxs[l])
-            for arr in (w, b, dw, db, outputs[l], dzs[l], dxs[l]):
+            kept = [w, b, outputs[l]]
+            if self.trainable:
+                dw, db = dweights[l], dbiases[l]
+                _same_kind(dw, "dweights" + where, self.kind, 1)
+                _shape2(dw, "dweights" + where, n_in, n_out)
+                if (b is None) != (db is None):
+                    raise ValueError(f"biases{where} and dbiases{where}: both arrays or both None")
+                if db is not None:
+                    _same_kind(db, "dbiases" + where, self.kind, 1)
+                    _shape1(db, "dbiases" + where, n_out)
+                _same_kind(dzs[l], "dzs" + where, self.kind, 1)
+                _shape2(dzs[l], "dzs" + where, self.batch, n_out)
+                if (l == 0) != (dxs[l] is None):
+                    raise ValueError(f"dxs{where}: None for the first layer only")
+                if l > 0:
+                    _same_kind(dxs[l], "dxs" + where, self.kind, 1)
+                    _shape2(dxs[l], "dxs" + where, self.batch, n_in)
+                L.dw = _ptr(dw)
+                L.db = _ptr_or_null(db)
+                L.dz = _ptr(dzs[l])
+                L.dx = _ptr_or_null(dxs[l])
+                kept += [dw, db, dzs[l], dxs[l]]
+            for arr in kept:
                 if arr is not None:
                     self.arrays.append((arr, arr.shape))
         self.n_in = self.layers[0].n_in
         self.n_out = self.layers[count - 1].n_out
-        _same_kind(logits, "logits", self.kind, 1)
-        _shape2(logits, "logits", self.batch, self.n_out)
+        if self.softmax_top:
+            _same_kind(logits, "logits", self.kind, 1)
+            _shape2(logits, "logits", self.batch, self.n_out)
+            self.arrays.append((logits, logits.shape))
+        elif logits is not None:
+            raise ValueError("logits: only for a stack whose last activation is softmax")
         self.logits = logits
-        self.arrays.append((logits, logits.shape))
+        self.output = outputs[count - 1]
+
+    cdef int _check_call(self, x) except -1:
+        for arr, shape in self.arrays:
+            if arr.shape != shape:
+                raise ValueError(f"DenseStack: an array was reshaped in place to {arr.shape} "
+                                 f"(was {shape}); build a new DenseStack")
+        _same_kind(x, "x", self.kind)
+        _shape2(x, "x", self.batch, self.n_in)
+        return 0
+
+    def forward(self, x):
+        """The forward pass from x (batch, n_in) into every layer's output
+        buffer; returns the last one."""
+        self._check_call(x)
+        cdef void *px = _ptr(x)
+        cdef void *pz = _ptr_or_null(self.logits)
+        with nogil:
+            if self.kind == 0:
+                rp_dense_stack_forward_f32(self.batch, self.n_layers, self.layers, <float *>px,
+                                           <float *>pz)
+            else:
+                rp_dense_stack_forward_f64(self.batch, self.n_layers, self.layers, <double *>px,
+                                           <double *>pz)
+        return self.output
 
     def step(self, x, labels, targets, str rule, list params, list grads, list state0,
              list state1, str mode, double lr, double weight_decay=0.0, double momentum=0.0,
@@ -1272,12 +1320,9 @@ cdef class DenseStack:
         cdef rp_opt_config cfg = _opt_config(rule, lr, weight_decay, momentum, nesterov, beta1,
                                              beta2, c1, c2, decoupled, rho, eps)
         cdef rp_opt_mode cmode = _opt_mode(mode)
-        for arr, shape in self.arrays:
-            if arr.shape != shape:
-                raise ValueError(f"DenseStack: an array was reshaped in place to {arr.shape} "
-                                 f"(was {shape}); build a new DenseStack")
-        _same_kind(x, "x", self.kind)
-        _shape2(x, "x", self.batch, self.n_in)
+        if not (self.trainable and self.softmax_top):
+            raise ValueError("DenseStack.step: needs the training arrays and a softmax last layer")
+        self._check_call(x)
         cdef const int64_t *label_ptr = NULL
         cdef Py_ssize_t i
         if (labels is None) == (targets is None):

@@ -2,6 +2,7 @@
 import numpy as np
 
 from . import layers as layers_module
+from . import stack_step
 from .backend import get_backend
 from .layers.base import Layer, default_name
 from .workspace import Workspace
@@ -45,6 +46,7 @@ class Sequential:
         # Scratch memory shared by all layers (im2col buffers): see workspace.py.
         self.workspace = Workspace(self.dtype)
         self._workspace_sized_for = None
+        self._forward_plans = {}   # batch size -> stack_step.DenseForwardPlan
         self._input_shape_arg = None if input_shape is None else _as_shape(input_shape)
         for layer in layers or []:
             self.add(layer)
@@ -150,6 +152,9 @@ class Sequential:
     def forward(self, x, training=False):
         """Output of the model for a batch x (returns the last layer's reused buffer)."""
         x = self.prepare_input(x)
+        plan = self._forward_plan(x)
+        if plan is not None:
+            return plan.forward(x)
         if self._workspace_sized_for != (x.shape[0], bool(training)):
             self.reserve_workspace(x.shape[0], bool(training))
         for layer in self.layers:
@@ -157,6 +162,23 @@ class Sequential:
         return x
 
     __call__ = forward
+
+    def _forward_plan(self, x):
+        """The one-call forward of a Dense-only model (stack_step.py) for x's
+        batch size, or None when the layers run one by one."""
+        if not (x.ndim == 2 and self.layers and type(self.layers[0]) is layers_module.Dense
+                and x.shape[1:] == self.layers[0].input_shape):
+            return None
+        plans = self._forward_plans
+        plan = plans.get(x.shape[0])
+        if plan is not None and plan.still_valid():
+            return plan
+        if not stack_step.forward_qualifies(self, self.backend):
+            return None
+        if len(plans) >= 4:      # batch sizes come and go (a last partial batch)
+            plans.clear()
+        plan = plans[x.shape[0]] = stack_step.DenseForwardPlan(self, self.backend, x.shape[0])
+        return plan
 
     def backward(self, dy, input_grad=True):
         """Backpropagate dL/dy_pred; fills every layer's grads. Returns dL/dx (or None)."""

@@ -1,5 +1,6 @@
 /* One whole training step of a stack of dense layers ending in softmax +
- * categorical cross-entropy, in one call: forward, loss, backward, optimizer.
+ * categorical cross-entropy, in one call: forward, loss, backward, optimizer
+ * (and the forward pass of any dense stack, for inference).
  *
  * It runs exactly the kernels a step through the layers runs, in the same
  * order, on the same arrays (dense.h, loss.h, optim.h), so its results are
@@ -16,20 +17,21 @@
 extern "C" {
 #endif
 
-/* One layer y = act(x @ w + b), x (batch, n_in), w (n_in, n_out). The last
- * layer's act is ignored: it is the softmax, fused with the loss. Element
- * type is that of the call. */
+/* One layer y = act(x @ w + b), x (batch, n_in), w (n_in, n_out). In a
+ * training step the last layer's act is ignored: it is the softmax, fused
+ * with the loss. Element type is that of the call. */
 typedef struct {
     int n_in, n_out;
     const void *w;      /* (n_in, n_out) */
     const void *b;      /* (n_out,), or NULL */
-    void *dw;           /* (n_in, n_out) dL/dw, overwritten */
-    void *db;           /* (n_out,) dL/db, overwritten; NULL when b is */
+    void *dw;           /* (n_in, n_out) dL/dw, overwritten (training only) */
+    void *db;           /* (n_out,) dL/db, overwritten; NULL when b is (training only) */
     rp_act act;         /* a fused activation (rp_act_in_microkernel or not) */
     double act_param;
     void *y;            /* (batch, n_out) output; the last layer's: probabilities */
-    void *dz;           /* (batch, n_out) dL/dz (the last layer's: dL/dlogits) */
-    void *dx;           /* (batch, n_in) dL/dx for the layer below; NULL for the first */
+    void *dz;           /* (batch, n_out) dL/dz (the last layer's: dL/dlogits; training only) */
+    void *dx;           /* (batch, n_in) dL/dx for the layer below; NULL for the first
+                         * (training only) */
 } rp_dense_stack_layer;
 
 typedef enum {
@@ -38,7 +40,15 @@ typedef enum {
     RP_STACK_STEP_REFUSED = 2    /* the optimizer's check failed: *first_bad says where */
 } rp_stack_status;
 
-/* x (batch, layers[0].n_in); labels (batch,) class ids in [0, n_out of the
+/* The forward pass alone (inference): y of every layer, from x (batch,
+ * layers[0].n_in). With logits != NULL the last layer is a softmax and logits
+ * (batch, n_out) receives its pre-activation; otherwise it applies its act. */
+void rp_dense_stack_forward_f32(int batch, int n_layers, const rp_dense_stack_layer *layers,
+                                const float *x, float *logits);
+void rp_dense_stack_forward_f64(int batch, int n_layers, const rp_dense_stack_layer *layers,
+                                const double *x, double *logits);
+
+/* A training step; the last layer is the softmax. x (batch, layers[0].n_in); labels (batch,) class ids in [0, n_out of the
  * last layer) or targets (batch, n_out) rows (the other NULL); logits
  * (batch, n_out) receives the last layer's pre-activation. tensors are the
  * optimizer's, in the caller's order (the dw/db above among them). *loss

@@ -494,19 +494,31 @@ def _core_hyperparameters(rule, momentum, nesterov, weight_decay, beta_1, beta_2
 
 # ---------------------------------------------------------------- dense stack step
 
-def dense_stack(weights, biases, dweights, dbiases, activations, act_params, outputs, dzs, dxs,
-                logits):
-    """The arrays of a whole training step of a stack of dense layers ending in
-    softmax + categorical cross-entropy, checked once (see ``dense_stack_step``).
+def dense_stack(weights, biases, activations, act_params, outputs, logits=None, *, dweights=None,
+                dbiases=None, dzs=None, dxs=None):
+    """The arrays of a stack of dense layers at one batch size, checked once, for
+    ``dense_stack_forward`` and (with the training arrays and a softmax last
+    layer) ``dense_stack_step``.
 
-    Per layer: W (in, out), b or None, dW, db or None, the hidden activation's
-    name (one of FUSED_ACTIVATIONS; the last layer's entry is ignored) and
-    parameter (None: default), output y (batch, out), dL/dz scratch (batch,
-    out) and dL/dx (batch, in; None for the first layer); logits (batch,
-    classes) receives the last layer's pre-activation."""
-    return _core.DenseStack(list(weights), list(biases), list(dweights), list(dbiases),
-                            list(activations), list(act_params), list(outputs), list(dzs),
-                            list(dxs), logits)
+    Per layer: W (in, out), b or None, the activation's name (one of
+    FUSED_ACTIVATIONS, or "softmax" for the last layer, which then needs
+    ``logits`` (batch, classes) for its pre-activation) and parameter (None:
+    default), the output y (batch, out); for training also dW, db or None,
+    the dL/dz scratch (batch, out) and dL/dx (batch, in; None for the first
+    layer)."""
+    def as_list(items):
+        return None if items is None else list(items)
+    return _core.DenseStack(list(weights), list(biases), list(activations), list(act_params),
+                            list(outputs), logits, as_list(dweights), as_list(dbiases),
+                            as_list(dzs), as_list(dxs))
+
+
+def dense_stack_forward(stack, x):
+    """The forward pass of ``stack`` (from ``dense_stack``) in one call: every
+    layer's output buffer is written; returns the last one (the probabilities
+    when the last activation is softmax, its logits then in the stack's
+    ``logits`` array)."""
+    return _core.DenseStack.forward(stack, _input(x, "x"))
 
 
 def dense_stack_step(stack, x, targets, rule, params, grads, state0, state1, *, lr,
