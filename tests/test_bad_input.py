@@ -239,6 +239,30 @@ def test_nan_in_x():
         trainer.evaluate(x, y)
 
 
+def test_x_is_scanned_once_per_array_and_nan_written_later_still_stops_training(monkeypatch):
+    from retroprop import trainer as trainer_module
+    scans = []
+    real = trainer_module._first_nonfinite_index
+    monkeypatch.setattr(trainer_module, "_first_nonfinite_index",
+                        lambda arr, backend=None: scans.append(arr) or real(arr, backend))
+    x, y = small_data(64)
+    model = small_model()
+    trainer = trainer_for(model, metrics=[])
+    trainer.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    trainer.fit(x, y, epochs=1, batch_size=16, verbose=0)     # the same array: no second scan
+    assert sum(arr is x for arr in scans) == 1
+    trainer.fit(x.copy(), y, epochs=1, batch_size=16, verbose=0)   # another array: scanned
+    assert len(scans) == 2
+    x[40, 2] = np.nan             # written in place after its scan
+    before = model.get_weights()
+    with pytest.raises(rp.trainer.NonFiniteError, match="loss is nan"):
+        trainer.fit(x, y, epochs=1, batch_size=64, verbose=0)
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match=r"x contains NaN or Inf at index \(40, 2\)"):
+        trainer_for(small_model()).fit(x, y, verbose=0)      # a new trainer scans it
+
+
 class WeightLog(rp.callbacks.Callback):
     """Copies of the weights after every optimizer step (index 0: before training)."""
 
