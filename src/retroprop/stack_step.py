@@ -4,12 +4,12 @@ A model made only of :class:`~retroprop.layers.Dense` layers, whose hidden
 activations the dense kernels fuse and whose last layer is a softmax trained
 with categorical cross-entropy (the MLP of every course), spends a
 noticeable part of a step in Python between its kernels: at batch 128 of a
-784-256-128-10 MLP, about 50 us of a ~1.1 ms step. For such a model the
+784-256-128-10 MLP, about 40 us of a ~1.05 ms step. For such a model the
 Trainer hands the whole step to the backend's ``dense_stack_step`` (when the
 backend has one): forward, loss, backward and the optimizer update in one C
 call, with the GIL released throughout. Likewise ``Sequential.forward`` of a
 Dense-only model (any fused last activation, or softmax) is one
-``dense_stack_forward`` call: single-sample inference of that MLP takes ~12
+``dense_stack_forward`` call: single-sample inference of that MLP takes ~16
 us instead of ~20.
 
 It runs the kernels the layer-by-layer step runs, in the same order, on the
