@@ -472,6 +472,23 @@ def softmax(x, out):
     return out
 
 
+cdef int _check_labels(object labels, Py_ssize_t n, Py_ssize_t c) except -1:
+    """labels: a C-contiguous int64 array of n class ids, each in [0, c) (the
+    kernels index rows with them)."""
+    if (not isinstance(labels, np.ndarray)
+            or cnp.PyArray_TYPE(<cnp.ndarray>labels) != cnp.NPY_INT64
+            or not cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>labels)
+            or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>labels)):
+        raise TypeError("labels: expected a C-contiguous int64 numpy array")
+    _shape1(labels, "labels", n)
+    cdef const int64_t *label_ptr = <const int64_t *>_ptr(labels)
+    cdef Py_ssize_t i
+    for i in range(n):
+        if label_ptr[i] < 0 or label_ptr[i] >= c:
+            raise ValueError(f"labels: class id {label_ptr[i]} out of range [0, {c})")
+    return 0
+
+
 def softmax_cross_entropy(z, labels, targets, grad):
     """Mean softmax cross-entropy of logits z (n, c) against int64 labels (n,) or
     targets (n, c); writes (softmax(z) - t) / n into grad unless grad is None."""
@@ -483,20 +500,8 @@ def softmax_cross_entropy(z, labels, targets, grad):
     _fits_int("classes", c)
     if (labels is None) == (targets is None):
         raise ValueError("softmax_cross_entropy: pass exactly one of labels and targets")
-    cdef const int64_t *label_ptr
-    cdef Py_ssize_t i
     if labels is not None:
-        if (not isinstance(labels, np.ndarray)
-                or cnp.PyArray_TYPE(<cnp.ndarray>labels) != cnp.NPY_INT64
-                or not cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>labels)
-                or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>labels)):
-            raise TypeError("labels: expected a C-contiguous int64 numpy array")
-        _shape1(labels, "labels", n)
-        # The kernel indexes rows with the labels: every one must be in range.
-        label_ptr = <const int64_t *>_ptr(labels)
-        for i in range(n):
-            if label_ptr[i] < 0 or label_ptr[i] >= c:
-                raise ValueError(f"labels: class id {label_ptr[i]} out of range [0, {c})")
+        _check_labels(labels, n, c)
     else:
         _same_kind(targets, "targets", kind)
         _shape2(targets, "targets", n, c)
@@ -1324,20 +1329,11 @@ cdef class DenseStack:
             raise ValueError("DenseStack.step: needs the training arrays and a softmax last layer")
         self._check_call(x)
         cdef const int64_t *label_ptr = NULL
-        cdef Py_ssize_t i
         if (labels is None) == (targets is None):
             raise ValueError("DenseStack.step: pass exactly one of labels and targets")
         if labels is not None:
-            if (not isinstance(labels, np.ndarray)
-                    or cnp.PyArray_TYPE(<cnp.ndarray>labels) != cnp.NPY_INT64
-                    or not cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>labels)
-                    or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>labels)):
-                raise TypeError("labels: expected a C-contiguous int64 numpy array")
-            _shape1(labels, "labels", self.batch)
+            _check_labels(labels, self.batch, self.n_out)
             label_ptr = <const int64_t *>_ptr(labels)
-            for i in range(self.batch):
-                if label_ptr[i] < 0 or label_ptr[i] >= self.n_out:
-                    raise ValueError(f"labels: class id {label_ptr[i]} out of range [0, {self.n_out})")
         else:
             _same_kind(targets, "targets", self.kind)
             _shape2(targets, "targets", self.batch, self.n_out)

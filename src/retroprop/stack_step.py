@@ -34,6 +34,22 @@ def _layer_signature(layer):
             layer.kernel_regularizer, layer.bias_regularizer, layer.activation.param)
 
 
+def _leave_layers_as_forward(layers, x, outputs, top_logits):
+    """Each Dense layer's last input, output and logits, as its own forward
+    leaves them (Dense.backward reads them): logits are the output for a
+    linear layer, None for the other fused activations, and ``top_logits``
+    for a softmax last layer."""
+    last = len(outputs) - 1
+    for i, (layer, out) in enumerate(zip(layers, outputs)):
+        layer._x = x
+        layer._y = out
+        if i == last and top_logits is not None:
+            layer.logits = top_logits
+        else:
+            layer.logits = out if layer.activation.name == "linear" else None
+        x = out
+
+
 def qualifies(model, loss, backend):
     """Whether the whole step of ``model`` trained with ``loss`` can run as one
     ``dense_stack_step`` call of ``backend``."""
@@ -108,16 +124,7 @@ class DenseStackPlan:
         status, loss, first_bad = self.backend.dense_stack_step(
             self.stack, xb, targets, opt.rule, params, grads, state0, state1,
             lr=opt.current_lr(), mode=mode, **opt.step_hyperparameters())
-        x = xb
-        last = len(self.outputs) - 1
-        for i, (layer, y) in enumerate(zip(self.model.layers, self.outputs)):
-            layer._x = x
-            layer._y = y
-            if i == last:
-                layer.logits = self.logits
-            else:
-                layer.logits = y if layer.activation.name == "linear" else None
-            x = y
+        _leave_layers_as_forward(self.model.layers, xb, self.outputs, self.logits)
         bad_key = None
         if status == 2:
             bad_key = keys[first_bad]
@@ -179,13 +186,5 @@ class DenseForwardPlan:
     def forward(self, x):
         """The model's output for x; every layer left as its own forward leaves it."""
         y = self.backend.dense_stack_forward(self.stack, x)
-        last = len(self.outputs) - 1
-        for i, (layer, out) in enumerate(zip(self.model.layers, self.outputs)):
-            layer._x = x
-            layer._y = out
-            if i == last and self.logits is not None:
-                layer.logits = self.logits
-            else:
-                layer.logits = out if layer.activation.name == "linear" else None
-            x = out
+        _leave_layers_as_forward(self.model.layers, x, self.outputs, self.logits)
         return y
