@@ -3,7 +3,7 @@ import numpy as np
 
 from . import layers as layers_module
 from . import stack_step
-from .backend import get_backend
+from .backend import get_backend, state_with_modules, state_without_modules
 from .layers.base import Layer, default_name
 from .workspace import Workspace
 
@@ -50,6 +50,18 @@ class Sequential:
         self._input_shape_arg = None if input_shape is None else _as_shape(input_shape)
         for layer in layers or []:
             self.add(layer)
+
+    # -- copying ----------------------------------------------------------------
+
+    # copy.deepcopy and pickle (for saving, prefer retroprop.save: no pickle):
+    # the backend module travels as its name, and the one-call forward plans,
+    # which point into this model's arrays, are not copied (a copy builds
+    # its own on its first forward).
+    def __getstate__(self):
+        return state_without_modules(self.__dict__, caches=("_forward_plans",))
+
+    def __setstate__(self, state):
+        self.__dict__.update(state_with_modules(state))
 
     # -- construction ---------------------------------------------------------
 

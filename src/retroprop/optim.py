@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from .backend import get_backend
+from .backend import get_backend, state_with_modules, state_without_modules
 
 
 def _check_lr_value(lr, what="lr", allow_zero=False):
@@ -44,6 +44,13 @@ class Optimizer:
         # creations and replacements of state arrays, which invalidate them.
         self._last_lists = None
         self._state_version = 0
+
+    # copy.deepcopy and pickle: the backend module travels as its name.
+    def __getstate__(self):
+        return state_without_modules(self.__dict__)
+
+    def __setstate__(self, state):
+        self.__dict__.update(state_with_modules(state))
 
     def current_lr(self):
         """The learning rate of the next step."""

@@ -24,6 +24,36 @@ def get_backend(name=None):
     return _loaded[name]
 
 
+def backend_name(module):
+    """The name ``get_backend`` knows ``module`` by ("cpu", "numpy")."""
+    for name, loaded in _loaded.items():
+        if loaded is module:
+            return name
+    raise ValueError(f"{module!r} is not a retroprop backend")
+
+
+def state_without_modules(state, caches=()):
+    """An object's ``__dict__`` made copyable and picklable: its ``backend``
+    module replaced by the backend's name, and each attribute named in
+    ``caches`` emptied (caches of compiled objects that point into the
+    original's arrays and must never be shared with a copy)."""
+    state = dict(state)
+    if state.get("backend") is not None:
+        state["backend"] = backend_name(state["backend"])
+    for attr in caches:
+        if attr in state:
+            state[attr] = type(state[attr])()
+    return state
+
+
+def state_with_modules(state):
+    """The inverse of :func:`state_without_modules`: the backend name back to its module."""
+    state = dict(state)
+    if isinstance(state.get("backend"), str):
+        state["backend"] = get_backend(state["backend"])
+    return state
+
+
 def set_num_threads(n):
     """Set the number of OpenMP threads the C kernels use (n >= 1)."""
     get_backend("cpu").set_num_threads(n)

@@ -28,7 +28,7 @@ import re
 
 import numpy as np
 
-from ..backend import get_backend
+from ..backend import get_backend, state_with_modules, state_without_modules
 
 _REGISTRY = {}
 
@@ -70,6 +70,15 @@ class Layer:
         self.input_shape = None
         self.output_shape = None
         self.workspace = None  # scratch memory shared with the model's other layers (workspace.py)
+
+    # -- copying ----------------------------------------------------------------
+
+    # copy.deepcopy and pickle: the backend module travels as its name.
+    def __getstate__(self):
+        return state_without_modules(self.__dict__)
+
+    def __setstate__(self, state):
+        self.__dict__.update(state_with_modules(state))
 
     # -- identification -------------------------------------------------------
 
