@@ -107,7 +107,7 @@ def _tolerance(dtype):
 
 @pytest.mark.parametrize("cid,shape,filters,kwargs,pads,dtype,activation", CONFIGS,
                          ids=[c[0] for c in CONFIGS])
-def test_conv2d_matches_loop_reference(cid, shape, filters, kwargs, pads, dtype, activation):
+def test_conv2d_matches_loop_reference(cid, shape, filters, kwargs, pads, dtype, activation, simd):
     rng = np.random.default_rng(7)
     layer = Conv2D(filters, activation=activation, bias_initializer="glorot_uniform", **kwargs)
     layer.build(shape[1:], dtype, rng)
@@ -427,7 +427,7 @@ def _check_on_one_and_two_threads(x, w, b, dy, activation, geometry, expected, t
     (3, (3, 3), 16, (1, 5), (0, 0, 0, 0), "linear"),   # five pixels a line: packed
 ])
 def test_direct_and_packed_paths_match_numpy_reference(dtype, channels, kernel, filters,
-                                                       stride, padding, activation):
+                                                       stride, padding, activation, simd):
     """Convolutions with at most 8 filters and a short patch skip the GEMM
     (forward, and backward when dx is not needed: a first layer); float32
     ones with a multiple of 16 filters gather their columns straight into the
@@ -447,10 +447,38 @@ def test_direct_and_packed_paths_match_numpy_reference(dtype, channels, kernel, 
                                   tol=2e-4 if dtype == np.float32 else 1e-10, with_dx=False)
 
 
+@pytest.mark.parametrize("channels, kernel, filters, stride, padding, activation", [
+    (5, (3, 3), 16, (2, 2), (1, 1, 1, 1), "tanh"),
+    (32, (3, 3), 16, (1, 1), (0, 0, 0, 0), "tanh"),
+    (3, (3, 3), 10, (1, 1), (1, 1, 1, 1), "relu"),
+])
+def test_blocked_backward_with_dx_in_float64_matches_numpy_reference(channels, kernel, filters,
+                                                                     stride, padding,
+                                                                     activation, simd):
+    """A float64 batch large enough for the blocked backward to give each
+    thread whole images (it then scatters each block's column gradient into
+    dx from its thread's own space): the column matrix must be built in that
+    space too. It was built at the block's place in the chunk's matrix, so
+    dW came out wrong (and dx, on two threads) in float64, and in float32
+    wherever the AVX2 gathered dW was not taken (the portable path)."""
+    from retroprop.backend import numpy_ref
+    rng = np.random.default_rng(channels * filters)
+    x = rng.standard_normal((48, 24, 13, channels))
+    w = rng.standard_normal(kernel + (channels, filters)) / 4
+    b = rng.standard_normal(filters)
+    geometry = dict(stride=stride, dilation=(1, 1), padding=padding)
+    y_ref = numpy_ref.conv2d_forward(x, w, b, activation, **geometry)
+    dy = rng.standard_normal(y_ref.shape)
+    ref = [np.empty_like(w), np.empty_like(b), np.empty_like(x)]
+    numpy_ref.conv2d_backward(x, w, y_ref, dy, activation, ref[0], ref[1], dx=ref[2], **geometry)
+    _check_on_one_and_two_threads(x, w, b, dy, activation, geometry, [y_ref] + ref, tol=1e-10,
+                                  with_dx=True)
+
+
 @pytest.mark.parametrize("width", [1, 8, 9, 16, 17, 24, 25, 33])
 @pytest.mark.parametrize("filters, activation", [(1, "relu"), (4, "tanh"), (6, "relu"),
                                                  (7, "linear")])
-def test_single_channel_line_kernel_every_width(width, filters, activation):
+def test_single_channel_line_kernel_every_width(width, filters, activation, simd):
     """The single-channel forward of the blocked path runs 16 pixels at a time
     for up to 6 filters while more than 8 pixels of a line remain, then 8 at a
     time; its dW runs over 8 pixel lanes (the last group zero-padded), two
@@ -548,7 +576,7 @@ def test_backend_refuses_a_workspace_too_small():
 @pytest.mark.parametrize("small_chunks", [False, True])
 def test_padded_copy_path_matches_numpy_reference(monkeypatch, channels, kernel, filters,
                                                   stride, dilation, padding, activation,
-                                                  small_chunks):
+                                                  small_chunks, simd):
     """float32 convolutions of the packed path with zero padding run on a
     copy of each chunk of images with the padding written out (forward and
     dW read it in place); with 16k input channels and stride 1, dx is a

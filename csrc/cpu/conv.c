@@ -1356,9 +1356,11 @@ static void FN(conv_backward_blocks)(const rp_conv2d_geom *g, int first, int cou
             } else
 #endif
             {
+                /* into the block's own space, which the GEMMs below read: with
+                 * scatter_in_block that is its thread's, not its place in col */
                 for (long l = l0; l < l1; ++l)
                     FN(im2col_line)(g, x, first + l / g->oh, (int)(l % g->oh),
-                                    col + l * g->ow * patch);
+                                    cblk + (l - l0) * g->ow * patch);
                 /* The block's dW is computed transposed, dW^T = dz^T col: then
                  * the GEMM packs only dz (filters wide) and reads the column
                  * matrix in place, instead of packing all of it as A. */
