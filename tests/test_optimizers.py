@@ -43,7 +43,7 @@ def run_both(step, n, dtype, states, **kwargs):
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("decoupled,wd", [(False, 0.0), (False, 0.1), (True, 0.1)])
-def test_adam_kernel_matches_reference(n, dtype, decoupled, wd):
+def test_adam_kernel_matches_reference(n, dtype, decoupled, wd, simd):
     states = [np.zeros(n, dtype), np.zeros(n, dtype)]
     (pc, sc), (pn, sn) = run_both("adam_step", n, dtype, states, lr=0.01, beta_1=0.9,
                                   beta_2=0.999, epsilon=1e-7, weight_decay=wd,
@@ -57,7 +57,7 @@ def test_adam_kernel_matches_reference(n, dtype, decoupled, wd):
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
-def test_rmsprop_kernel_matches_reference(n, dtype, momentum):
+def test_rmsprop_kernel_matches_reference(n, dtype, momentum, simd):
     states = [np.zeros(n, dtype), np.zeros(n, dtype) if momentum else None]
     (pc, sc), (pn, sn) = run_both("rmsprop_step", n, dtype, states, lr=0.01, rho=0.9,
                                   momentum=momentum, epsilon=1e-7)
@@ -68,7 +68,7 @@ def test_rmsprop_kernel_matches_reference(n, dtype, momentum):
 @needs_c
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_adagrad_kernel_matches_reference(n, dtype):
+def test_adagrad_kernel_matches_reference(n, dtype, simd):
     states = [np.full(n, 0.1, dtype)]
     (pc, sc), (pn, sn) = run_both("adagrad_step", n, dtype, states, lr=0.01, epsilon=1e-7)
     np.testing.assert_allclose(pc, pn, **tolerance(dtype))
@@ -381,7 +381,7 @@ def single_call(single, p, g, s, kwargs):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_optimizer_step_equals_one_call_per_parameter(rule, single, make_states, kwargs, dtype,
-                                                      threads):
+                                                      threads, simd):
     params, grads, states = multi_arrays(dtype, make_states)
     ref_params = [p.copy() for p in params]
     ref_states = [[None if a is None else a.copy() for a in s] for s in states]

@@ -81,7 +81,7 @@ CONFIGS = [
 
 @pytest.mark.parametrize("mode", ["max", "avg"])
 @pytest.mark.parametrize("cid,shape,kwargs,pads,dtype", CONFIGS, ids=[c[0] for c in CONFIGS])
-def test_pool2d_matches_loop_reference(mode, cid, shape, kwargs, pads, dtype):
+def test_pool2d_matches_loop_reference(mode, cid, shape, kwargs, pads, dtype, simd):
     rng = np.random.default_rng(4)
     layer = (MaxPool2D if mode == "max" else AvgPool2D)(**kwargs)
     layer.build(shape[1:], dtype, rng)
@@ -243,7 +243,7 @@ def test_max_pool_ties_on_many_channels_go_to_the_first_cell(shape):
 @pytest.mark.parametrize("strides, padding", [((2, 2), "valid"), ((2, 2), "same"),
                                               ((1, 1), "valid"), ((2, 1), "same")])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_max_pool_2x2_few_channels(channels, strides, padding, threads):
+def test_max_pool_2x2_few_channels(channels, strides, padding, threads, simd):
     """Rows of whole 2x2 windows with at most 8 channels take a vector path
     (one masked vector per cell, full-width stores whose extra lanes later
     pixels overwrite): every channel count, stride and padding around it must
