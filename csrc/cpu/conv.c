@@ -124,6 +124,14 @@ static int use_direct(const rp_conv2d_geom *g)
 #endif
 #define RP_ALWAYS_INLINE static inline __attribute__((always_inline))
 
+/* 16-byte vectors of GCC/Clang (SSE2, NEON, ...) for the direct forward of
+ * builds and CPUs without AVX2 (conv_forward_direct_vec). */
+#if defined(__GNUC__) || defined(__clang__)
+#define RP_CONV_VECTORS 1
+typedef float rp_conv_v4f __attribute__((vector_size(16)));
+typedef double rp_conv_v2d __attribute__((vector_size(16)));
+#endif
+
 #ifdef RP_DIRECT_AVX2
 #include <immintrin.h>
 #include "transpose_avx2.h"
@@ -726,7 +734,9 @@ static void direct_weight_grad_avx2_f32(int patch, int filters, long rows, const
 #define GEMM rp_gemm_f32
 #define GRAD_FROM_OUTPUT rp_act_grad_from_output_f32
 #define ACT_SCALAR rp_act_scalar_f32
+#define VEC rp_conv_v4f
 #include "conv.c"
+#undef VEC
 #undef REAL
 #undef FN
 #undef GEMM
@@ -739,7 +749,9 @@ static void direct_weight_grad_avx2_f32(int patch, int filters, long rows, const
 #define GEMM rp_gemm_f64
 #define GRAD_FROM_OUTPUT rp_act_grad_from_output_f64
 #define ACT_SCALAR rp_act_scalar_f64
+#define VEC rp_conv_v2d
 #include "conv.c"
+#undef VEC
 #undef REAL
 #undef FN
 #undef GEMM
@@ -1004,6 +1016,57 @@ static void FN(conv_weight_grad_direct_avx2)(int patch, int filters, long rows,
 }
 #endif
 
+#ifdef RP_CONV_VECTORS
+/* conv_forward_direct_body for targets without AVX2, in 16-byte vectors: a
+ * block of PIX pixels is two vectors, and the filters go four at a time
+ * (eight accumulators). The body's block of 8 filters x PIX pixels needs 16
+ * such registers, all SSE2 has, and GCC kept it in memory. Pixels past the
+ * last whole block go through the body. */
+static void FN(conv_forward_direct_vec)(int patch, int filters, long rows, const REAL *colT,
+                                        const REAL *w, const REAL *b, rp_act act, REAL *y)
+{
+    enum { LANES = (int)(16 / sizeof(REAL)) };   /* PIX == 2 * LANES */
+    REAL wpad[RP_DIRECT_PATCH * RP_DIRECT_FILTERS], bpad[RP_DIRECT_FILTERS];
+    for (int k = 0; k < patch; ++k)
+        for (int f = 0; f < RP_DIRECT_FILTERS; ++f)
+            wpad[k * RP_DIRECT_FILTERS + f] = f < filters ? w[k * filters + f] : (REAL)0;
+    for (int f = 0; f < RP_DIRECT_FILTERS; ++f)
+        bpad[f] = b && f < filters ? b[f] : (REAL)0;
+    const long full = rows - rows % PIX;
+    for (long p0 = 0; p0 < full; p0 += PIX) {
+        REAL sums[RP_DIRECT_FILTERS][PIX];
+        for (int f0 = 0; f0 < filters; f0 += 4) {
+            VEC s00 = (VEC){0} + bpad[f0], s01 = s00, s10 = (VEC){0} + bpad[f0 + 1], s11 = s10;
+            VEC s20 = (VEC){0} + bpad[f0 + 2], s21 = s20, s30 = (VEC){0} + bpad[f0 + 3], s31 = s30;
+            for (int k = 0; k < patch; ++k) {
+                VEC c0, c1;
+                memcpy(&c0, colT + (long)k * rows + p0, sizeof c0);
+                memcpy(&c1, colT + (long)k * rows + p0 + LANES, sizeof c1);
+                const REAL *wk = wpad + k * RP_DIRECT_FILTERS + f0;
+                VEC wf;
+                wf = (VEC){0} + wk[0]; s00 += wf * c0; s01 += wf * c1;
+                wf = (VEC){0} + wk[1]; s10 += wf * c0; s11 += wf * c1;
+                wf = (VEC){0} + wk[2]; s20 += wf * c0; s21 += wf * c1;
+                wf = (VEC){0} + wk[3]; s30 += wf * c0; s31 += wf * c1;
+            }
+            const VEC block[4][2] = {{s00, s01}, {s10, s11}, {s20, s21}, {s30, s31}};
+            memcpy(sums[f0], block, sizeof block);
+        }
+        REAL *yp = y + p0 * filters;
+        for (int j = 0; j < PIX; ++j)
+            for (int f = 0; f < filters; ++f) {
+                const REAL v = sums[f][j];
+                yp[j * filters + f] = act == RP_ACT_LINEAR ? v
+                                      : act == RP_ACT_RELU ? ACT_SCALAR(RP_ACT_RELU, v)
+                                                           : ACT_SCALAR(act, v);
+            }
+    }
+    if (full < rows)
+        FN(conv_forward_direct_body)(patch, filters, rows - full, rows, colT + full, w, b, act,
+                                     y + full * filters);
+}
+#endif
+
 static void FN(conv_forward_direct)(int patch, int filters, long rows, const REAL *colT,
                                     const REAL *w, const REAL *b, rp_act act, REAL *y)
 {
@@ -1013,7 +1076,11 @@ static void FN(conv_forward_direct)(int patch, int filters, long rows, const REA
         return;
     }
 #endif
+#ifdef RP_CONV_VECTORS
+    FN(conv_forward_direct_vec)(patch, filters, rows, colT, w, b, act, y);
+#else
     FN(conv_forward_direct_body)(patch, filters, rows, rows, colT, w, b, act, y);
+#endif
 }
 
 static void FN(conv_weight_grad_direct)(int patch, int filters, long rows, const REAL *colT,
