@@ -475,6 +475,30 @@ def test_blocked_backward_with_dx_in_float64_matches_numpy_reference(channels, k
                                   with_dx=True)
 
 
+@pytest.mark.parametrize("kernel, filters, dilation, padding", [
+    ((4, 1), 3, (2, 1), (0, 2, 0, 2)),
+    ((2, 2), 8, (1, 1), (1, 0, 1, 0)),
+])
+def test_dx_as_a_convolution_of_dz_for_few_filters(kernel, filters, dilation, padding, simd):
+    """16 input channels, at most 8 filters and a patch of at most 64: dW
+    alone would take the direct kernels, which leave dz transposed or not
+    written at all, while dx (16k channels, stride 1) is computed afterwards
+    as a convolution of dz. dz must then be kept in its natural layout: dx
+    was wrong by ~3 on the AVX2 path."""
+    from retroprop.backend import numpy_ref
+    rng = np.random.default_rng(filters)
+    x = rng.standard_normal((64, 21, 13, 16)).astype(np.float32)
+    w = (rng.standard_normal(kernel + (16, filters)) / 4).astype(np.float32)
+    b = rng.standard_normal(filters).astype(np.float32)
+    geometry = dict(stride=(1, 1), dilation=dilation, padding=padding)
+    y_ref = numpy_ref.conv2d_forward(x, w, b, "elu", **geometry)
+    dy = rng.standard_normal(y_ref.shape).astype(np.float32)
+    ref = [np.empty_like(w), np.empty_like(b), np.empty_like(x)]
+    numpy_ref.conv2d_backward(x, w, y_ref, dy, "elu", ref[0], ref[1], dx=ref[2], **geometry)
+    _check_on_one_and_two_threads(x, w, b, dy, "elu", geometry, [y_ref] + ref, tol=3e-4,
+                                  with_dx=True)
+
+
 @pytest.mark.parametrize("width", [1, 8, 9, 16, 17, 24, 25, 33])
 @pytest.mark.parametrize("filters, activation", [(1, "relu"), (4, "tanh"), (6, "relu"),
                                                  (7, "linear")])

@@ -1286,7 +1286,8 @@ static void FN(conv_backward_blocks)(const rp_conv2d_geom *g, int first, int cou
                                      const REAL *x, const REAL *w, const REAL *y,
                                      const REAL *dy, rp_act act, REAL *col, REAL *dz,
                                      REAL *partials, REAL beta, REAL *dw, REAL *db, REAL *dx,
-                                     const rp_conv2d_geom *gx, const REAL *xg, int xg_first)
+                                     int keep_dz, const rp_conv2d_geom *gx, const REAL *xg,
+                                     int xg_first)
 {
     const int patch = g->kh * g->kw * g->c, filters = g->filters;
     const long rows_per_image = (long)g->oh * g->ow;
@@ -1295,8 +1296,10 @@ static void FN(conv_backward_blocks)(const rp_conv2d_geom *g, int first, int cou
     const long blocks = (lines + lpb - 1) / lpb;
     const long per_block = (long)patch * filters + filters;   /* dW partial, then db partial */
     const long row0 = (long)first * rows_per_image;
-    /* The direct kernels compute dW only; dx needs the column-gradient GEMM. */
-    const int direct = !dx && use_direct(g);
+    /* The direct kernels compute dW only, and leave dz transposed or not at
+     * all: dx, by the column-gradient GEMM here or as a convolution of dz
+     * afterwards (keep_dz), needs the other path. */
+    const int direct = !dx && !keep_dz && use_direct(g);
 #ifdef DIRECT_AVX2_F32
     /* dW read from the input in place (its partials then in natural layout) */
     const int gather_dw = !direct && use_gather_weight_grad(gx) && lpb <= RP_GATHER_LINES_MAX;
@@ -1536,7 +1539,7 @@ void FN(rp_conv2d_backward)(const rp_conv2d_geom *g, const REAL *x, const REAL *
 #endif
                 FN(conv_backward_blocks)(g, first, count, lpb, x, w, y, dy, act, col, dz,
                                          partials, first == 0 ? (REAL)0 : (REAL)1, dw, db,
-                                         dx_blocks, gx, xg, xg_first);
+                                         dx_blocks, dx != dx_blocks, gx, xg, xg_first);
             }
 #ifdef DIRECT_AVX2_F32
             if (wt) {
