@@ -625,3 +625,70 @@ def test_padded_copy_path_matches_numpy_reference(monkeypatch, channels, kernel,
                             20 * oh * ow * kernel[0] * kernel[1] * channels)
     _check_on_one_and_two_threads(x, w, b, dy, activation, geometry, [y_ref] + ref, tol=2e-4,
                                   with_dx=True)
+
+
+def _random_geometries(count, seed):
+    """Geometries drawn to reach every path: channel and filter counts around
+    the direct (<= 8 filters), packed (16k filters) and 16k-channel cases,
+    kernels 1..5, strides and dilations 1..2, uneven padding, batches large
+    enough for the blocked loops."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    while len(cases) < count:
+        kh, kw = int(rng.integers(1, 6)), int(rng.integers(1, 6))
+        dh, dw = int(rng.choice([1, 1, 2])), int(rng.choice([1, 1, 2]))
+        case = dict(n=int(rng.choice([1, 7, 32, 64])), h=int(rng.integers(kh * dh, 22)),
+                    w=int(rng.integers(kw * dw, 22)), c=int(rng.choice([1, 3, 6, 16, 17, 32])),
+                    kernel=(kh, kw), filters=int(rng.choice([1, 3, 6, 8, 10, 16, 32])),
+                    stride=(int(rng.integers(1, 3)), int(rng.integers(1, 3))), dilation=(dh, dw),
+                    padding=tuple(int(p) for p in rng.integers(0, 3, 4)),
+                    activation=str(rng.choice(["relu", "linear", "tanh", "elu"])),
+                    with_dx=bool(rng.integers(0, 2)),
+                    dtype=np.float32 if rng.integers(0, 3) else np.float64)
+        if (case["h"] + case["padding"][0] + case["padding"][1] - (kh - 1) * dh - 1 >= 0
+                and case["w"] + case["padding"][2] + case["padding"][3] - (kw - 1) * dw - 1 >= 0):
+            cases.append(case)
+    return cases
+
+
+@pytest.mark.parametrize("case", _random_geometries(48, seed=2026),
+                         ids=lambda case: "n{n}-{h}x{w}x{c}-{filters}@{kernel}-s{stride}-d{dilation}-p{padding}"
+                                          "-{activation}-{dtype.__name__}".format(**case))
+def test_random_geometries_match_numpy_reference(case, simd):
+    """Forward, dW, db and (when asked) dx of random geometries against the
+    NumPy backend, on 1 and 2 threads. The same comparison run over a few
+    thousand geometries found the two backward bugs tested above."""
+    from retroprop.backend import numpy_ref
+    rng = np.random.default_rng(case["n"] * 1000 + case["filters"])
+    dtype, kh, kw = case["dtype"], *case["kernel"]
+    x = rng.standard_normal((case["n"], case["h"], case["w"], case["c"])).astype(dtype)
+    w = (rng.standard_normal((kh, kw, case["c"], case["filters"]))
+         / np.sqrt(kh * kw * case["c"])).astype(dtype)
+    b = rng.standard_normal(case["filters"]).astype(dtype)
+    geometry = dict(stride=case["stride"], dilation=case["dilation"], padding=case["padding"])
+    y_ref = numpy_ref.conv2d_forward(x, w, b, case["activation"], **geometry)
+    dy = rng.standard_normal(y_ref.shape).astype(dtype)
+    ref = [np.empty_like(w), np.empty_like(b)] + ([np.empty_like(x)] if case["with_dx"] else [])
+    numpy_ref.conv2d_backward(x, w, y_ref, dy, case["activation"], ref[0], ref[1],
+                              dx=ref[2] if case["with_dx"] else None, **geometry)
+    # The backward gets the reference's y: relu's mask must not flip on an
+    # output that is ~1e-7 on one side of zero and 0 on the other.
+    tol = 3e-4 if dtype == np.float32 else 1e-9
+    before = cpu_backend.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            cpu_backend.set_num_threads(threads)
+            y = cpu_backend.conv2d_forward(x, w, b, case["activation"], **geometry)
+            grads = [np.full_like(w, np.nan), np.full_like(b, np.nan)]
+            dx = np.full_like(x, np.nan) if case["with_dx"] else None
+            cpu_backend.conv2d_backward(x, w, y_ref, dy, case["activation"], *grads, dx=dx,
+                                        **geometry)
+            results.append([y] + grads + ([dx] if case["with_dx"] else []))
+    finally:
+        cpu_backend.set_num_threads(before)
+    for got, want in zip(results[0], [y_ref] + ref):
+        scale = max(1.0, float(np.abs(want).max()))
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol * scale)
+    for one, two in zip(*results):
+        np.testing.assert_array_equal(one, two)
