@@ -912,6 +912,18 @@ static void FN(im2colT_block)(const rp_conv2d_geom *g, const REAL *x, int first,
     }
 }
 
+/* w (patch x filters) and b as RP_DIRECT_FILTERS columns, the unused ones
+ * zero (b may be NULL): what the direct forward kernels multiply by. */
+static inline void FN(pad_direct_weights)(int patch, int filters, const REAL *w, const REAL *b,
+                                          REAL *wpad, REAL *bpad)
+{
+    for (int k = 0; k < patch; ++k)
+        for (int f = 0; f < RP_DIRECT_FILTERS; ++f)
+            wpad[k * RP_DIRECT_FILTERS + f] = f < filters ? w[k * filters + f] : (REAL)0;
+    for (int f = 0; f < RP_DIRECT_FILTERS; ++f)
+        bpad[f] = b && f < filters ? b[f] : (REAL)0;
+}
+
 /* y (rows x filters) = act(colT^T w + b) for one block; filters <= RP_DIRECT_FILTERS.
  * Registers hold RP_DIRECT_FILTERS x PIX sums; unused filters compute zeros. */
 RP_ALWAYS_INLINE void FN(conv_forward_direct_body)(int patch, int filters, long rows, long ld,
@@ -919,11 +931,7 @@ RP_ALWAYS_INLINE void FN(conv_forward_direct_body)(int patch, int filters, long 
                                                    const REAL *b, rp_act act, REAL *y)
 {
     REAL wpad[RP_DIRECT_PATCH * RP_DIRECT_FILTERS], bpad[RP_DIRECT_FILTERS];
-    for (int k = 0; k < patch; ++k)
-        for (int f = 0; f < RP_DIRECT_FILTERS; ++f)
-            wpad[k * RP_DIRECT_FILTERS + f] = f < filters ? w[k * filters + f] : (REAL)0;
-    for (int f = 0; f < RP_DIRECT_FILTERS; ++f)
-        bpad[f] = b && f < filters ? b[f] : (REAL)0;
+    FN(pad_direct_weights)(patch, filters, w, b, wpad, bpad);
     for (long p0 = 0; p0 < rows; p0 += PIX) {
         REAL acc[RP_DIRECT_FILTERS][PIX];
         for (int f = 0; f < RP_DIRECT_FILTERS; ++f)
@@ -1027,11 +1035,7 @@ static void FN(conv_forward_direct_vec)(int patch, int filters, long rows, const
 {
     enum { LANES = (int)(16 / sizeof(REAL)) };   /* PIX == 2 * LANES */
     REAL wpad[RP_DIRECT_PATCH * RP_DIRECT_FILTERS], bpad[RP_DIRECT_FILTERS];
-    for (int k = 0; k < patch; ++k)
-        for (int f = 0; f < RP_DIRECT_FILTERS; ++f)
-            wpad[k * RP_DIRECT_FILTERS + f] = f < filters ? w[k * filters + f] : (REAL)0;
-    for (int f = 0; f < RP_DIRECT_FILTERS; ++f)
-        bpad[f] = b && f < filters ? b[f] : (REAL)0;
+    FN(pad_direct_weights)(patch, filters, w, b, wpad, bpad);
     const long full = rows - rows % PIX;
     for (long p0 = 0; p0 < full; p0 += PIX) {
         REAL sums[RP_DIRECT_FILTERS][PIX];
