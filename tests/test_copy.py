@@ -145,3 +145,19 @@ def test_the_numpy_backend_is_kept_by_name():
     clone = pickle.loads(pickle.dumps(model))
     assert clone.backend is rp.backend.get_backend("numpy")
     assert clone.layers[0].backend is rp.backend.get_backend("numpy")
+
+
+def test_a_backend_module_given_directly_is_kept():
+    """A model given the backend module itself (not its name) copies too."""
+    from retroprop.backend import numpy_ref
+    model = rp.Sequential([Dense(3, activation="softmax")], input_shape=(2,), seed=0,
+                          backend=numpy_ref)
+    clone = copy.deepcopy(model)
+    assert clone.backend is numpy_ref and clone.layers[0].backend is numpy_ref
+
+
+def test_something_else_in_place_of_a_backend_is_named_in_the_error():
+    model = dense_model()
+    model.backend = np
+    with pytest.raises(ValueError, match="is not a retroprop backend"):
+        copy.deepcopy(model)

@@ -53,7 +53,7 @@ class Sequential:
 
     # -- copying ----------------------------------------------------------------
 
-    # copy.deepcopy and pickle (for saving, prefer retroprop.save: no pickle):
+    # copy.deepcopy and pickle (files: model.save, which writes no pickle):
     # the backend module travels as its name, and the one-call forward plans,
     # which point into this model's arrays, are not copied (a copy builds
     # its own on its first forward).

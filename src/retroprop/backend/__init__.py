@@ -26,8 +26,8 @@ def get_backend(name=None):
 
 def backend_name(module):
     """The name ``get_backend`` knows ``module`` by ("cpu", "numpy")."""
-    for name, loaded in _loaded.items():
-        if loaded is module:
+    for name, relative in _BACKEND_MODULES.items():
+        if getattr(module, "__name__", None) == __name__ + relative:
             return name
     raise ValueError(f"{module!r} is not a retroprop backend")
 
