@@ -13,7 +13,9 @@
 #include "act_scalar.h"
 
 /* The halves below are written for six rows and two vectors per half row. */
-_Static_assert(RP_MR_F32 == 6 && RP_MR_F64 == 6, "the generic kernels assume MR == 6");
+#if RP_MR_F32 != 6 || RP_MR_F64 != 6
+#error "the generic kernels assume MR == 6"
+#endif
 
 #if defined(__GNUC__) || defined(__clang__)
 typedef float rp_v4f __attribute__((vector_size(16)));
@@ -43,7 +45,9 @@ typedef double rp_v2d __attribute__((vector_size(16)));
         for (int i = 0; i < 6; ++i) memcpy(acc + i * NR, rows[i], sizeof rows[i]);          \
     }
 
-_Static_assert(RP_NR_F32 == 4 * 4 && RP_NR_F64 == 4 * 2, "a half tile is two vectors wide");
+#if RP_NR_F32 != 4 * 4 || RP_NR_F64 != 4 * 2
+#error "a half tile is two 16-byte vectors wide"
+#endif
 DEFINE_HALF_TILE(half_tile_f32, float, rp_v4f, 4, RP_NR_F32)
 DEFINE_HALF_TILE(half_tile_f64, double, rp_v2d, 2, RP_NR_F64)
 #define HALF_TILE_F32 half_tile_f32
