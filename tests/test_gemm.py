@@ -7,6 +7,7 @@ fails on a real indexing or packing error but not on rounding."""
 import numpy as np
 import pytest
 
+from retroprop import _core
 from retroprop.backend import cpu
 
 SHAPES = [  # (m, n, k)
@@ -151,6 +152,38 @@ def test_deterministic_for_fixed_thread_count_and_across_counts():
         cpu.set_num_threads(previous)
     for r in results[1:]:
         assert np.array_equal(r, results[0])
+
+
+@pytest.mark.parametrize("threads_n", [3, 5])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m,n,k,trans_a", [
+    (128, 256, 784, False),   # whole rows of tiles per thread, four depth blocks
+    (784, 256, 128, True),    # a weight gradient: four row blocks, the last partial
+    (40, 300, 97, False),     # tiles split along B panels
+    (531, 47, 600, False),    # edge tiles in both directions
+])
+def test_threads_helping_each_other_give_the_same_bits(dtype, threads_n, m, n, k, trans_a):
+    """More threads than cores: the OS runs them by turns, so threads that
+    finish their share early run the tiles of those still descheduled.
+    Every tile must still come out bit-identical to a one-thread run."""
+    rng = np.random.default_rng(m + n + k)
+    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
+    b = rng.standard_normal((k, n)).astype(dtype)
+    bias = rng.standard_normal(n).astype(dtype)
+    previous = cpu.get_num_threads()
+    try:
+        cpu.set_num_threads(1)
+        single = np.empty((m, n), dtype)
+        _core.gemm(a, b, single, trans_a, False, 1.0, 0.0, bias, "tanh")
+        cpu.set_num_threads(threads_n)
+        for _ in range(10):
+            out = np.empty((m, n), dtype)
+            _core.gemm(a, b, out, trans_a, False, 1.0, 0.0, bias, "tanh")
+            np.testing.assert_array_equal(out, single)
+    finally:
+        cpu.set_num_threads(previous)
+    ref, bound = reference(a, b, None, trans_a, False, 1.0, 0.0, bias, "tanh")
+    assert_close(single, ref, bound, k)
 
 
 def test_zero_sized_dimensions():
