@@ -196,14 +196,6 @@ static rule_range_fn pick_rule(const rp_opt_config *cfg, int f64)
 
 /* ---------------------------------------------------------------- the driver */
 
-/* Start of slice k of nt over total elements, on a 16-element boundary so
- * two threads rarely write the same cache line. */
-static size_t slice_start(size_t total, int k, int nt)
-{
-    if (k >= nt) return total;
-    return (size_t)((double)total * k / nt) & ~(size_t)15;
-}
-
 /* Run the rule over elements [lo, hi) of the concatenated tensors. In check
  * mode, returns the bad-element count and lowers *first_bad to the first
  * tensor that has one. */
@@ -227,32 +219,61 @@ static size_t run_slice(rule_range_fn rule, const rp_opt_config *cfg, const rp_o
     return bad_total;
 }
 
-/* What thread tid of nt does in a step: check its slice (modes with a
- * check), wait for the others, and write the slice when nobody found a
- * non-finite value. With nt == 1 it reaches no OpenMP construct, so small
- * models pay for no parallel region. */
+/* Elements per item of the shared loops: a multiple of 16, so two threads
+ * rarely write the same cache line, and small enough (16 KiB of float32
+ * parameters) for a helper to even out the threads' finishing times. */
+#define STEP_CHUNK 4096
+
+/* One thread's view of a step: the shared arguments, and what its items
+ * found (check mode). */
+typedef struct {
+    rule_range_fn rule;
+    const rp_opt_config *cfg;
+    const rp_opt_tensor *tensors;
+    int count, check_only;
+    size_t total, bad;
+    long first_bad;
+} step_items_context;
+
+/* Items are chunks of STEP_CHUNK elements of the concatenated tensors. */
+static void step_items(void *context, int first, int count)
+{
+    step_items_context *c = (step_items_context *)context;
+    const size_t lo = (size_t)first * STEP_CHUNK;
+    const size_t end = (size_t)(first + count) * STEP_CHUNK;
+    const size_t hi = end < c->total ? end : c->total;
+    c->bad += run_slice(c->rule, c->cfg, c->tensors, c->count, lo, hi, c->check_only,
+                        &c->first_bad);
+}
+
+/* What thread tid of nt does in a step: check its chunks (modes with a
+ * check), wait for the others, and write the chunks when nobody found a
+ * non-finite value. Any thread may run any chunk (team.h): the update of
+ * an element does not depend on who computes it, and the first bad tensor
+ * and the bad count are a minimum and a sum. With nt == 1 it reaches no
+ * OpenMP construct, so small models pay for no parallel region. */
 static void step_slice(rule_range_fn rule, const rp_opt_config *cfg, const rp_opt_tensor *tensors,
                        int count, size_t total, rp_opt_mode mode, int tid, int nt,
-                       long *first_bad, size_t *bad_sum)
+                       rp_share_queue *queues, long *first_bad, size_t *bad_sum)
 {
-    const size_t lo = slice_start(total, tid, nt), hi = slice_start(total, tid + 1, nt);
+    const int chunks = (int)((total + STEP_CHUNK - 1) / STEP_CHUNK);
+    step_items_context mine = {rule, cfg, tensors, count, 1, total, 0, count};
     if (mode != RP_OPT_APPLY) {
-        long mine = count;
-        const size_t bad = run_slice(rule, cfg, tensors, count, lo, hi, 1, &mine);
-        if (bad) {
+        rp_share_loop(queues, tid, nt, chunks, step_items, &mine);
+        if (mine.bad) {
 #ifdef RETROPROP_HAVE_OPENMP
 #pragma omp critical(rp_optimizer_first_bad)
 #endif
             {
-                *bad_sum += bad;
-                if (mine < *first_bad) *first_bad = mine;
+                *bad_sum += mine.bad;
+                if (mine.first_bad < *first_bad) *first_bad = mine.first_bad;
             }
         }
         RP_TEAM_BARRIER(nt);
     }
     if (mode == RP_OPT_APPLY || (mode == RP_OPT_CHECK_APPLY && *first_bad == count)) {
-        long unused = count;
-        run_slice(rule, cfg, tensors, count, lo, hi, 0, &unused);
+        mine.check_only = 0;
+        rp_share_loop(queues, tid, nt, chunks, step_items, &mine);
     }
 }
 
@@ -269,12 +290,14 @@ static long optimizer_step(const rp_opt_config *cfg, const rp_opt_tensor *tensor
     size_t bad_sum = 0;
     if (nt > 1) {
 #ifdef RETROPROP_HAVE_OPENMP
+        rp_share_queue queues[nt];
+        rp_queues_init(queues, nt);
 #pragma omp parallel num_threads(nt)
         step_slice(rule, cfg, tensors, count, total, mode, omp_get_thread_num(),
-                   omp_get_num_threads(), &first_bad, &bad_sum);
+                   omp_get_num_threads(), queues, &first_bad, &bad_sum);
 #endif
     } else {
-        step_slice(rule, cfg, tensors, count, total, mode, 0, 1, &first_bad, &bad_sum);
+        step_slice(rule, cfg, tensors, count, total, mode, 0, 1, NULL, &first_bad, &bad_sum);
     }
     if (bad_elements) *bad_elements = bad_sum;
     return first_bad < count ? first_bad : -1;

@@ -21,19 +21,39 @@ static inline void rp_static_share(int count, int tid, int nt, int *lo, int *hi)
  * claim with one compare-and-swap and no item is ever taken twice. Static
  * shares alone left one of two threads waiting 5-15% of a GEMM at its
  * barriers on a VM whose cores run at slightly different, varying speeds.
- * `ready` is the number of the block whose inputs the owner has finished
- * preparing (a helper must not start before). One cache line each, so the
- * owners' claims do not contend. */
+ * `ready` is the number of the phase whose inputs the owner has finished
+ * preparing, for loops whose items read what the owner prepared. One cache
+ * line each, so the owners' claims do not contend.
+ *
+ * The protocol: every shared loop is a phase that all threads of the team
+ * run, ended by a barrier. The owner resets its queue at the start of the
+ * phase and drains it; a helper that looks before the reset finds the last
+ * phase's queue, which is empty (its owner drained it before the barrier),
+ * and simply does not help. So queues start empty (rp_queues_init). */
 typedef struct {
     unsigned long long range;
     int ready;
     char pad[64 - sizeof(unsigned long long) - sizeof(int)];
 } __attribute__((aligned(64))) rp_share_queue;
 
+static inline void rp_queues_init(rp_share_queue *queues, int nt)
+{
+    for (int t = 0; t < nt; ++t) {
+        queues[t].range = 0;
+        queues[t].ready = -1;
+    }
+}
+
 static inline void rp_queue_reset(rp_share_queue *q, int lo, int hi)
 {
     __atomic_store_n(&q->range, ((unsigned long long)(unsigned)hi << 32) | (unsigned)lo,
                      __ATOMIC_RELAXED);
+}
+
+/* The owner's inputs for phase `phase` are written: helpers may start. */
+static inline void rp_queue_publish(rp_share_queue *q, int phase)
+{
+    __atomic_store_n(&q->ready, phase, __ATOMIC_RELEASE);
 }
 
 /* Claims 1/divisor of what is left (at least one item) from the front or the
@@ -55,6 +75,42 @@ static inline int rp_queue_take(rp_share_queue *q, int from_back, int divisor, i
             return take;
         }
     }
+}
+
+/* Items [first, first + count) of a shared loop. */
+typedef void (*rp_items_fn)(void *context, int first, int count);
+
+/* Thread tid's part of a phase: its own queue from the front, then the
+ * others' from the back. With phase >= 0 a helper first waits until the
+ * owner has published that phase (the items read what the owner prepared). */
+static inline void rp_share_drain(rp_share_queue *queues, int tid, int nt, int phase,
+                                  rp_items_fn run, void *context)
+{
+    int first, count;
+    while ((count = rp_queue_take(&queues[tid], 0, 2 * nt, &first)) > 0)
+        run(context, first, count);
+    for (int other = 1; other < nt; ++other) {
+        rp_share_queue *q = &queues[(tid + other) % nt];
+        if (phase >= 0)
+            while (__atomic_load_n(&q->ready, __ATOMIC_ACQUIRE) != phase)
+                ;   /* its owner is still preparing what those items read */
+        while ((count = rp_queue_take(q, 1, 2 * nt, &first)) > 0)
+            run(context, first, count);
+    }
+}
+
+/* A shared loop over count items as one phase: the static shares, helped. */
+static inline void rp_share_loop(rp_share_queue *queues, int tid, int nt, int count,
+                                 rp_items_fn run, void *context)
+{
+    int lo, hi;
+    rp_static_share(count, tid, nt, &lo, &hi);
+    if (nt == 1) {
+        if (hi > lo) run(context, lo, hi - lo);
+        return;
+    }
+    rp_queue_reset(&queues[tid], lo, hi);
+    rp_share_drain(queues, tid, nt, -1, run, context);
 }
 
 /* A barrier of the kernel's own team; nothing when it runs alone. */
