@@ -77,6 +77,15 @@ static inline int rp_queue_take(rp_share_queue *q, int from_back, int divisor, i
     }
 }
 
+/* A short wait in a spin loop; on x86 it also yields the core's pipeline to
+ * a hyperthread sibling. */
+static inline void rp_spin_pause(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
 /* Items [first, first + count) of a shared loop. */
 typedef void (*rp_items_fn)(void *context, int first, int count);
 
@@ -93,7 +102,7 @@ static inline void rp_share_drain(rp_share_queue *queues, int tid, int nt, int p
         rp_share_queue *q = &queues[(tid + other) % nt];
         if (phase >= 0)
             while (__atomic_load_n(&q->ready, __ATOMIC_ACQUIRE) != phase)
-                ;   /* its owner is still preparing what those items read */
+                rp_spin_pause();   /* its owner is still preparing what those items read */
         while ((count = rp_queue_take(q, 1, 2 * nt, &first)) > 0)
             run(context, first, count);
     }
