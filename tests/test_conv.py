@@ -359,7 +359,8 @@ def test_blocked_path_matches_numpy_reference_and_ignores_thread_count(monkeypat
     GEMMs per block of lines, per-block dW/db partial sums). It must agree with
     the NumPy backend, also when the batch is split into chunks (the last one,
     of 5 images, too small to split into blocks), and give bit-identical
-    results with 1 and 2 threads."""
+    results with 1 and 2 threads, and with 5 on a 2-core machine, where blocks
+    go to whichever thread is running."""
     from retroprop.backend import numpy_ref
     if col_elements is not None:
         monkeypatch.setattr(cpu_backend, "COL_WORKSPACE_ELEMENTS", col_elements)
@@ -375,7 +376,7 @@ def test_blocked_path_matches_numpy_reference_and_ignores_thread_count(monkeypat
     before = cpu_backend.get_num_threads()
     results = []
     try:
-        for threads in (1, 2):
+        for threads in (1, 2, 5):
             cpu_backend.set_num_threads(threads)
             y = cpu_backend.conv2d_forward(x, w, b, "tanh", **geometry)
             grads = [np.empty_like(w), np.empty_like(b), np.empty_like(x)]
@@ -385,17 +386,19 @@ def test_blocked_path_matches_numpy_reference_and_ignores_thread_count(monkeypat
         cpu_backend.set_num_threads(before)
     for got, want in zip(results[0], [y_ref] + ref):
         np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-11)
-    for one, two in zip(*results):
-        np.testing.assert_array_equal(one, two)
+    for other in results[1:]:
+        for one, two in zip(results[0], other):
+            np.testing.assert_array_equal(one, two)
 
 
-def _check_on_one_and_two_threads(x, w, b, dy, activation, geometry, expected, tol, with_dx):
+def _check_across_thread_counts(x, w, b, dy, activation, geometry, expected, tol, with_dx):
     """The C backend's forward and backward (y, dw, db and dx if with_dx) on 1
-    and 2 threads: each within tol of expected, and both runs identical."""
+    and 2 threads, and 5 (more threads than cores, so work goes to whichever
+    thread runs): each within tol of expected, and all runs identical."""
     before = cpu_backend.get_num_threads()
     results = []
     try:
-        for threads in (1, 2):
+        for threads in (1, 2, 5):
             cpu_backend.set_num_threads(threads)
             y = cpu_backend.conv2d_forward(x, w, b, activation, **geometry)
             grads = [np.full_like(w, np.nan), np.full_like(b, np.nan)]
@@ -407,8 +410,9 @@ def _check_on_one_and_two_threads(x, w, b, dy, activation, geometry, expected, t
     for got, want in zip(results[0], expected):
         scale = max(1.0, float(np.abs(want).max()))
         np.testing.assert_allclose(got, want, rtol=tol, atol=tol * scale)
-    for one, two in zip(*results):
-        np.testing.assert_array_equal(one, two)
+    for other in results[1:]:
+        for one, two in zip(results[0], other):
+            np.testing.assert_array_equal(one, two)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -443,7 +447,7 @@ def test_direct_and_packed_paths_match_numpy_reference(dtype, channels, kernel, 
     dy = rng.standard_normal(y_ref.shape).astype(dtype)
     ref = [np.empty_like(w), np.empty_like(b)]
     numpy_ref.conv2d_backward(x, w, y_ref, dy, activation, *ref, dx=None, **geometry)
-    _check_on_one_and_two_threads(x, w, b, dy, activation, geometry, [y_ref] + ref,
+    _check_across_thread_counts(x, w, b, dy, activation, geometry, [y_ref] + ref,
                                   tol=2e-4 if dtype == np.float32 else 1e-10, with_dx=False)
 
 
@@ -471,7 +475,7 @@ def test_blocked_backward_with_dx_in_float64_matches_numpy_reference(channels, k
     dy = rng.standard_normal(y_ref.shape)
     ref = [np.empty_like(w), np.empty_like(b), np.empty_like(x)]
     numpy_ref.conv2d_backward(x, w, y_ref, dy, activation, ref[0], ref[1], dx=ref[2], **geometry)
-    _check_on_one_and_two_threads(x, w, b, dy, activation, geometry, [y_ref] + ref, tol=1e-10,
+    _check_across_thread_counts(x, w, b, dy, activation, geometry, [y_ref] + ref, tol=1e-10,
                                   with_dx=True)
 
 
@@ -495,7 +499,7 @@ def test_dx_as_a_convolution_of_dz_for_few_filters(kernel, filters, dilation, pa
     dy = rng.standard_normal(y_ref.shape).astype(np.float32)
     ref = [np.empty_like(w), np.empty_like(b), np.empty_like(x)]
     numpy_ref.conv2d_backward(x, w, y_ref, dy, "elu", ref[0], ref[1], dx=ref[2], **geometry)
-    _check_on_one_and_two_threads(x, w, b, dy, "elu", geometry, [y_ref] + ref, tol=3e-4,
+    _check_across_thread_counts(x, w, b, dy, "elu", geometry, [y_ref] + ref, tol=3e-4,
                                   with_dx=True)
 
 
@@ -623,7 +627,7 @@ def test_padded_copy_path_matches_numpy_reference(monkeypatch, channels, kernel,
         oh, ow = y_ref.shape[1:3]
         monkeypatch.setattr(cpu_backend, "COL_WORKSPACE_ELEMENTS",
                             20 * oh * ow * kernel[0] * kernel[1] * channels)
-    _check_on_one_and_two_threads(x, w, b, dy, activation, geometry, [y_ref] + ref, tol=2e-4,
+    _check_across_thread_counts(x, w, b, dy, activation, geometry, [y_ref] + ref, tol=2e-4,
                                   with_dx=True)
 
 
