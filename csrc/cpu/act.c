@@ -14,6 +14,7 @@ int rp_act_derivative_needs_input(rp_act act) { return rp_act_needs_input(act); 
 
 double rp_act_default_param(rp_act act) { return rp_act_param_default(act); }
 
+#ifdef RETROPROP_HAVE_OPENMP
 /* Chunk [begin, end) of n for thread t of nt, aligned to 64 elements so
  * SIMD loops see whole vectors except in the last chunk. */
 static void chunk_bounds(size_t n, int t, int nt, size_t *begin, size_t *end)
@@ -23,6 +24,7 @@ static void chunk_bounds(size_t n, int t, int nt, size_t *begin, size_t *end)
     *begin = per * (size_t)t < n ? per * (size_t)t : n;
     *end = *begin + per < n ? *begin + per : n;
 }
+#endif
 
 /* Loops that call libm per element are worth threads on smaller arrays. */
 static int calls_libm(rp_act act, int backward)
