@@ -6,6 +6,8 @@
 #ifndef RETROPROP_TEAM_H
 #define RETROPROP_TEAM_H
 
+#include <sched.h>
+
 /* [*lo, *hi): thread tid's share of count items, in nt contiguous pieces
  * whose sizes differ by at most one (the first count % nt are larger). */
 static inline void rp_static_share(int count, int tid, int nt, int *lo, int *hi)
@@ -77,13 +79,19 @@ static inline int rp_queue_take(rp_share_queue *q, int from_back, int divisor, i
     }
 }
 
-/* A short wait in a spin loop; on x86 it also yields the core's pipeline to
- * a hyperthread sibling. */
-static inline void rp_spin_pause(void)
+/* One turn of a spin-wait: a pause (on x86 it also lends the core's
+ * pipeline to a hyperthread sibling) for the first turns, then the rest of
+ * the time slice, in case the awaited thread is waiting for this core
+ * (more threads than cores). */
+static inline void rp_spin_pause(int turn)
 {
+    if (turn < 1000) {
 #if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
+        __builtin_ia32_pause();
 #endif
+    } else {
+        sched_yield();
+    }
 }
 
 /* Items [first, first + count) of a shared loop. */
@@ -101,8 +109,8 @@ static inline void rp_share_drain(rp_share_queue *queues, int tid, int nt, int p
     for (int other = 1; other < nt; ++other) {
         rp_share_queue *q = &queues[(tid + other) % nt];
         if (phase >= 0)
-            while (__atomic_load_n(&q->ready, __ATOMIC_ACQUIRE) != phase)
-                rp_spin_pause();   /* its owner is still preparing what those items read */
+            for (int turn = 0; __atomic_load_n(&q->ready, __ATOMIC_ACQUIRE) != phase; ++turn)
+                rp_spin_pause(turn);   /* its owner is still preparing what those items read */
         while ((count = rp_queue_take(q, 1, 2 * nt, &first)) > 0)
             run(context, first, count);
     }
