@@ -1,5 +1,7 @@
 """Dense, activation, softmax, softmax-cross-entropy and SGD kernels of the C
 backend against plain float64 NumPy formulas written here, on awkward shapes."""
+import os
+
 import numpy as np
 import pytest
 
@@ -225,8 +227,28 @@ def test_backend_info_reports_simd_threads_and_openmp():
     assert info["simd"] in ("avx2+fma", "generic")
     assert info["threads"] == cpu.get_num_threads() >= 1
     assert isinstance(info["openmp"], bool) and info["cuda"] is False
-    with pytest.raises(ValueError, match="n >= 1"):
+    with pytest.raises(ValueError, match="1 <= n <= 512"):
         cpu.set_num_threads(0)
+    with pytest.raises(ValueError, match="1 <= n <= 512, got 100000"):
+        cpu.set_num_threads(100000)
+
+
+def test_a_huge_omp_num_threads_is_clamped_not_a_crash():
+    """OMP_NUM_THREADS=100000 made OpenMP crash the process in the first
+    convolution; the kernels now use at most 512 threads."""
+    import subprocess
+    import sys
+    code = ("import numpy as np, retroprop as rp\n"
+            "from retroprop.backend import cpu\n"
+            "m = rp.Sequential([rp.layers.Conv2D(6, 5, activation='relu'), rp.layers.Flatten(),\n"
+            "                   rp.layers.Dense(10)], input_shape=(12, 12, 1), seed=0)\n"
+            "y = m.forward(np.random.default_rng(0).random((64, 12, 12, 1), dtype=np.float32))\n"
+            "print(cpu.get_num_threads(), y.shape)\n")
+    env = dict(os.environ, OMP_NUM_THREADS="100000")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[:1] == ["512"]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

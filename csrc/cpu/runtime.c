@@ -16,7 +16,8 @@ static int simd_level_in_use = -1;
 int rp_get_num_threads(void)
 {
 #ifdef RETROPROP_HAVE_OPENMP
-    return omp_get_max_threads();
+    const int n = omp_get_max_threads();
+    return n < RP_MAX_THREADS ? n : RP_MAX_THREADS;
 #else
     return 1;
 #endif
@@ -35,7 +36,7 @@ void rp_set_num_threads(int n)
 {
 #ifdef RETROPROP_HAVE_OPENMP
     if (n >= 1)
-        omp_set_num_threads(n);
+        omp_set_num_threads(n < RP_MAX_THREADS ? n : RP_MAX_THREADS);
 #else
     (void)n;
 #endif

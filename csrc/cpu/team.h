@@ -31,7 +31,9 @@ static inline void rp_static_share(int count, int tid, int nt, int *lo, int *hi)
  * run, ended by a barrier. The owner resets its queue at the start of the
  * phase and drains it; a helper that looks before the reset finds the last
  * phase's queue, which is empty (its owner drained it before the barrier),
- * and simply does not help. So queues start empty (rp_queues_init). */
+ * and simply does not help. So queues start empty (rp_queues_init). A team
+ * has at most RP_MAX_THREADS threads, so the queues (64 bytes a thread)
+ * can live on the caller's stack. */
 typedef struct {
     unsigned long long range;
     int ready;

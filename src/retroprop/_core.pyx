@@ -19,6 +19,7 @@ cdef extern from "retroprop/runtime.h":
         RP_SIMD_AVX2
     int rp_get_num_threads()
     void rp_set_num_threads(int n)
+    enum: RP_MAX_THREADS
     rp_simd_level rp_simd_best()
     rp_simd_level rp_simd_in_use()
     rp_simd_level rp_simd_set(rp_simd_level level)
@@ -238,8 +239,8 @@ def get_num_threads():
 
 
 def set_num_threads(int n):
-    if n < 1:
-        raise ValueError(f"set_num_threads: expected n >= 1, got {n}")
+    if n < 1 or n > RP_MAX_THREADS:
+        raise ValueError(f"set_num_threads: expected 1 <= n <= {RP_MAX_THREADS}, got {n}")
     rp_set_num_threads(n)
 
 

@@ -11,7 +11,10 @@ typedef enum {
     RP_SIMD_AVX2 = 1     /* AVX2 + FMA microkernels */
 } rp_simd_level;
 
-/* Threads used by the OpenMP kernels (1 when built without OpenMP). */
+/* Threads used by the OpenMP kernels (1 when built without OpenMP), at
+ * most RP_MAX_THREADS: a larger request (or OMP_NUM_THREADS) is clamped.
+ * Asking OpenMP for 100,000 threads crashed the process. */
+#define RP_MAX_THREADS 512
 int rp_get_num_threads(void);
 void rp_set_num_threads(int n);
 /* True inside an active parallel region (a kernel called by another

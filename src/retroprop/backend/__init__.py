@@ -55,7 +55,8 @@ def state_with_modules(state):
 
 
 def set_num_threads(n):
-    """Set the number of OpenMP threads the C kernels use (n >= 1)."""
+    """Set the number of OpenMP threads the C kernels use, 1 <= n <= 512
+    (an OMP_NUM_THREADS above 512 is clamped to it)."""
     get_backend("cpu").set_num_threads(n)
 
 
