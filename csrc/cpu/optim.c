@@ -7,9 +7,10 @@
  *   check_only != 0: nothing is written, the non-finite new values are
  *                    counted.
  * rp_optimizer_step_* runs a rule over all the tensors of a model in one
- * parallel region: every thread takes an equal slice of the concatenated
- * elements, checks it, waits for the others, and (when nobody found a
- * non-finite value) writes the same slice, which is still in its cache.
+ * parallel region: the threads check the concatenated elements in chunks
+ * (each its own share first, then helping with the others'), wait for each
+ * other, and, when nobody found a non-finite value, write them the same
+ * way, mostly the chunks each one checked.
  * So a step that would overflow, or that meets a NaN/Inf gradient, leaves
  * the weights and the optimizer state exactly as they were, without copies,
  * in one call per step instead of two per parameter. */
