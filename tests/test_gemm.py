@@ -80,6 +80,29 @@ def test_fused_bias_activation_in_writeback(simd, threads, dtype, act, m, n, k):
     assert_close(out, ref, bound, k)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("beta", [0.0, 1.0, -1.0])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("act", ["linear", "relu", "tanh"])
+@pytest.mark.parametrize("m,n,k", [(6, 16, 7), (37, 48, 300), (131, 67, 600)])
+def test_writeback_variants_with_alpha_one(simd, threads, dtype, beta, bias, act, m, n, k):
+    """alpha 1 with beta 0 or 1, a bias or not, relu or no activation: the
+    microkernel's straight-line write-backs (tanh and beta -1 take the
+    general one). k up to 600 crosses depth blocks, where the later ones add
+    to C; C holds NaN where beta 0 must not read it."""
+    from retroprop import _core
+    rng = np.random.default_rng(m * 7 + n * 3 + k + int(bias))
+    a = rng.standard_normal((m, k)).astype(dtype)
+    b = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(dtype)
+    c = np.full((m, n), np.nan, dtype) if beta == 0 else rng.standard_normal((m, n)).astype(dtype)
+    bias_v = rng.standard_normal(n).astype(dtype) if bias else None
+    out = c.copy()
+    _core.gemm(a, b, out, False, False, 1.0, beta, bias_v, act)
+    ref, bound = reference(a, b, None if beta == 0 else c, False, False, 1.0, beta,
+                           bias_v, act)
+    assert_close(out, ref, bound, k)
+
+
 @pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True)])
 @pytest.mark.parametrize("act", ["linear", "relu", "tanh", "elu"])
 @pytest.mark.parametrize("m,n,k", [(6, 1, 1), (7, 16, 256), (128, 10, 128), (131, 9, 300),
