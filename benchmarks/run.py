@@ -267,7 +267,7 @@ def child_main(args):
 
 # ----------------------------------------------------------------------------- micro workloads
 
-def micro_dense(threads, shapes, frameworks):
+def micro_dense(threads, shapes, frameworks, rounds=3):
     """Fused dense forward (x W + b, ReLU) and backward (dW, db, dx) per framework."""
     import numpy as np
     from retroprop.backend import cpu
@@ -313,7 +313,7 @@ def micro_dense(threads, shapes, frameworks):
             fns["torch"] = (t_fwd, t_bwd)
         for phase, index in (("forward", 0), ("backward", 1)):
             times = {f: [] for f in fns}
-            for _ in range(3):  # interleave the frameworks
+            for _ in range(rounds):  # interleave the frameworks
                 for f, pair in fns.items():
                     times[f].append(time_call(pair[index]))
             results.append({"workload": f"dense {phase} {n}x{k}x{m}",
@@ -321,7 +321,7 @@ def micro_dense(threads, shapes, frameworks):
     return results
 
 
-def micro_gemm(threads, sizes, frameworks):
+def micro_gemm(threads, sizes, frameworks, rounds=3):
     """Raw float32 GEMM C = A B (no bias, no activation) against NumPy's matmul (OpenBLAS)."""
     import numpy as np
     from retroprop.backend import cpu
@@ -337,7 +337,7 @@ def micro_gemm(threads, sizes, frameworks):
             ta, tb, tc = (torch.from_numpy(m) for m in (a, b, c))
             fns["torch"] = lambda: torch.mm(ta, tb, out=tc)
         times = {f: [] for f in fns}
-        for _ in range(3):
+        for _ in range(rounds):
             for f, fn in fns.items():
                 times[f].append(time_call(fn))
         results.append({"workload": f"gemm {n}x{n}x{n}",
@@ -351,7 +351,7 @@ CONV_SHAPES = [(64, 28, 28, 1, 6, 5, "same"),      # LeNet-5 first layer
                (32, 32, 32, 16, 32, 3, "same")]    # a CIFAR-sized 3x3 layer
 
 
-def micro_conv(threads, frameworks):
+def micro_conv(threads, frameworks, rounds=3):
     """Conv2D + ReLU forward, then backward (dW, db, and dx unless the layer
     reads the images themselves, as a first layer does), per framework."""
     import numpy as np
@@ -387,7 +387,7 @@ def micro_conv(threads, frameworks):
                 torch.relu(F.conv2d(tx, tw, tb, padding=pad)).backward(tdy)
             fns["torch"] = t_step
         times = {f: [] for f in fns}
-        for _ in range(3):
+        for _ in range(rounds):
             for f, fn in fns.items():
                 times[f].append(time_call(fn))
         results.append({"workload": f"conv {n}x{h}x{w}x{c} -> {filters}@{k}x{k} fwd+bwd"
@@ -396,7 +396,7 @@ def micro_conv(threads, frameworks):
     return results
 
 
-def micro_latency(threads, frameworks):
+def micro_latency(threads, frameworks, rounds=3):
     """Single-sample inference of the 784-256-128-10 MLP."""
     import numpy as np
     import retroprop as rp
@@ -425,7 +425,7 @@ def micro_latency(threads, frameworks):
                 return net(tx)
         fns["torch"] = t_forward
     times = {f: [] for f in fns}
-    for _ in range(3):
+    for _ in range(rounds):
         for f, fn in fns.items():
             times[f].append(time_call(fn))
     return [{"workload": "MLP single-sample inference", "times": {f: summarise(t) for f, t in times.items()}}]
@@ -436,7 +436,8 @@ def micro_latency(threads, frameworks):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=3, help="repetitions of each training workload")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="interleaved repetitions of each workload (micro workloads: at least 3)")
     p.add_argument("--quick", action="store_true", help="fewer shapes and a 12,000-sample epoch")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--stat", choices=("median", "min"), default="median",
@@ -491,11 +492,12 @@ def main():
     rows = []
     gemm_sizes = [512, 1024] if args.quick else [512, 1024, 2048]
     if only is None or "micro" in only:
-        rows = (micro_gemm(args.threads, gemm_sizes, frameworks)
-                + micro_dense(args.threads, shapes, frameworks)
-                + micro_latency(args.threads, frameworks))
+        rounds = max(3, args.repeats)
+        rows = (micro_gemm(args.threads, gemm_sizes, frameworks, rounds)
+                + micro_dense(args.threads, shapes, frameworks, rounds)
+                + micro_latency(args.threads, frameworks, rounds))
         if hasattr(rp.layers, "Conv2D"):
-            rows += micro_conv(args.threads, frameworks)
+            rows += micro_conv(args.threads, frameworks, rounds)
 
     n_train = 12000 if args.quick else 60000
     training = [("mlp", 32), ("mlp", 128)]
