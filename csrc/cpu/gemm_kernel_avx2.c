@@ -44,15 +44,19 @@ static inline void store_row_f32(float *c, __m256 acc, __m256 valpha, __m256 vbe
     store_row_f32(c + (I) * (long)ldc, C0, VALPHA, VBETA, USE_BETA, bias, act);              \
     store_row_f32(c + (I) * (long)ldc + 8, C1, VALPHA, VBETA, USE_BETA, bias1, act);
 
+/* ROW(i, left register, right register, ...) for each of the six rows. */
+#define TILE_F32_FOR_EACH_ROW(ROW, ...)                                         \
+    ROW(0, c00, c01, __VA_ARGS__)                                               \
+    ROW(1, c10, c11, __VA_ARGS__)                                               \
+    ROW(2, c20, c21, __VA_ARGS__)                                               \
+    ROW(3, c30, c31, __VA_ARGS__)                                               \
+    ROW(4, c40, c41, __VA_ARGS__)                                               \
+    ROW(5, c50, c51, __VA_ARGS__)
+
 #define TILE_F32_STORE(VALPHA, VBETA, USE_BETA)                                 \
     {                                                                           \
         const float *bias1 = bias ? bias + 8 : NULL;                            \
-        TILE_F32_STORE_ROW(0, c00, c01, VALPHA, VBETA, USE_BETA)                \
-        TILE_F32_STORE_ROW(1, c10, c11, VALPHA, VBETA, USE_BETA)                \
-        TILE_F32_STORE_ROW(2, c20, c21, VALPHA, VBETA, USE_BETA)                \
-        TILE_F32_STORE_ROW(3, c30, c31, VALPHA, VBETA, USE_BETA)                \
-        TILE_F32_STORE_ROW(4, c40, c41, VALPHA, VBETA, USE_BETA)                \
-        TILE_F32_STORE_ROW(5, c50, c51, VALPHA, VBETA, USE_BETA)                \
+        TILE_F32_FOR_EACH_ROW(TILE_F32_STORE_ROW, VALPHA, VBETA, USE_BETA)      \
     }
 
 /* The write-back of nearly every call: alpha 1, C overwritten or added to,
@@ -78,14 +82,9 @@ static inline __attribute__((always_inline)) void store_row_f32_simple(float *c,
     store_row_f32_simple(c + (I) * (long)ldc, C0, ACCUMULATE, BIAS, RELU);                 \
     store_row_f32_simple(c + (I) * (long)ldc + 8, C1, ACCUMULATE, (BIAS) ? (BIAS) + 8 : NULL, RELU);
 
-#define TILE_F32_STORE_SIMPLE(ACCUMULATE, BIAS, RELU)                           \
-    {                                                                           \
-        TILE_F32_STORE_SIMPLE_ROW(0, c00, c01, ACCUMULATE, BIAS, RELU)          \
-        TILE_F32_STORE_SIMPLE_ROW(1, c10, c11, ACCUMULATE, BIAS, RELU)          \
-        TILE_F32_STORE_SIMPLE_ROW(2, c20, c21, ACCUMULATE, BIAS, RELU)          \
-        TILE_F32_STORE_SIMPLE_ROW(3, c30, c31, ACCUMULATE, BIAS, RELU)          \
-        TILE_F32_STORE_SIMPLE_ROW(4, c40, c41, ACCUMULATE, BIAS, RELU)          \
-        TILE_F32_STORE_SIMPLE_ROW(5, c50, c51, ACCUMULATE, BIAS, RELU)          \
+#define TILE_F32_STORE_SIMPLE(ACCUMULATE, BIAS, RELU)                                    \
+    {                                                                                    \
+        TILE_F32_FOR_EACH_ROW(TILE_F32_STORE_SIMPLE_ROW, ACCUMULATE, BIAS, RELU)         \
     }
 
 /* The whole write-back: a simple variant when one applies, else the general
