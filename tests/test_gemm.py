@@ -13,6 +13,8 @@ from retroprop.backend import cpu
 SHAPES = [  # (m, n, k)
     (1, 1, 1), (2, 3, 5), (7, 13, 11), (6, 16, 1), (5, 17, 29), (37, 41, 43),
     (97, 101, 103), (1000, 3, 17), (3, 1000, 17), (255, 257, 259), (61, 300, 600),
+    # more rows than one row block (792 for float32): a last block of 8 rows
+    (800, 37, 70),
     # one or two rows (the row kernel): full 64-column blocks, 8-column groups,
     # a masked group of 1..7 columns, and only a masked group
     (1, 200, 784), (2, 75, 33), (1, 7, 300), (2, 129, 4),
