@@ -87,23 +87,24 @@ static inline __attribute__((always_inline)) void store_row_f32_simple(float *c,
         TILE_F32_FOR_EACH_ROW(TILE_F32_STORE_SIMPLE_ROW, ACCUMULATE, BIAS, RELU)         \
     }
 
+/* The four simple variants for one ACCUMULATE: bias and relu become
+ * constants inside each branch, so each compiles to straight-line code. */
+#define TILE_F32_STORE_SIMPLE_PICK(ACCUMULATE, RELU_TILE)                                  \
+    if (!bias && !(RELU_TILE)) TILE_F32_STORE_SIMPLE(ACCUMULATE, (const float *)NULL, 0)   \
+    else if (!bias) TILE_F32_STORE_SIMPLE(ACCUMULATE, (const float *)NULL, 1)              \
+    else if (!(RELU_TILE)) TILE_F32_STORE_SIMPLE(ACCUMULATE, bias, 0)                      \
+    else TILE_F32_STORE_SIMPLE(ACCUMULATE, bias, 1)
+
 /* The whole write-back: a simple variant when one applies, else the general
- * one. ACCUMULATE/bias/relu are constants inside each branch, so each
- * variant compiles to straight-line code. */
+ * one. */
 #define TILE_F32_WRITE_BACK(ALPHA, BETA)                                                   \
     if ((ALPHA) == 1.0f && ((BETA) == 0.0f || (BETA) == 1.0f) &&                          \
         (act == RP_ACT_LINEAR || act == RP_ACT_RELU)) {                                   \
         const int relu_tile = act == RP_ACT_RELU;                                         \
         if ((BETA) == 0.0f) {                                                             \
-            if (!bias && !relu_tile) TILE_F32_STORE_SIMPLE(0, (const float *)NULL, 0)     \
-            else if (!bias) TILE_F32_STORE_SIMPLE(0, (const float *)NULL, 1)              \
-            else if (!relu_tile) TILE_F32_STORE_SIMPLE(0, bias, 0)                        \
-            else TILE_F32_STORE_SIMPLE(0, bias, 1)                                        \
+            TILE_F32_STORE_SIMPLE_PICK(0, relu_tile)                                      \
         } else {                                                                          \
-            if (!bias && !relu_tile) TILE_F32_STORE_SIMPLE(1, (const float *)NULL, 0)     \
-            else if (!bias) TILE_F32_STORE_SIMPLE(1, (const float *)NULL, 1)              \
-            else if (!relu_tile) TILE_F32_STORE_SIMPLE(1, bias, 0)                        \
-            else TILE_F32_STORE_SIMPLE(1, bias, 1)                                        \
+            TILE_F32_STORE_SIMPLE_PICK(1, relu_tile)                                      \
         }                                                                                 \
     } else {                                                                              \
         const __m256 valpha = _mm256_set1_ps(ALPHA), vbeta = _mm256_set1_ps(BETA);        \
