@@ -323,3 +323,6 @@ def test_gather_rows_refuses_bad_input_before_writing():
         cpu.gather_rows(x, np.array([1]), np.empty((1, 2), np.float64))
     with pytest.raises(ValueError, match="shape"):
         cpu.gather_rows(x, np.array([1, 2]), np.empty((1, 2), np.float32))
+    for backend in (cpu, numpy_ref):
+        with pytest.raises(ValueError, match="overlaps x"):     # rows copied onto rows still to read
+            backend.gather_rows(x, np.array([3, 4]), x[2:4])

@@ -297,6 +297,131 @@ def test_backend_step_equals_the_separate_kernels():
         np.testing.assert_array_equal(got, ref - 0.5 * grad)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("count", [0, 1, 7, 9, 61])
+def test_backend_step_gathers_the_next_batch(threads, count):
+    """next_batch is gather_rows done during the step (on a second thread
+    while the top layer runs on the first, with two): the rows arrive, and
+    the step computes exactly what it computes without them. Counts: none,
+    one, a prime, one more than a batch, more rows than the step's batch."""
+    rng = np.random.default_rng(count)
+    data = rng.standard_normal((97, 4)).astype(np.float32)
+    index = rng.integers(0, 97, count)
+    x, labels = data[:9].copy(), rng.integers(0, 3, 9)
+    results = []
+    before = cpu.get_num_threads()
+    try:
+        cpu.set_num_threads(threads)
+        for with_gather in (True, False):
+            w, b, dw, db, ys, dzs, dxs, logits = _stack_arrays(batch=9)
+            stack = cpu.dense_stack(w, b, ["relu", "softmax"], [None, None], ys, logits,
+                                    dweights=dw, dbiases=db, dzs=dzs, dxs=dxs)
+            out = np.full((count, 4), np.nan, np.float32)
+            status, loss, _ = cpu.dense_stack_step(
+                stack, x, labels, "sgd", w + b, dw + db, [None] * 4, [None] * 4, lr=0.3,
+                next_batch=(data, index, out) if with_gather else None)
+            assert status == 0
+            if with_gather:
+                np.testing.assert_array_equal(out, data[index])
+            results.append((loss, w + b + dw + db + ys + [logits]))
+    finally:
+        cpu.set_num_threads(before)
+    (loss_a, arrays_a), (loss_b, arrays_b) = results
+    assert loss_a == loss_b
+    for a, b_ in zip(arrays_a, arrays_b):
+        np.testing.assert_array_equal(a, b_)
+
+
+def test_backend_step_gathers_even_when_the_loss_is_not_finite():
+    w, b, dw, db, ys, dzs, dxs, logits = _stack_arrays(batch=6)
+    stack = cpu.dense_stack(w, b, ["relu", "softmax"], [None, None], ys, logits, dweights=dw,
+                            dbiases=db, dzs=dzs, dxs=dxs)
+    data = np.arange(40, dtype=np.float32).reshape(10, 4)
+    out = np.zeros((3, 4), np.float32)
+    x = np.full((6, 4), np.inf, np.float32)
+    status, loss, _ = cpu.dense_stack_step(stack, x, np.zeros(6, np.int64), "sgd", w + b,
+                                           dw + db, [None] * 4, [None] * 4, lr=0.1,
+                                           next_batch=(data, np.array([9, 0, 4]), out))
+    assert status == 1 and not np.isfinite(loss)
+    np.testing.assert_array_equal(out, data[[9, 0, 4]])
+
+
+def test_backend_step_refuses_a_bad_next_batch_before_running():
+    w, b, dw, db, ys, dzs, dxs, logits = _stack_arrays(batch=6)
+    stack = cpu.dense_stack(w, b, ["relu", "softmax"], [None, None], ys, logits, dweights=dw,
+                            dbiases=db, dzs=dzs, dxs=dxs)
+    params = w + b
+    before = [p.copy() for p in params]
+    data = np.ones((10, 4), np.float32)
+    x, labels = np.ones((6, 4), np.float32), np.zeros(6, np.int64)
+
+    def step(next_batch):
+        return cpu.dense_stack_step(stack, x, labels, "sgd", params, dw + db, [None] * 4,
+                                    [None] * 4, lr=0.1, next_batch=next_batch)
+    out = np.zeros((2, 4), np.float32)
+    with pytest.raises(IndexError, match=r"\[0, 10\)"):
+        step((data, np.array([1, 10]), out))
+    with pytest.raises(TypeError, match="dtype"):
+        step((data, np.array([1, 2]), out.astype(np.float64)))
+    with pytest.raises(TypeError, match="C-contiguous"):
+        step((data, np.array([1, 2]), np.zeros((4, 2), np.float32).T))
+    with pytest.raises(ValueError, match="shape"):
+        step((data, np.array([1, 2, 3]), out))
+    with pytest.raises(ValueError, match="overlaps x"):          # the batch being trained on
+        step((data, np.array([1, 2]), x[:2]))
+    with pytest.raises(ValueError, match="overlaps x"):          # the rows being read
+        step((data, np.array([5, 6]), data[:2]))
+    with pytest.raises(ValueError, match="overlaps an array of the stack"):
+        step((np.ones((10, 5), np.float32), np.array([0, 1]), ys[0][:2]))
+    grad_rows = dw[0].reshape(2, 10)   # a view of dW: written by the step's backward
+    with pytest.raises(ValueError, match="overlaps an array of the stack"):
+        step((np.ones((3, 10), np.float32), np.array([0, 1]), grad_rows))
+    velocities = [np.zeros_like(p) for p in params]
+    with pytest.raises(ValueError, match="optimizer state"):
+        cpu.dense_stack_step(stack, x, labels, "sgd", params, dw + db, velocities, [None] * 4,
+                             lr=0.1, momentum=0.9, next_batch=(np.ones((8, 5), np.float32),
+                                                               np.array([0]), velocities[0][:1]))
+    for p, p0 in zip(params, before):
+        np.testing.assert_array_equal(p, p0)   # no step ran
+
+
+def test_fit_gathers_each_batch_once(monkeypatch):
+    """A shuffled fit through the one-call step copies its first batch by
+    itself and every later batch of the epoch during the step before."""
+    calls = []
+    real = cpu.gather_rows
+
+    def counting(x, index, out=None):
+        calls.append(len(index))
+        return real(x, index, out)
+    monkeypatch.setattr(cpu, "gather_rows", counting)
+    x, y = _data()
+    trainer = rp.Trainer(_model(), "categorical_crossentropy", rp.optim.SGD(lr=0.05), metrics=[])
+    trainer.fit(x, y, epochs=2, batch_size=16, verbose=0, seed=1)
+    assert calls == [16, 16]     # the first batch of each epoch
+
+
+def test_a_big_output_layer_trains_identically(monkeypatch):
+    """batch x classes past the loss kernels' one-thread size: there the next
+    batch is not copied beside the top layer (the loss would be summed
+    differently), and the training is still that of the layer-by-layer step."""
+    rng = np.random.default_rng(2)
+    x, y = rng.standard_normal((1100, 5)).astype(np.float32), rng.integers(0, 70, 1100)
+    forced = _LayerByLayer(monkeypatch)
+    results = []
+    for one_call in (True, False):
+        model = rp.Sequential([Dense(8, activation="relu"), Dense(70, activation="softmax")],
+                              input_shape=(5,), seed=4)
+        trainer = rp.Trainer(model, "categorical_crossentropy", rp.optim.SGD(lr=0.1, momentum=0.9),
+                             metrics=["accuracy"])
+        if not one_call:
+            forced.trainers.add(trainer)
+        history = trainer.fit(x, y, epochs=2, batch_size=1000, verbose=0, seed=5)
+        assert bool(trainer._stack_plans) == one_call
+        results.append((model, trainer, history))
+    _assert_same_training(results)
+
+
 # ---------------------------------------------------------------- forward only
 
 def _forward_models(monkeypatch, make):

@@ -16,7 +16,7 @@
 /* Rows are independent; a parallel region only pays off for big batches. */
 static int threads_for_rows(int n, int c)
 {
-    return (long)n * c < 65536 ? 1 : rp_get_num_threads();
+    return (long)n * c < RP_LOSS_ROWS_PARALLEL_MIN ? 1 : rp_get_num_threads();
 }
 
 #define SOFTMAX_ROW(REAL, EXP, z, out, c)                                  \

@@ -1,8 +1,14 @@
-/* Private: the AVX2 float32 softmax rows that loss.c picks at run time. */
+/* Private: the AVX2 float32 softmax rows that loss.c picks at run time, and
+ * when the row kernels use more than one thread. */
 #ifndef RETROPROP_LOSS_INTERNAL_H
 #define RETROPROP_LOSS_INTERNAL_H
 
 #include <stdint.h>
+
+/* Softmax and softmax cross-entropy of an (n x c) matrix run on one thread
+ * below this many elements. Above it the cross-entropy's sum is added per
+ * thread, so its last bits depend on the thread count. */
+#define RP_LOSS_ROWS_PARALLEL_MIN 65536
 
 #ifdef RETROPROP_HAVE_AVX2
 /* Rows [lo, hi) of the (n x c) matrices of rp_softmax_f32 / rp_softmax_xent_f32;

@@ -42,13 +42,18 @@ static void copy_rows(size_t row_bytes, const char *x, const int64_t *index, lon
     }
 }
 
+int rp_rows_in_range(long n_rows, long count, const int64_t *index)
+{
+    int bad = 0;
+    for (long r = 0; r < count; ++r) bad |= (uint64_t)index[r] >= (uint64_t)n_rows;
+    return !bad;
+}
+
 int rp_gather_rows(size_t row_bytes, long n_rows, const void *x, long count,
                    const int64_t *index, void *out)
 {
     /* every index first: nothing is written when one is out of range */
-    int bad = 0;
-    for (long r = 0; r < count; ++r) bad |= (uint64_t)index[r] >= (uint64_t)n_rows;
-    if (bad) return -1;
+    if (!rp_rows_in_range(n_rows, count, index)) return -1;
     if (count <= 0 || row_bytes == 0) return 0;
     const int nt = (double)count * row_bytes < RP_GATHER_PARALLEL_MIN_BYTES || rp_in_parallel()
                        ? 1 : rp_get_num_threads();
@@ -65,4 +70,20 @@ int rp_gather_rows(size_t row_bytes, long n_rows, const void *x, long count,
         copy_rows(row_bytes, (const char *)x, index, 0, count, (char *)out);
     }
     return 0;
+}
+
+/* Rows per claim: ~1.3 us of copying for MNIST rows, so a thread that
+ * joins late (or leaves early) waits at most about that long for the
+ * others. */
+#define RP_GATHER_CLAIM_ROWS 4
+
+void rp_gather_rows_claimed(const rp_rows_gather *job, long *next_row)
+{
+    for (;;) {
+        const long lo = __atomic_fetch_add(next_row, RP_GATHER_CLAIM_ROWS, __ATOMIC_RELAXED);
+        if (lo >= job->count) return;
+        const long hi = lo + RP_GATHER_CLAIM_ROWS < job->count ? lo + RP_GATHER_CLAIM_ROWS
+                                                               : job->count;
+        copy_rows(job->row_bytes, (const char *)job->x, job->index, lo, hi, (char *)job->out);
+    }
 }

@@ -1144,6 +1144,69 @@ def optimizer_step(str rule, list params, list grads, list state0, list state1, 
     return first_bad, bad
 
 
+# ================================================================ batch assembly
+
+cdef extern from "retroprop/rows.h":
+    ctypedef struct rp_rows_gather:
+        size_t row_bytes
+        const void *x
+        long n_rows
+        long count
+        const int64_t *index
+        void *out
+    int rp_gather_rows(size_t row_bytes, long n_rows, const void *x, long count,
+                       const int64_t *index, void *out) nogil
+    int rp_rows_in_range(long n_rows, long count, const int64_t *index) nogil
+
+
+cdef int _gather_job(str name, object x, object index, object out,
+                     rp_rows_gather *job) except -1:
+    """Checks the arguments of a gather out[r] = x[index[r]] (index values
+    included) and describes it in *job."""
+    if not isinstance(x, np.ndarray) or not isinstance(out, np.ndarray) \
+            or not isinstance(index, np.ndarray):
+        raise TypeError(f"{name}: x, index and out must be numpy arrays")
+    if not x.flags.c_contiguous or not out.flags.c_contiguous or not out.flags.writeable:
+        raise TypeError(f"{name}: x and out must be C-contiguous (out writable)")
+    if out.dtype != x.dtype:
+        raise TypeError(f"{name}: out has dtype {out.dtype}, x has {x.dtype}")
+    if index.dtype != np.int64 or index.ndim != 1 or not index.flags.c_contiguous:
+        raise TypeError(f"{name}: index must be a C-contiguous 1-D int64 array")
+    if x.ndim < 1:
+        raise ValueError(f"{name}: x must have at least one dimension")
+    _shape(out, "out", (index.shape[0],) + tuple(x.shape[1:]))
+    job.row_bytes = <size_t>(x.itemsize * (x.size // x.shape[0] if x.shape[0] else 0))
+    job.x = _ptr(x)
+    job.n_rows = <long>x.shape[0]
+    job.count = <long>index.shape[0]
+    job.index = <const int64_t *>_ptr(index)
+    job.out = _ptr(out)
+    if not rp_rows_in_range(job.n_rows, job.count, job.index):
+        raise IndexError(f"{name}: index values must lie in [0, {job.n_rows})")
+    if _overlap(out, x):
+        raise ValueError(f"{name}: out overlaps x")
+    return 0
+
+
+cdef bint _overlap(object a, object b):
+    """Whether the bytes of two contiguous arrays overlap."""
+    cdef char *pa = <char *>_ptr(a)
+    cdef char *pb = <char *>_ptr(b)
+    cdef Py_ssize_t na = cnp.PyArray_NBYTES(<cnp.ndarray>a)
+    cdef Py_ssize_t nb = cnp.PyArray_NBYTES(<cnp.ndarray>b)
+    return na > 0 and nb > 0 and pa < pb + nb and pb < pa + na
+
+
+def gather_rows(x, index, out):
+    """out[r] = x[index[r]]: x and out C-contiguous arrays of one dtype, out of
+    shape (len(index),) + x.shape[1:]; index a 1-D int64 array."""
+    cdef rp_rows_gather job
+    _gather_job("gather_rows", x, index, out, &job)
+    with nogil:
+        rp_gather_rows(job.row_bytes, job.n_rows, job.x, job.count, job.index, job.out)
+    return out
+
+
 # ================================================================ dense stack step
 
 cdef extern from "retroprop/dense_stack.h":
@@ -1171,13 +1234,15 @@ cdef extern from "retroprop/dense_stack.h":
                                             const int64_t *labels, const float *targets,
                                             float *logits, const rp_opt_config *opt,
                                             const rp_opt_tensor *tensors, int n_tensors,
-                                            rp_opt_mode mode, double *loss, long *first_bad) nogil
+                                            rp_opt_mode mode, const rp_rows_gather *next_batch,
+                                            double *loss, long *first_bad) nogil
     rp_stack_status rp_dense_stack_step_f64(int batch, int n_layers,
                                             const rp_dense_stack_layer *layers, const double *x,
                                             const int64_t *labels, const double *targets,
                                             double *logits, const rp_opt_config *opt,
                                             const rp_opt_tensor *tensors, int n_tensors,
-                                            rp_opt_mode mode, double *loss, long *first_bad) nogil
+                                            rp_opt_mode mode, const rp_rows_gather *next_batch,
+                                            double *loss, long *first_bad) nogil
 
 
 cdef class DenseStack:
@@ -1299,6 +1364,21 @@ cdef class DenseStack:
         _shape2(x, "x", self.batch, self.n_in)
         return 0
 
+    cdef int _check_not_overlapping(self, out, x, list params, list grads, list state0,
+                                    list state1) except -1:
+        """A next-batch buffer written during a step must not be read by it."""
+        if _overlap(out, x):
+            raise ValueError("DenseStack.step: next_batch's out overlaps x")
+        for arr, _ in self.arrays:
+            if _overlap(out, arr):
+                raise ValueError("DenseStack.step: next_batch's out overlaps an array of the stack")
+        for group in (params, grads, state0, state1):
+            for arr in group:
+                if arr is not None and _overlap(out, arr):
+                    raise ValueError("DenseStack.step: next_batch's out overlaps a parameter, "
+                                     "gradient or optimizer state")
+        return 0
+
     def forward(self, x):
         """The forward pass from x (batch, n_in) into every layer's output
         buffer; returns the last one."""
@@ -1317,12 +1397,15 @@ cdef class DenseStack:
     def step(self, x, labels, targets, str rule, list params, list grads, list state0,
              list state1, str mode, double lr, double weight_decay=0.0, double momentum=0.0,
              bint nesterov=False, double beta1=0.0, double beta2=0.0, double c1=1.0,
-             double c2=1.0, bint decoupled=False, double rho=0.0, double eps=0.0):
+             double c2=1.0, bint decoupled=False, double rho=0.0, double eps=0.0,
+             tuple next_batch=None):
         """Forward, softmax cross-entropy against labels (int64 class ids) or
         targets (rows), backward and the optimizer step (as optimizer_step).
         Returns (status, loss, first_bad): status 0 applied, 1 the loss is
         not finite (nothing after the forward ran), 2 the optimizer's check
-        refused the step (first_bad: the parameter's index)."""
+        refused the step (first_bad: the parameter's index). next_batch, an
+        (x, index, out) gather as gather_rows, is done during the step
+        (whatever the status); out may not overlap any array of the step."""
         cdef rp_opt_config cfg = _opt_config(rule, lr, weight_decay, momentum, nesterov, beta1,
                                              beta2, c1, c2, decoupled, rho, eps)
         cdef rp_opt_mode cmode = _opt_mode(mode)
@@ -1352,6 +1435,15 @@ cdef class DenseStack:
         if kind != -1 and kind != self.kind:
             raise TypeError("params: the optimizer's parameters must have the stack's dtype")
         cdef int n_tensors = <int>count
+        cdef rp_rows_gather gather
+        cdef rp_rows_gather *gather_ptr = NULL
+        if next_batch is not None:
+            if len(next_batch) != 3:
+                raise TypeError("DenseStack.step: next_batch must be (x, index, out)")
+            _gather_job("DenseStack.step: next_batch", next_batch[0], next_batch[1],
+                        next_batch[2], &gather)
+            self._check_not_overlapping(next_batch[2], x, params, grads, state0, state1)
+            gather_ptr = &gather
         cdef void *px = _ptr(x)
         cdef void *pt = _ptr_or_null(targets)
         cdef void *pz = _ptr(self.logits)
@@ -1362,12 +1454,13 @@ cdef class DenseStack:
             if self.kind == 0:
                 status = rp_dense_stack_step_f32(self.batch, self.n_layers, self.layers,
                                                  <float *>px, label_ptr, <float *>pt, <float *>pz,
-                                                 &cfg, tensors, n_tensors, cmode, &loss, &first_bad)
+                                                 &cfg, tensors, n_tensors, cmode, gather_ptr,
+                                                 &loss, &first_bad)
             else:
                 status = rp_dense_stack_step_f64(self.batch, self.n_layers, self.layers,
                                                  <double *>px, label_ptr, <double *>pt,
                                                  <double *>pz, &cfg, tensors, n_tensors, cmode,
-                                                 &loss, &first_bad)
+                                                 gather_ptr, &loss, &first_bad)
         return <int>status, loss, first_bad
 
 
@@ -1391,41 +1484,6 @@ def find_nonfinite(x):
             first = rp_find_nonfinite_f64(n, <double *>px)
     return first
 
-
-# ================================================================ batch assembly
-
-cdef extern from "retroprop/rows.h":
-    int rp_gather_rows(size_t row_bytes, long n_rows, const void *x, long count,
-                       const int64_t *index, void *out) nogil
-
-
-def gather_rows(x, index, out):
-    """out[r] = x[index[r]]: x and out C-contiguous arrays of one dtype, out of
-    shape (len(index),) + x.shape[1:]; index a 1-D int64 array."""
-    if not isinstance(x, np.ndarray) or not isinstance(out, np.ndarray) \
-            or not isinstance(index, np.ndarray):
-        raise TypeError("gather_rows: x, index and out must be numpy arrays")
-    if not x.flags.c_contiguous or not out.flags.c_contiguous or not out.flags.writeable:
-        raise TypeError("gather_rows: x and out must be C-contiguous (out writable)")
-    if out.dtype != x.dtype:
-        raise TypeError(f"gather_rows: out has dtype {out.dtype}, x has {x.dtype}")
-    if index.dtype != np.int64 or index.ndim != 1 or not index.flags.c_contiguous:
-        raise TypeError("gather_rows: index must be a C-contiguous 1-D int64 array")
-    if x.ndim < 1:
-        raise ValueError("gather_rows: x must have at least one dimension")
-    _shape(out, "out", (index.shape[0],) + tuple(x.shape[1:]))
-    cdef size_t row_bytes = <size_t>(x.itemsize * (x.size // x.shape[0] if x.shape[0] else 0))
-    cdef long n_rows = <long>x.shape[0]
-    cdef long count = <long>index.shape[0]
-    cdef void *px = _ptr(x)
-    cdef void *pi = _ptr(index)
-    cdef void *po = _ptr(out)
-    cdef int status
-    with nogil:
-        status = rp_gather_rows(row_bytes, n_rows, px, count, <const int64_t *>pi, po)
-    if status != 0:
-        raise IndexError(f"gather_rows: index values must lie in [0, {n_rows})")
-    return out
 
 
 # ================================================================ batch normalisation

@@ -115,15 +115,17 @@ class DenseStackPlan:
                 return False
         return len(self.model.layers) == len(self.signatures)
 
-    def step(self, xb, targets, mode):
+    def step(self, xb, targets, mode, next_batch=None):
         """One step; returns (status, loss, refused key or None), status as in
         the backend's ``dense_stack_step``. Leaves every layer as its forward and
-        backward would (last input, output and logits)."""
+        backward would (last input, output and logits). ``next_batch``: a
+        ``(data, index, out)`` gather done during the step (the backend's)."""
         opt = self.optimizer
         keys, params, grads, state0, state1 = opt._step_lists(self.items)
         status, loss, first_bad = self.backend.dense_stack_step(
             self.stack, xb, targets, opt.rule, params, grads, state0, state1,
-            lr=opt.current_lr(), mode=mode, **opt.step_hyperparameters())
+            lr=opt.current_lr(), mode=mode, next_batch=next_batch,
+            **opt.step_hyperparameters())
         _leave_layers_as_forward(self.model.layers, xb, self.outputs, self.logits)
         bad_key = None
         if status == 2:

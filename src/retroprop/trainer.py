@@ -219,11 +219,14 @@ class Trainer:
 
     # -- steps --------------------------------------------------------------------
 
-    def _train_step(self, xb, yb, epoch, batch, epochs, n_batches):
-        """One optimizer step on a batch; ``epoch``/``batch`` are 1-based (for messages)."""
+    def _train_step(self, xb, yb, epoch, batch, epochs, n_batches, next_batch=None):
+        """One optimizer step on a batch; ``epoch``/``batch`` are 1-based (for
+        messages). Returns (loss, metric values, whether the step also did the
+        ``next_batch`` gather, an (x, index, out) triple: only a step in one
+        backend call does)."""
         plan = self._stack_plan(xb)
         if plan is not None:
-            return self._stack_step(plan, xb, yb, epoch, batch, epochs, n_batches)
+            return self._stack_step(plan, xb, yb, epoch, batch, epochs, n_batches, next_batch)
         model = self.model
         fused = self._fused if self._fused is not None else uses_fused_output(model, self.loss)
         loss_value, y_pred, seed = forward_loss(model, self.loss, xb, yb, training=True,
@@ -238,7 +241,7 @@ class Trainer:
         bad_key = self.optimizer.apply_step(params, check=self.check_finite)
         if bad_key is not None:
             self._raise_refused_step(params, bad_key, epoch, batch, epochs, n_batches)
-        return total, metric_values
+        return total, metric_values, False
 
     def _stack_plan(self, xb):
         """The one-call step's plan for this batch (stack_step.py), or None when
@@ -259,15 +262,16 @@ class Trainer:
                                                                 backend, n)
         return plan
 
-    def _stack_step(self, plan, xb, yb, epoch, batch, epochs, n_batches):
+    def _stack_step(self, plan, xb, yb, epoch, batch, epochs, n_batches, next_batch):
         """_train_step in one backend call: the same kernels, the same checks."""
-        status, total, bad_key = plan.step(xb, yb, "check_apply" if self.check_finite else "apply")
+        status, total, bad_key = plan.step(xb, yb, "check_apply" if self.check_finite else "apply",
+                                           next_batch)
         if status == 1:
             self._raise_nonfinite_loss(total, epoch, batch, epochs, n_batches)
         if status == 2:
             self._raise_refused_step(plan.items, bad_key, epoch, batch, epochs, n_batches)
         y_pred = plan.outputs[-1]
-        return total, [fn(yb, y_pred) for fn in self.metric_fns]
+        return total, [fn(yb, y_pred) for fn in self.metric_fns], next_batch is not None
 
     @staticmethod
     def _raise_nonfinite_loss(total, epoch, batch, epochs, n_batches):
@@ -378,12 +382,15 @@ class Trainer:
 
         n = x.shape[0]
         n_batches = (n + batch_size - 1) // batch_size
-        # Shuffled batches are gathered into one reused buffer (by the backend:
-        # in C, threaded) rather than a fresh array per batch.
+        # Shuffled batches are gathered into reused buffers (by the backend:
+        # in C, threaded) rather than a fresh array per batch. Two of them: a
+        # step in one backend call (stack_step.py) copies the next batch into
+        # one while it trains on the other.
         backend = self.model.backend
-        batch_buffer = None
+        batch_buffers = None
         if shuffle and x.flags.c_contiguous and hasattr(backend, "gather_rows"):
-            batch_buffer = np.empty((min(batch_size, n),) + x.shape[1:], dtype=x.dtype)
+            shape = (min(batch_size, n),) + x.shape[1:]
+            batch_buffers = (np.empty(shape, dtype=x.dtype), np.empty(shape, dtype=x.dtype))
         if shuffle:
             # Draw (and drop) the orders of the epochs already trained, so a
             # resumed run sees the same order as an uninterrupted one.
@@ -399,23 +406,31 @@ class Trainer:
                 loss_sum = 0.0
                 metric_sums = [0.0] * len(self.metric_fns)
                 seen = 0
+                gathered = False   # whether the last step copied this batch already
                 # Overflow is detected explicitly (NonFiniteError), so NumPy's
                 # floating-point warnings would only be noise in the batch loop.
                 with np.errstate(over="ignore", invalid="ignore", divide="ignore",
                                  under="ignore"):
                     for b in range(n_batches):
                         lo, hi = b * batch_size, min((b + 1) * batch_size, n)
+                        next_batch = None
                         if order is not None:
                             idx = order[lo:hi]
-                            if batch_buffer is not None:
-                                xb = backend.gather_rows(x, idx, batch_buffer[:hi - lo])
+                            if batch_buffers is not None:
+                                xb = batch_buffers[b % 2][:hi - lo]
+                                if not gathered:
+                                    backend.gather_rows(x, idx, xb)
+                                if hi < n:
+                                    next_hi = min(hi + batch_size, n)
+                                    next_batch = (x, order[hi:next_hi],
+                                                  batch_buffers[(b + 1) % 2][:next_hi - hi])
                             else:
                                 xb = x[idx]
                             tb = targets[idx]
                         else:
                             xb, tb = x[lo:hi], targets[lo:hi]
-                        total, metric_values = self._train_step(
-                            xb, tb, epoch + 1, b + 1, epochs, n_batches)
+                        total, metric_values, gathered = self._train_step(
+                            xb, tb, epoch + 1, b + 1, epochs, n_batches, next_batch)
                         nb = hi - lo
                         seen += nb
                         loss_sum += total * nb

@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include "retroprop/act.h"
 #include "retroprop/optim.h"
+#include "retroprop/rows.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -48,21 +49,27 @@ void rp_dense_stack_forward_f32(int batch, int n_layers, const rp_dense_stack_la
 void rp_dense_stack_forward_f64(int batch, int n_layers, const rp_dense_stack_layer *layers,
                                 const double *x, double *logits);
 
-/* A training step; the last layer is the softmax. x (batch, layers[0].n_in); labels (batch,) class ids in [0, n_out of the
- * last layer) or targets (batch, n_out) rows (the other NULL); logits
- * (batch, n_out) receives the last layer's pre-activation. tensors are the
- * optimizer's, in the caller's order (the dw/db above among them). *loss
- * receives the batch-mean loss; *first_bad the optimizer's answer. */
+/* A training step; the last layer is the softmax. x (batch, layers[0].n_in);
+ * labels (batch,) class ids in [0, n_out of the last layer) or targets
+ * (batch, n_out) rows (the other NULL); logits (batch, n_out) receives the
+ * last layer's pre-activation. tensors are the optimizer's, in the caller's
+ * order (the dw/db above among them). *loss receives the batch-mean loss;
+ * *first_bad the optimizer's answer.
+ * next_batch (or NULL): rows to copy during the step, typically the next
+ * batch of a shuffled epoch, whatever the status; its out must not overlap
+ * x or any array of the step. */
 rp_stack_status rp_dense_stack_step_f32(int batch, int n_layers, const rp_dense_stack_layer *layers,
                                         const float *x, const int64_t *labels, const float *targets,
                                         float *logits, const rp_opt_config *opt,
                                         const rp_opt_tensor *tensors, int n_tensors,
-                                        rp_opt_mode mode, double *loss, long *first_bad);
+                                        rp_opt_mode mode, const rp_rows_gather *next_batch,
+                                        double *loss, long *first_bad);
 rp_stack_status rp_dense_stack_step_f64(int batch, int n_layers, const rp_dense_stack_layer *layers,
                                         const double *x, const int64_t *labels,
                                         const double *targets, double *logits,
                                         const rp_opt_config *opt, const rp_opt_tensor *tensors,
-                                        int n_tensors, rp_opt_mode mode, double *loss,
+                                        int n_tensors, rp_opt_mode mode,
+                                        const rp_rows_gather *next_batch, double *loss,
                                         long *first_bad);
 
 #ifdef __cplusplus

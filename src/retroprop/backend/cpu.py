@@ -523,7 +523,8 @@ def dense_stack_forward(stack, x):
 
 def dense_stack_step(stack, x, targets, rule, params, grads, state0, state1, *, lr,
                      mode="check_apply", momentum=0.0, nesterov=False, weight_decay=0.0,
-                     beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=1, decoupled=False, rho=0.9):
+                     beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=1, decoupled=False, rho=0.9,
+                     next_batch=None):
     """One training step in one C call: forward through ``stack`` (from
     ``dense_stack``), softmax cross-entropy against ``targets`` (int64 class
     ids of shape (batch,) or rows of shape (batch, classes)), backward into
@@ -534,7 +535,13 @@ def dense_stack_step(stack, x, targets, rule, params, grads, state0, state1, *, 
     Returns (status, loss, first_bad): status 0 when the step went through (or
     mode is "check"), 1 when the loss is NaN/Inf (no gradient, no update), 2
     when the optimizer's check refused the update (first_bad: the index of the
-    first parameter whose update is not finite; nothing was written)."""
+    first parameter whose update is not finite; nothing was written).
+
+    ``next_batch=(data, index, out)`` also does ``gather_rows(data, index,
+    out)`` during the step, whatever its status: the next batch of a shuffled
+    epoch, copied mostly while the step's small top layer keeps one thread
+    busy and the others would wait. ``out`` must not overlap any array the
+    step reads or writes (ValueError)."""
     if mode not in _STEP_MODES:
         raise ValueError(f"mode must be one of {_STEP_MODES}, got {mode!r}")
     x = _input(x, "x")
@@ -542,11 +549,14 @@ def dense_stack_step(stack, x, targets, rule, params, grads, state0, state1, *, 
         labels, rows = targets, None
     else:
         labels, rows = None, _input(np.asarray(targets), "targets", x.dtype)
+    if next_batch is not None:
+        data, index, out = next_batch
+        next_batch = (data, np.ascontiguousarray(index, dtype=np.int64), out)
     return _core.DenseStack.step(
         stack, x, labels, rows, rule, _as_list(params), _as_list(grads), _as_list(state0),
         _as_list(state1), mode, float(lr),
         **_core_hyperparameters(rule, momentum, nesterov, weight_decay, beta_1, beta_2, epsilon,
-                                step, decoupled, rho))
+                                step, decoupled, rho), next_batch=next_batch)
 
 
 # ---------------------------------------------------------------- batch normalisation

@@ -726,6 +726,8 @@ def gather_rows(x, index, out=None):
         raise IndexError(f"gather_rows: index values must lie in [0, {x.shape[0]})")
     if out is None:
         return x[index]
+    if np.may_share_memory(out, x):
+        raise ValueError("gather_rows: out overlaps x")
     np.take(x, index, axis=0, out=out)
     return out
 
