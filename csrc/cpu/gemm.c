@@ -1,6 +1,9 @@
 /* GEMM entry points: the driver in gemm_driver.inc instantiated for float32
  * and float64, with runtime choice of the AVX2 or portable microkernel. */
 #include <stdlib.h>
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
 #include "retroprop/gemm.h"
 #include "retroprop/runtime.h"
 #include "gemm_internal.h"
@@ -9,6 +12,30 @@
 #ifdef RETROPROP_HAVE_OPENMP
 #include <omp.h>
 #endif
+
+/* A packing buffer: 64-byte aligned; from 1 MiB up, aligned to and rounded
+ * up to 2 MiB and offered to the kernel for transparent huge pages. The
+ * microkernel walks a new 16 KiB B panel for every tile, four 4 KiB pages
+ * and so four first-level TLB misses a tile; in 2 MiB pages the whole
+ * block is a page or two. Freed with free(). */
+#define PACK_HUGE_MIN ((size_t)256 << 10)
+#define PACK_HUGE_PAGE ((size_t)2 << 20)
+
+static void *pack_buffer_alloc(size_t bytes)
+{
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    if (bytes >= PACK_HUGE_MIN) {
+        const size_t rounded = (bytes + PACK_HUGE_PAGE - 1) / PACK_HUGE_PAGE * PACK_HUGE_PAGE;
+        void *p = NULL;
+        if (posix_memalign(&p, PACK_HUGE_PAGE, rounded) == 0) {
+            madvise(p, rounded, MADV_HUGEPAGE);   /* a hint: ignored where THP is off */
+            return p;
+        }
+    }
+#endif
+    void *p = NULL;
+    return posix_memalign(&p, 64, bytes) == 0 ? p : NULL;
+}
 
 /* Blocks. The tiles of a block mostly run in rows (gemm_team): one MR x KC
  * panel of A stays in L1 while the block's B panels, KC x NC, stream past
