@@ -299,15 +299,17 @@ def test_backend_step_equals_the_separate_kernels():
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("count", [0, 1, 7, 9, 61])
-def test_backend_step_gathers_the_next_batch(threads, count):
-    """next_batch is gather_rows done during the step (on a second thread
-    while the top layer runs on the first, with two): the rows arrive, and
-    the step computes exactly what it computes without them. Counts: none,
-    one, a prime, one more than a batch, more rows than the step's batch."""
+@pytest.mark.parametrize("width", [4, 1000])
+def test_backend_step_gathers_the_next_batch(threads, count, width):
+    """next_batch is gather_rows done during the step (with two threads and
+    a batch of 64 KiB or more, on the second thread while the top layer runs
+    on the first; else after the top layer): the rows arrive, and the step
+    computes exactly what it computes without them. Counts: none, one, a
+    prime, one more than a batch, more rows than the step's batch."""
     rng = np.random.default_rng(count)
-    data = rng.standard_normal((97, 4)).astype(np.float32)
+    data = rng.standard_normal((97, width)).astype(np.float32)
     index = rng.integers(0, 97, count)
-    x, labels = data[:9].copy(), rng.integers(0, 3, 9)
+    x, labels = rng.standard_normal((9, 4)).astype(np.float32), rng.integers(0, 3, 9)
     results = []
     before = cpu.get_num_threads()
     try:
@@ -316,7 +318,7 @@ def test_backend_step_gathers_the_next_batch(threads, count):
             w, b, dw, db, ys, dzs, dxs, logits = _stack_arrays(batch=9)
             stack = cpu.dense_stack(w, b, ["relu", "softmax"], [None, None], ys, logits,
                                     dweights=dw, dbiases=db, dzs=dzs, dxs=dxs)
-            out = np.full((count, 4), np.nan, np.float32)
+            out = np.full((count, width), np.nan, np.float32)
             status, loss, _ = cpu.dense_stack_step(
                 stack, x, labels, "sgd", w + b, dw + db, [None] * 4, [None] * 4, lr=0.3,
                 next_batch=(data, index, out) if with_gather else None)
@@ -399,6 +401,24 @@ def test_fit_gathers_each_batch_once(monkeypatch):
     trainer = rp.Trainer(_model(), "categorical_crossentropy", rp.optim.SGD(lr=0.05), metrics=[])
     trainer.fit(x, y, epochs=2, batch_size=16, verbose=0, seed=1)
     assert calls == [16, 16]     # the first batch of each epoch
+
+
+def test_wide_inputs_train_identically(monkeypatch):
+    """Batches of 64 KiB and more: the next one is copied beside the top layer."""
+    rng = np.random.default_rng(6)
+    x, y = rng.standard_normal((101, 1000)).astype(np.float32), rng.integers(0, 7, 101)
+    forced = _LayerByLayer(monkeypatch)
+    results = []
+    for one_call in (True, False):
+        model = _model(n_in=1000)
+        trainer = rp.Trainer(model, "categorical_crossentropy", OPTIMIZERS[1](),
+                             metrics=["accuracy"])
+        if not one_call:
+            forced.trainers.add(trainer)
+        history = trainer.fit(x, y, epochs=2, batch_size=70, verbose=0, seed=5)
+        assert bool(trainer._stack_plans) == one_call
+        results.append((model, trainer, history))
+    _assert_same_training(results)
 
 
 def test_a_big_output_layer_trains_identically(monkeypatch):

@@ -33,16 +33,18 @@ typedef double (*top_step_fn)(const top_step_args *args);
  * layer's kernels see themselves inside a parallel region and run on the
  * calling thread, which changes no result: the overlap is used only when
  * they would run on one thread anyway (the cross-entropy's sum is the one
- * result that depends on the thread count, RP_LOSS_ROWS_PARALLEL_MIN). */
+ * result that depends on the thread count, RP_LOSS_ROWS_PARALLEL_MIN), and
+ * only for a batch that rp_gather_rows would copy on several threads (a
+ * small model's small batch opens no parallel region at all). */
 static double top_step_while_gathering(top_step_fn top_step, const top_step_args *args,
                                        int n_classes, const rp_rows_gather *next_batch)
 {
     long next_row = 0;
     double loss = 0.0;
 #ifdef RETROPROP_HAVE_OPENMP
-    const int nt = rp_in_parallel() ? 1 : rp_get_num_threads();
-    if (next_batch && next_batch->count > 0 && nt > 1
-        && (long)args->batch * n_classes < RP_LOSS_ROWS_PARALLEL_MIN) {
+    const int nt = next_batch && next_batch->count > 0
+                       ? rp_gather_threads(next_batch->row_bytes, next_batch->count) : 1;
+    if (nt > 1 && (long)args->batch * n_classes < RP_LOSS_ROWS_PARALLEL_MIN) {
 #pragma omp parallel num_threads(nt)
         {
             if (omp_get_thread_num() == 0) loss = top_step(args);

@@ -42,6 +42,12 @@ static void copy_rows(size_t row_bytes, const char *x, const int64_t *index, lon
     }
 }
 
+int rp_gather_threads(size_t row_bytes, long count)
+{
+    return (double)count * row_bytes < RP_GATHER_PARALLEL_MIN_BYTES || rp_in_parallel()
+               ? 1 : rp_get_num_threads();
+}
+
 int rp_rows_in_range(long n_rows, long count, const int64_t *index)
 {
     int bad = 0;
@@ -55,8 +61,7 @@ int rp_gather_rows(size_t row_bytes, long n_rows, const void *x, long count,
     /* every index first: nothing is written when one is out of range */
     if (!rp_rows_in_range(n_rows, count, index)) return -1;
     if (count <= 0 || row_bytes == 0) return 0;
-    const int nt = (double)count * row_bytes < RP_GATHER_PARALLEL_MIN_BYTES || rp_in_parallel()
-                       ? 1 : rp_get_num_threads();
+    const int nt = rp_gather_threads(row_bytes, count);
     if (nt > 1) {
 #ifdef RETROPROP_HAVE_OPENMP
 #pragma omp parallel num_threads(nt)

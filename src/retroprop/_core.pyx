@@ -9,7 +9,7 @@ Arguments are refused with TypeError (dtype, contiguity) or ValueError (shape).
 import numpy as np
 cimport numpy as cnp
 from libc.stdint cimport int64_t
-from libc.stdlib cimport free, realloc
+from libc.stdlib cimport free, malloc, realloc
 
 cnp.import_array()
 
@@ -1188,13 +1188,16 @@ cdef int _gather_job(str name, object x, object index, object out,
     return 0
 
 
+cdef inline bint _overlap_bytes(char *a, char *a_end, char *b, size_t b_bytes):
+    """Whether [a, a_end) and the b_bytes bytes from b overlap."""
+    return a < a_end and b_bytes > 0 and a < b + b_bytes and b < a_end
+
+
 cdef bint _overlap(object a, object b):
     """Whether the bytes of two contiguous arrays overlap."""
     cdef char *pa = <char *>_ptr(a)
-    cdef char *pb = <char *>_ptr(b)
-    cdef Py_ssize_t na = cnp.PyArray_NBYTES(<cnp.ndarray>a)
-    cdef Py_ssize_t nb = cnp.PyArray_NBYTES(<cnp.ndarray>b)
-    return na > 0 and nb > 0 and pa < pb + nb and pb < pa + na
+    return _overlap_bytes(pa, pa + cnp.PyArray_NBYTES(<cnp.ndarray>a), <char *>_ptr(b),
+                          cnp.PyArray_NBYTES(<cnp.ndarray>b))
 
 
 def gather_rows(x, index, out):
@@ -1260,9 +1263,12 @@ cdef class DenseStack:
     cdef object logits, output
     cdef rp_opt_tensor *tensors     # the optimizer's tensors, refilled every step
     cdef Py_ssize_t tensor_capacity
+    cdef char **bounds              # [start, end) of each array's bytes, in pairs
+    cdef Py_ssize_t n_bounds
 
     def __dealloc__(self):
         free(self.tensors)
+        free(self.bounds)
 
     def __init__(self, list weights, list biases, list activations, list act_params,
                  list outputs, logits, dweights=None, dbiases=None, dzs=None, dxs=None):
@@ -1354,6 +1360,13 @@ cdef class DenseStack:
             raise ValueError("logits: only for a stack whose last activation is softmax")
         self.logits = logits
         self.output = outputs[count - 1]
+        self.n_bounds = len(self.arrays)
+        self.bounds = <char **>malloc(2 * self.n_bounds * sizeof(char *))
+        if self.bounds == NULL:
+            raise MemoryError("DenseStack: no memory for the arrays' bounds")
+        for l, (arr, _) in enumerate(self.arrays):
+            self.bounds[2 * l] = <char *>_ptr(arr)
+            self.bounds[2 * l + 1] = self.bounds[2 * l] + cnp.PyArray_NBYTES(<cnp.ndarray>arr)
 
     cdef int _check_call(self, x) except -1:
         for arr, shape in self.arrays:
@@ -1364,17 +1377,31 @@ cdef class DenseStack:
         _shape2(x, "x", self.batch, self.n_in)
         return 0
 
-    cdef int _check_not_overlapping(self, out, x, list params, list grads, list state0,
-                                    list state1) except -1:
-        """A next-batch buffer written during a step must not be read by it."""
-        if _overlap(out, x):
+    cdef int _check_not_overlapping(self, const rp_rows_gather *gather, x,
+                                    int n_tensors) except -1:
+        """A next-batch buffer written during a step must not be read or
+        written by it (tensors: this step's, filled)."""
+        cdef char *out0 = <char *>gather.out
+        cdef char *out1 = out0 + gather.count * gather.row_bytes
+        cdef size_t itemsize = 4 if self.kind == 0 else 8
+        cdef Py_ssize_t i
+        cdef int j
+        if out1 == out0:
+            return 0
+        if _overlap_bytes(out0, out1, <char *>_ptr(x), cnp.PyArray_NBYTES(<cnp.ndarray>x)):
             raise ValueError("DenseStack.step: next_batch's out overlaps x")
-        for arr, _ in self.arrays:
-            if _overlap(out, arr):
+        for i in range(self.n_bounds):
+            if out0 < self.bounds[2 * i + 1] and self.bounds[2 * i] < out1:
                 raise ValueError("DenseStack.step: next_batch's out overlaps an array of the stack")
-        for group in (params, grads, state0, state1):
-            for arr in group:
-                if arr is not None and _overlap(out, arr):
+        cdef char *starts[4]
+        for j in range(n_tensors):
+            starts[0] = <char *>self.tensors[j].param
+            starts[1] = <char *>self.tensors[j].grad
+            starts[2] = <char *>self.tensors[j].state0
+            starts[3] = <char *>self.tensors[j].state1
+            for i in range(4):
+                if starts[i] != NULL and _overlap_bytes(out0, out1, starts[i],
+                                                        self.tensors[j].n * itemsize):
                     raise ValueError("DenseStack.step: next_batch's out overlaps a parameter, "
                                      "gradient or optimizer state")
         return 0
@@ -1442,7 +1469,7 @@ cdef class DenseStack:
                 raise TypeError("DenseStack.step: next_batch must be (x, index, out)")
             _gather_job("DenseStack.step: next_batch", next_batch[0], next_batch[1],
                         next_batch[2], &gather)
-            self._check_not_overlapping(next_batch[2], x, params, grads, state0, state1)
+            self._check_not_overlapping(&gather, x, n_tensors)
             gather_ptr = &gather
         cdef void *px = _ptr(x)
         cdef void *pt = _ptr_or_null(targets)

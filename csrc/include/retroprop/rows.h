@@ -16,6 +16,11 @@ extern "C" {
 int rp_gather_rows(size_t row_bytes, long n_rows, const void *x, long count,
                    const int64_t *index, void *out);
 
+/* The threads rp_gather_rows uses for count rows: one for a small batch
+ * (below 64 KiB, where waking a second thread costs more than it saves) or
+ * inside a parallel region, else the runtime's thread count. */
+int rp_gather_threads(size_t row_bytes, long count);
+
 /* 1 when every index[r], r < count, lies in [0, n_rows), else 0. */
 int rp_rows_in_range(long n_rows, long count, const int64_t *index);
 
