@@ -14,8 +14,7 @@ step), i.e. batches, not epochs.
 """
 import math
 
-import numpy as np
-
+from . import aligned
 from .backend import get_backend, state_with_modules, state_without_modules
 
 
@@ -225,7 +224,7 @@ class SGD(Optimizer):
             return None, None
         velocity = self.velocity.get(key)
         if velocity is None:
-            velocity = self.velocity[key] = np.zeros_like(param)
+            velocity = self.velocity[key] = aligned.zeros(param.shape, param.dtype)
             self._state_changed()
         elif velocity.shape != param.shape or velocity.dtype != param.dtype:
             raise ValueError(f"optimizer state for {key!r} has shape {velocity.shape} "
@@ -252,7 +251,7 @@ class SGD(Optimizer):
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
-        self.velocity = {k: np.array(v, copy=True) for k, v in state.get("velocity", {}).items()}
+        self.velocity = {k: aligned.copy(v) for k, v in state.get("velocity", {}).items()}
         self._state_changed()
 
     def _state_layout(self):
@@ -296,7 +295,7 @@ class _StatefulOptimizer(Optimizer):
         arrays = self.slots[slot]
         arr = arrays.get(key)
         if arr is None:
-            arr = arrays[key] = np.full_like(param, self._initial_value(slot))
+            arr = arrays[key] = aligned.full(param.shape, self._initial_value(slot), param.dtype)
             self._state_changed()
         elif arr.shape != param.shape or arr.dtype != param.dtype:
             raise ValueError(f"optimizer state {slot!r} for {key!r} has shape {arr.shape} "
@@ -316,7 +315,7 @@ class _StatefulOptimizer(Optimizer):
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
-        self.slots = {slot: {k: np.array(a, copy=True) for k, a in state.get(slot, {}).items()}
+        self.slots = {slot: {k: aligned.copy(a) for k, a in state.get(slot, {}).items()}
                       for slot in self._slot_names}
         self._state_changed()
 

@@ -23,6 +23,7 @@ qualifies, falls back to the layer-by-layer step.
 """
 import numpy as np
 
+from . import aligned
 from .layers.dense import Dense
 from .losses import CategoricalCrossentropy
 
@@ -88,10 +89,11 @@ class DenseStackPlan:
         # The optimizer's (key, param, grad) list, kept so that its own lists
         # are reused step after step (Optimizer._step_lists).
         self.items = list(model.named_parameters())
-        self.outputs = [np.empty((batch, layer.units), dtype) for layer in layers]
-        dzs = [np.empty((batch, layer.units), dtype) for layer in layers]
-        dxs = [None] + [np.empty((batch, layer.input_shape[0]), dtype) for layer in layers[1:]]
-        self.logits = np.empty((batch, layers[-1].units), dtype)
+        self.outputs = [aligned.empty((batch, layer.units), dtype) for layer in layers]
+        dzs = [aligned.empty((batch, layer.units), dtype) for layer in layers]
+        dxs = [None] + [aligned.empty((batch, layer.input_shape[0]), dtype)
+                        for layer in layers[1:]]
+        self.logits = aligned.empty((batch, layers[-1].units), dtype)
         self.stack = backend.dense_stack(
             [layer.params["W"] for layer in layers],
             [layer.params.get("b") for layer in layers],
@@ -163,9 +165,9 @@ class DenseForwardPlan:
         dtype = model.dtype
         self.signatures = [(layer.params.get("W"), layer.params.get("b"), layer.activation,
                             layer.activation.param) for layer in layers]
-        self.outputs = [np.empty((batch, layer.units), dtype) for layer in layers]
+        self.outputs = [aligned.empty((batch, layer.units), dtype) for layer in layers]
         softmax = layers[-1].activation.name == "softmax"
-        self.logits = np.empty((batch, layers[-1].units), dtype) if softmax else None
+        self.logits = aligned.empty((batch, layers[-1].units), dtype) if softmax else None
         self.n_in = layers[0].input_shape[0]
         self.stack = backend.dense_stack(
             [layer.params["W"] for layer in layers],

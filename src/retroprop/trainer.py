@@ -31,6 +31,7 @@ import weakref
 import numpy as np
 
 from . import activations as activations_module
+from . import aligned
 from . import losses as losses_module
 from . import metrics as metrics_module
 from . import optim as optim_module
@@ -390,7 +391,7 @@ class Trainer:
         batch_buffers = None
         if shuffle and x.flags.c_contiguous and hasattr(backend, "gather_rows"):
             shape = (min(batch_size, n),) + x.shape[1:]
-            batch_buffers = (np.empty(shape, dtype=x.dtype), np.empty(shape, dtype=x.dtype))
+            batch_buffers = (aligned.empty(shape, x.dtype), aligned.empty(shape, x.dtype))
         if shuffle:
             # Draw (and drop) the orders of the epochs already trained, so a
             # resumed run sees the same order as an uninterrupted one.

@@ -13,6 +13,8 @@ A layer used on its own (outside a model) creates a workspace of its own.
 """
 import numpy as np
 
+from . import aligned
+
 
 class Workspace:
     """A growable 1-D scratch array of one dtype.
@@ -24,7 +26,7 @@ class Workspace:
 
     def __init__(self, dtype):
         self.dtype = np.dtype(dtype)
-        self._array = np.empty(0, dtype=self.dtype)
+        self._array = aligned.empty(0, self.dtype)
         self.allocations = 0   # how many times memory was (re)allocated, for tests
 
     @property
@@ -36,7 +38,7 @@ class Workspace:
         """Make room for at least ``count`` elements (never shrinks)."""
         count = int(count)
         if count > self._array.size:
-            self._array = np.empty(count, dtype=self.dtype)
+            self._array = aligned.empty(count, self.dtype)
             self.allocations += 1
 
     def take(self, count):

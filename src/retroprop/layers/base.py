@@ -28,6 +28,7 @@ import re
 
 import numpy as np
 
+from .. import aligned
 from ..backend import get_backend, state_with_modules, state_without_modules
 
 _REGISTRY = {}
@@ -117,13 +118,13 @@ class Layer:
 
     def add_param(self, name, value):
         """Register a trainable parameter and its zeroed gradient."""
-        self.params[name] = np.ascontiguousarray(value, dtype=self.dtype)
-        self.grads[name] = np.zeros_like(self.params[name])
+        self.params[name] = aligned.copy(value, self.dtype)
+        self.grads[name] = aligned.zeros(self.params[name].shape, self.dtype)
         return self.params[name]
 
     def add_state(self, name, value):
         """Register a non-trainable state array (no gradient; not seen by optimizers)."""
-        self.state[name] = np.ascontiguousarray(value, dtype=self.dtype)
+        self.state[name] = aligned.copy(value, self.dtype)
         return self.state[name]
 
     def sublayers(self):
@@ -254,7 +255,7 @@ class BufferCache:
             return arr
         shape = tuple(shape)
         if arr is None or arr.shape != shape or arr.dtype != dtype:
-            arr = np.empty(shape, dtype=dtype)
+            arr = aligned.empty(shape, dtype)
             self._arrays[key] = arr
         return arr
 
