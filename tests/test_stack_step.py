@@ -43,15 +43,12 @@ class _LayerByLayer:
         monkeypatch.setattr(stack_step, "qualifies", qualifies)
 
 
-def _fit_both(monkeypatch, make_opt, dtype=np.float32, epochs=3, batch=16, callbacks=(),
-              y_onehot=False, **model_kw):
-    x, y = _data(dtype=dtype)
-    if y_onehot:
-        y = np.eye(7)[y]
+def _train_both(monkeypatch, make_model, make_opt, x, y, epochs, batch, callbacks=()):
+    """[(model, trainer, history)] trained with the one-call step, then layer by layer."""
     forced = _LayerByLayer(monkeypatch)
     results = []
     for one_call in (True, False):
-        model = _model(dtype=dtype, **model_kw)
+        model = make_model()
         trainer = rp.Trainer(model, "categorical_crossentropy", make_opt(),
                              metrics=["accuracy"], callbacks=[c() for c in callbacks])
         if not one_call:
@@ -60,6 +57,15 @@ def _fit_both(monkeypatch, make_opt, dtype=np.float32, epochs=3, batch=16, callb
         assert bool(trainer._stack_plans) == one_call
         results.append((model, trainer, history))
     return results
+
+
+def _fit_both(monkeypatch, make_opt, dtype=np.float32, epochs=3, batch=16, callbacks=(),
+              y_onehot=False, **model_kw):
+    x, y = _data(dtype=dtype)
+    if y_onehot:
+        y = np.eye(7)[y]
+    return _train_both(monkeypatch, lambda: _model(dtype=dtype, **model_kw), make_opt, x, y,
+                       epochs, batch, callbacks)
 
 
 OPTIMIZERS = [
@@ -407,18 +413,8 @@ def test_wide_inputs_train_identically(monkeypatch):
     """Batches of 64 KiB and more: the next one is copied beside the top layer."""
     rng = np.random.default_rng(6)
     x, y = rng.standard_normal((101, 1000)).astype(np.float32), rng.integers(0, 7, 101)
-    forced = _LayerByLayer(monkeypatch)
-    results = []
-    for one_call in (True, False):
-        model = _model(n_in=1000)
-        trainer = rp.Trainer(model, "categorical_crossentropy", OPTIMIZERS[1](),
-                             metrics=["accuracy"])
-        if not one_call:
-            forced.trainers.add(trainer)
-        history = trainer.fit(x, y, epochs=2, batch_size=70, verbose=0, seed=5)
-        assert bool(trainer._stack_plans) == one_call
-        results.append((model, trainer, history))
-    _assert_same_training(results)
+    _assert_same_training(_train_both(monkeypatch, lambda: _model(n_in=1000), OPTIMIZERS[1],
+                                      x, y, epochs=2, batch=70))
 
 
 def test_a_big_output_layer_trains_identically(monkeypatch):
@@ -427,19 +423,13 @@ def test_a_big_output_layer_trains_identically(monkeypatch):
     differently), and the training is still that of the layer-by-layer step."""
     rng = np.random.default_rng(2)
     x, y = rng.standard_normal((1100, 5)).astype(np.float32), rng.integers(0, 70, 1100)
-    forced = _LayerByLayer(monkeypatch)
-    results = []
-    for one_call in (True, False):
-        model = rp.Sequential([Dense(8, activation="relu"), Dense(70, activation="softmax")],
-                              input_shape=(5,), seed=4)
-        trainer = rp.Trainer(model, "categorical_crossentropy", rp.optim.SGD(lr=0.1, momentum=0.9),
-                             metrics=["accuracy"])
-        if not one_call:
-            forced.trainers.add(trainer)
-        history = trainer.fit(x, y, epochs=2, batch_size=1000, verbose=0, seed=5)
-        assert bool(trainer._stack_plans) == one_call
-        results.append((model, trainer, history))
-    _assert_same_training(results)
+
+    def make_model():
+        return rp.Sequential([Dense(8, activation="relu"), Dense(70, activation="softmax")],
+                             input_shape=(5,), seed=4)
+    _assert_same_training(_train_both(monkeypatch, make_model,
+                                      lambda: rp.optim.SGD(lr=0.1, momentum=0.9), x, y,
+                                      epochs=2, batch=1000))
 
 
 # ---------------------------------------------------------------- forward only
