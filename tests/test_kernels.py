@@ -258,7 +258,7 @@ def test_find_nonfinite_returns_the_first_bad_index(threads, dtype, n):
     x = np.random.default_rng(n).standard_normal(n).astype(dtype)
     assert cpu.find_nonfinite(x) == -1 == numpy_ref.find_nonfinite(x)
     places = sorted({0, n // 3, n // 2, n - 1})
-    for bad_value in (np.nan, np.inf, -np.inf):
+    for bad_value in (np.nan, -np.nan, np.copysign(np.nan, -1.0), np.inf, -np.inf):
         for where in places:
             y = x.copy()
             y[where] = bad_value
@@ -266,9 +266,13 @@ def test_find_nonfinite_returns_the_first_bad_index(threads, dtype, n):
             if where + 5 < n:
                 y[-1] = np.nan
             assert cpu.find_nonfinite(y) == where == numpy_ref.find_nonfinite(y)
-    # The largest finite values are finite.
+    # The largest finite values are finite; so are -0.0 and subnormals.
     y = np.full(n, np.finfo(dtype).max, dtype)
     y[::2] = -np.finfo(dtype).max
+    assert cpu.find_nonfinite(y) == -1
+    y[::3] = -0.0
+    y[1::5] = np.finfo(dtype).smallest_subnormal
+    y[2::7] = -np.finfo(dtype).smallest_subnormal
     assert cpu.find_nonfinite(y) == -1
 
 
