@@ -75,6 +75,19 @@ static double top_step_while_gathering(top_step_fn top_step, const top_step_args
         }                                                                                     \
     }                                                                                         \
                                                                                               \
+    /* The last layer, a softmax: logits and probabilities, from the layer below's y. */     \
+    static void forward_softmax_top_##SUFFIX(int batch, int n_layers,                         \
+                                             const rp_dense_stack_layer *layers, const REAL *x, \
+                                             REAL *logits)                                    \
+    {                                                                                         \
+        const int last = n_layers - 1;                                                        \
+        const rp_dense_stack_layer *top = &layers[last];                                      \
+        const REAL *in = last == 0 ? x : (const REAL *)layers[last - 1].y;                    \
+        rp_dense_forward_softmax_##SUFFIX(batch, top->n_in, top->n_out, in,                   \
+                                          (const REAL *)top->w, (const REAL *)top->b, logits, \
+                                          (REAL *)top->y);                                    \
+    }                                                                                         \
+                                                                                              \
     void rp_dense_stack_forward_##SUFFIX(int batch, int n_layers,                             \
                                          const rp_dense_stack_layer *layers, const REAL *x,  \
                                          REAL *logits)                                        \
@@ -85,11 +98,7 @@ static double top_step_while_gathering(top_step_fn top_step, const top_step_args
             return;                                                                           \
         }                                                                                     \
         forward_layers_##SUFFIX(batch, last, layers, x);                                      \
-        const rp_dense_stack_layer *top = &layers[last];                                      \
-        const REAL *in = last == 0 ? x : (const REAL *)layers[last - 1].y;                    \
-        rp_dense_forward_softmax_##SUFFIX(batch, top->n_in, top->n_out, in,                   \
-                                          (const REAL *)top->w, (const REAL *)top->b, logits, \
-                                          (REAL *)top->y);                                    \
+        forward_softmax_top_##SUFFIX(batch, n_layers, layers, x, logits);                     \
     }                                                                                         \
                                                                                               \
     /* The top layer's part of a step: its forward, the loss and dL/dlogits,                  \
@@ -101,9 +110,8 @@ static double top_step_while_gathering(top_step_fn top_step, const top_step_args
         const rp_dense_stack_layer *top = &a->layers[last];                                   \
         const REAL *in = last == 0 ? (const REAL *)a->x : (const REAL *)a->layers[last - 1].y; \
         REAL *logits = (REAL *)a->logits;                                                     \
-        rp_dense_forward_softmax_##SUFFIX(a->batch, top->n_in, top->n_out, in,                \
-                                          (const REAL *)top->w, (const REAL *)top->b, logits, \
-                                          (REAL *)top->y);                                    \
+        forward_softmax_top_##SUFFIX(a->batch, a->n_layers, a->layers, (const REAL *)a->x,    \
+                                     logits);                                                 \
         const double loss = rp_softmax_xent_##SUFFIX(a->batch, top->n_out, logits, a->labels, \
                                                      (const REAL *)a->targets,                \
                                                      (REAL *)top->dz);                        \

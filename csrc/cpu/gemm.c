@@ -13,7 +13,7 @@
 #include <omp.h>
 #endif
 
-/* A packing buffer: 64-byte aligned; from 1 MiB up, aligned to and rounded
+/* A packing buffer: 64-byte aligned; from 256 KiB up, aligned to and rounded
  * up to 2 MiB and offered to the kernel for transparent huge pages. The
  * microkernel walks a new 16 KiB B panel for every tile, four 4 KiB pages
  * and so four first-level TLB misses a tile; in 2 MiB pages the whole

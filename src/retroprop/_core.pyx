@@ -1391,7 +1391,8 @@ cdef class DenseStack:
         if _overlap_bytes(out0, out1, <char *>_ptr(x), cnp.PyArray_NBYTES(<cnp.ndarray>x)):
             raise ValueError("DenseStack.step: next_batch's out overlaps x")
         for i in range(self.n_bounds):
-            if out0 < self.bounds[2 * i + 1] and self.bounds[2 * i] < out1:
+            if _overlap_bytes(out0, out1, self.bounds[2 * i],
+                              <size_t>(self.bounds[2 * i + 1] - self.bounds[2 * i])):
                 raise ValueError("DenseStack.step: next_batch's out overlaps an array of the stack")
         cdef char *starts[4]
         for j in range(n_tensors):
