@@ -1,7 +1,7 @@
 """retroprop against its peers, on the same workloads, in the same run.
 
     python benchmarks/run.py [--threads 2] [--repeats 3] [--quick] [--json out.json]
-                             [--only micro,mlp,lenet] [--stat median|min]
+                             [--only micro,mlp,lenet] [--stat median|min] [--warmup 0.5]
 
 Workloads: raw GEMM (512^3, 1024^3), fused dense + ReLU forward and backward
 at square and MLP shapes, single-sample MLP inference, Conv2D + ReLU forward
@@ -12,8 +12,10 @@ NumPy backprop loop for the MLP) and scikit-learn's MLPClassifier (when
 importable). Every framework gets the same thread count. Micro workloads run
 in this process, interleaved; each training workload runs in a fresh child
 process per framework and repetition (so peak RSS is the child's own), also
-interleaved. The table shows medians (or minima, --stat min) and ratio =
-retroprop time / peer time (below 1 means retroprop is faster).
+interleaved; each child trains for --warmup seconds (the same for every
+framework) before the epoch it times. The table shows medians (or minima,
+--stat min) and ratio = retroprop time / peer time (below 1 means retroprop
+is faster).
 """
 import argparse
 import json
@@ -114,6 +116,26 @@ def peak_rss_mib():
 
 # ----------------------------------------------------------------------------- training children
 
+# Seconds of training each child does before its timed epoch (--warmup),
+# the same for every framework. On the machine the README's numbers come
+# from, a process's first ~0.3 s of two-thread training run slower than the
+# rest (the same C step harness, no Python: ~1,050 us a batch-128 step at
+# first, ~900 us after 150-300 steps; a process started right after another
+# one's training starts fast), so an epoch timed after a few warm-up batches
+# partly measures how long the machine had been idle before the child.
+WARMUP = {"seconds": 0.5}
+
+
+def warm_up(train_on_first, batch, n_rows):
+    """train_on_first(n) trains one epoch on the first n rows: four batches
+    (every path compiled, every buffer allocated), then 16-batch epochs until
+    WARMUP seconds have passed."""
+    train_on_first(min(batch * 4, n_rows))
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < WARMUP["seconds"]:
+        train_on_first(min(batch * 16, n_rows))
+
+
 def child_mlp_epoch(framework, batch, threads, n_train):
     """Train MLP 784-256-128-10 (ReLU, softmax CE, SGD momentum 0.9) for one epoch."""
     import numpy as np
@@ -127,7 +149,7 @@ def child_mlp_epoch(framework, batch, threads, n_train):
                                L.Dense(10, activation="softmax")], input_shape=(784,), seed=0)
         trainer = rp.Trainer(model, "categorical_crossentropy", rp.optim.SGD(lr=0.01, momentum=0.9),
                              metrics=[])
-        trainer.fit(x[:batch * 4], y[:batch * 4], epochs=1, batch_size=batch, verbose=0)
+        warm_up(lambda n: trainer.fit(x[:n], y[:n], epochs=1, batch_size=batch, verbose=0), batch, len(x))
         t0 = time.perf_counter()
         trainer.fit(x, y, epochs=1, batch_size=batch, verbose=0, shuffle=True)
         return time.perf_counter() - t0
@@ -149,7 +171,7 @@ def child_mlp_epoch(framework, batch, threads, n_train):
                 loss = lossf(model(xt[idx]), yt[idx])
                 loss.backward()
                 opt.step()
-        epoch(batch * 4)
+        warm_up(epoch, batch, len(x))
         t0 = time.perf_counter()
         epoch(len(x))
         return time.perf_counter() - t0
@@ -183,19 +205,22 @@ def child_mlp_epoch(framework, batch, threads, n_train):
             for s in range(0, n, batch):
                 idx = perm[s:s + batch]
                 step(x[idx], y[idx])
-        epoch(batch * 4)
+        warm_up(epoch, batch, len(x))
         t0 = time.perf_counter()
         epoch(len(x))
         return time.perf_counter() - t0
     if framework == "sklearn":
         import warnings
+        import sklearn.base
         from sklearn.neural_network import MLPClassifier
         clf = MLPClassifier(hidden_layer_sizes=(256, 128), solver="sgd", learning_rate_init=0.01,
                             momentum=0.9, nesterovs_momentum=False, batch_size=batch, max_iter=1,
                             shuffle=True, random_state=0)
-        t0 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            # (a fit is one call: the warm-up fits a copy on the first rows)
+            warm_up(lambda n: sklearn.base.clone(clf).fit(x[:n], y[:n]), batch, len(x))
+            t0 = time.perf_counter()
             clf.fit(x, y)
         return time.perf_counter() - t0
     raise ValueError(framework)
@@ -215,7 +240,7 @@ def child_lenet_epoch(framework, batch, threads, n_train):
                                L.Dense(10, activation="softmax")], input_shape=(28, 28, 1), seed=0)
         trainer = rp.Trainer(model, "categorical_crossentropy", rp.optim.SGD(lr=0.02, momentum=0.9),
                              metrics=[])
-        trainer.fit(x[:batch * 4], y[:batch * 4], epochs=1, batch_size=batch, verbose=0)
+        warm_up(lambda n: trainer.fit(x[:n], y[:n], epochs=1, batch_size=batch, verbose=0), batch, len(x))
         t0 = time.perf_counter()
         trainer.fit(x, y, epochs=1, batch_size=batch, verbose=0)
         return time.perf_counter() - t0
@@ -240,7 +265,7 @@ def child_lenet_epoch(framework, batch, threads, n_train):
                 opt.zero_grad()
                 lossf(model(xt[idx]), yt[idx]).backward()
                 opt.step()
-        epoch(batch * 4)
+        warm_up(epoch, batch, len(x))
         t0 = time.perf_counter()
         epoch(len(x))
         return time.perf_counter() - t0
@@ -252,7 +277,8 @@ CHILDREN = {"mlp": child_mlp_epoch, "lenet": child_lenet_epoch}
 
 def run_child(workload, framework, batch, threads, n_train):
     cmd = [sys.executable, os.path.abspath(__file__), "--child", workload, "--framework", framework,
-           "--batch", str(batch), "--threads", str(threads), "--n-train", str(n_train)]
+           "--batch", str(batch), "--threads", str(threads), "--n-train", str(n_train),
+           "--warmup", str(WARMUP["seconds"])]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     if out.returncode != 0:
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed"}
@@ -442,6 +468,9 @@ def main():
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--stat", choices=("median", "min"), default="median",
                    help="statistic of the repeated timings in the table (default: median)")
+    p.add_argument("--warmup", type=float, default=0.5,
+                   help="seconds each training child trains before its timed epoch, after four "
+                        "batches (default: 0.5; 0 = the four batches only)")
     p.add_argument("--only", default=None,
                    help="comma-separated workloads to run: micro, mlp, lenet (default: all)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -450,6 +479,9 @@ def main():
     p.add_argument("--n-train", type=int, default=60000, help=argparse.SUPPRESS)
     args = p.parse_args()
     set_thread_env(args.threads)
+    if args.warmup < 0:
+        p.error("--warmup: seconds must be >= 0")
+    WARMUP["seconds"] = args.warmup
     if args.stat == "min":
         STAT.update(fn=min, name="minimum")
     if args.child:
@@ -474,7 +506,8 @@ def main():
     info = rp.backend_info()
     machine = {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
                "retroprop": rp.__version__, "simd": info["simd"], "numpy": np.__version__,
-               "torch": torch_version, "python": platform.python_version()}
+               "torch": torch_version, "python": platform.python_version(),
+               "warmup_s": WARMUP["seconds"]}
     try:
         with open("/proc/cpuinfo") as f:
             machine["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
@@ -538,7 +571,8 @@ def main():
         ours_s = f"{ours * 1e3:10.3f}" if ours else f"{'-':>10}"
         print(f"| {r['workload']:<46} | {ours_s} | " + " | ".join(cells) + " |")
     print(f"times are the {STAT['name']} of interleaved repetitions, in ms; "
-          f"ratio = retroprop / peer (below 1: retroprop faster)")
+          f"ratio = retroprop / peer (below 1: retroprop faster); training epochs timed after "
+          f"{WARMUP['seconds']:g} s of warm-up training")
     for r in rows:
         if "peak_rss_mib" in r:
             print(f"peak RSS, {r['workload']}: " +
