@@ -126,6 +126,37 @@ def test_narrow_output_reads_a_in_place(simd, threads, trans_a, trans_b, act, m,
     assert_close(out, ref, bound, k)
 
 
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+@pytest.mark.parametrize("m,n,k", [(6, 40, 1), (64, 40, 300), (65, 40, 785), (131, 37, 600),
+                                   (256, 40, 300), (257, 40, 300), (128, 256, 784)])
+def test_rows_of_a_read_in_place(simd, threads, trans_b, beta, m, n, k):
+    """float32 with a row-major A of at most 256 rows: full six-row panels
+    are read in place by their own microkernel (tiles in rows only), the
+    last partial panel is packed; edge columns, several depth blocks
+    (k = 600, 785) accumulated into C, beta 1, a bias and relu. Against the
+    reference, and one thread against two bit for bit."""
+    rng = np.random.default_rng(m * 7 + n + k)
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = (rng.standard_normal((n, k) if trans_b else (k, n)) / np.sqrt(k)).astype(np.float32)
+    c = rng.standard_normal((m, n)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    out = c.copy()
+    _core.gemm(a, b, out, False, trans_b, 1.0, beta, bias, "relu")
+    ref, bound = reference(a, b, c, False, trans_b, 1.0, beta, bias, "relu")
+    assert_close(out, ref, bound, k)
+    previous = cpu.get_num_threads()
+    try:
+        outs = []
+        for nt in (1, 2):
+            cpu.set_num_threads(nt)
+            outs.append(c.copy())
+            _core.gemm(a, b, outs[-1], False, trans_b, 1.0, beta, bias, "relu")
+    finally:
+        cpu.set_num_threads(previous)
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
 @pytest.mark.parametrize("m,n,k", [(400, 10, 255), (400, 10, 256), (400, 16, 257), (333, 7, 400),
                                    (3000, 16, 150)])
 def test_narrow_output_does_not_depend_on_thread_count(simd, m, n, k):

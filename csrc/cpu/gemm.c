@@ -60,6 +60,8 @@ static void *pack_buffer_alloc(size_t bytes)
 #define UKERNEL_AVX2 rp_ukernel_f32_avx2
 #define ROW_KERNEL_AVX2 rp_gemm_row_f32_avx2
 #define GATHER_KERNEL_AVX2 rp_ukernel_f32_avx2_gather
+#define UKERNEL_ROWS_AVX2 rp_ukernel_f32_avx2_rows
+#define DIRECT_A_MAX_ROWS 256
 /* At most one depth block: where more threads send a narrow C to the blocked
  * path instead, it then sums each element in the same order, so results do
  * not depend on the thread count (a 400-deep one did). */
@@ -69,6 +71,8 @@ static void *pack_buffer_alloc(size_t bytes)
 #undef PACK_A_ROWS_AVX2
 #undef ROW_KERNEL_AVX2
 #undef GATHER_KERNEL_AVX2
+#undef UKERNEL_ROWS_AVX2
+#undef DIRECT_A_MAX_ROWS
 #undef GATHER_MAX_K
 #undef REAL
 #undef FN

@@ -37,6 +37,9 @@ void rp_ukernel_f32_avx2(int kc, const float *ap, const float *bp, long ldbp, fl
                          float alpha, float beta, const float *bias, rp_act act);
 void rp_ukernel_f64_avx2(int kc, const double *ap, const double *bp, long ldbp, double *c, int ldc,
                          double alpha, double beta, const double *bias, rp_act act);
+void rp_ukernel_f32_avx2_rows(int kc, const float *a, long rsa, const float *bp, long ldbp,
+                              float *c, int ldc, float alpha, float beta, const float *bias,
+                              rp_act act);
 void rp_ukernel_f32_avx2_gather(int kc, const float *x, long pixel_stride, const int *offsets,
                                 const float *bp, long ldbp, float *c, int ldc, const float *bias,
                                 rp_act act);

@@ -129,6 +129,30 @@ void rp_ukernel_f32_avx2(int kc, const float *ap, const float *bp, long ldbp, fl
     TILE_F32_WRITE_BACK(alpha, beta)
 }
 
+/* The 6x16 kernel with A read in place: six rows of a row-major A, rsa
+ * apart, instead of a packed panel. A layer's forward reads its input, a
+ * batch of a few hundred rows, this way: the six row pieces of a tile
+ * (6 x kc values, a few KB) come into L1 with its first tile and stay for
+ * the rest of the row of tiles, as a packed panel would, so nothing is
+ * copied first. The sums are those of rp_ukernel_f32_avx2 on the packed
+ * panel (the same products, in the same order). */
+void rp_ukernel_f32_avx2_rows(int kc, const float *a, long rsa, const float *bp, long ldbp,
+                              float *c, int ldc, float alpha, float beta, const float *bias,
+                              rp_act act)
+{
+    for (int i = 0; i < RP_MR_F32; ++i) _mm_prefetch((const char *)(c + (long)i * ldc), _MM_HINT_T0);
+    TILE_F32_ZERO
+    /* (the step macro's broadcast register is called a) */
+    const float *r0 = a, *r1 = r0 + rsa, *r2 = r1 + rsa, *r3 = r2 + rsa, *r4 = r3 + rsa,
+                *r5 = r4 + rsa;
+#pragma GCC unroll 4
+    for (int p = 0; p < kc; ++p) {
+        TILE_F32_STEP(r0 + p, r1 + p, r2 + p, r3 + p, r4 + p, r5 + p)
+        bp += ldbp;
+    }
+    TILE_F32_WRITE_BACK(alpha, beta)
+}
+
 /* The 6x16 kernel with A read in place from a convolution's input instead
  * of a packed panel: A(i, p) = x[i * pixel_stride + offsets[p]], the six
  * pixels pixel_stride apart and patch entry p at offsets[p] from a pixel's
