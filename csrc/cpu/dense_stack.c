@@ -127,7 +127,8 @@ static double top_step_while_gathering(top_step_fn top_step, const top_step_args
         int batch, int n_layers, const rp_dense_stack_layer *layers, const REAL *x,           \
         const int64_t *labels, const REAL *targets, REAL *logits, const rp_opt_config *opt,   \
         const rp_opt_tensor *tensors, int n_tensors, rp_opt_mode mode,                        \
-        const rp_rows_gather *next_batch, double *loss, long *first_bad)                      \
+        const rp_rows_gather *next_batch, rp_opt_bounds *bounds, double *loss,               \
+        long *first_bad)                                                                      \
     {                                                                                         \
         const int last = n_layers - 1;                                                        \
         *first_bad = -1;                                                                      \
@@ -144,7 +145,13 @@ static double top_step_while_gathering(top_step_fn top_step, const top_step_args
                                        L->act, L->act_param, (REAL *)L->dz, (REAL *)L->dw,    \
                                        (REAL *)L->db, l == 0 ? NULL : (REAL *)L->dx);         \
         }                                                                                     \
-        *first_bad = rp_optimizer_step_##SUFFIX(opt, tensors, n_tensors, mode, NULL);         \
+        if (bounds && mode == RP_OPT_CHECK_APPLY) {                                           \
+            *first_bad = rp_optimizer_step_tracked_##SUFFIX(opt, tensors, n_tensors, bounds,    \
+                                                            NULL);                    \
+        } else {                                                                              \
+            if (bounds) bounds->valid = 0;                                                    \
+            *first_bad = rp_optimizer_step_##SUFFIX(opt, tensors, n_tensors, mode, NULL);     \
+        }                                                                                     \
         return *first_bad >= 0 ? RP_STACK_STEP_REFUSED : RP_STACK_APPLIED;                    \
     }
 

@@ -913,6 +913,27 @@ cdef extern from "retroprop/optim.h":
                                rp_opt_mode mode, size_t *bad_elements) nogil
     long rp_optimizer_step_f64(const rp_opt_config *cfg, const rp_opt_tensor *tensors, int count,
                                rp_opt_mode mode, size_t *bad_elements) nogil
+    ctypedef struct rp_opt_bounds:
+        double valid
+        double param_max
+        double state_max
+    long rp_optimizer_step_tracked_f32(const rp_opt_config *cfg, const rp_opt_tensor *tensors,
+                                       int count, rp_opt_bounds *bounds,
+                                       size_t *bad_elements) nogil
+    long rp_optimizer_step_tracked_f64(const rp_opt_config *cfg, const rp_opt_tensor *tensors,
+                                       int count, rp_opt_bounds *bounds,
+                                       size_t *bad_elements) nogil
+
+
+cdef rp_opt_bounds *_opt_bounds(object bounds, str where) except? NULL:
+    """The rp_opt_bounds held by ``bounds`` (NULL for None)."""
+    if bounds is None:
+        return NULL
+    if not (type(bounds) is np.ndarray and bounds.dtype == np.float64 and bounds.shape == (3,)
+            and bounds.flags.c_contiguous and bounds.flags.writeable):
+        raise TypeError(f"{where}: bounds must be a writable C-contiguous float64 array of "
+                        f"shape (3,)")
+    return <rp_opt_bounds *>_ptr(bounds)
 
 
 cdef int _check_step_arrays(object param, object grad, tuple states) except -1:
@@ -1115,14 +1136,16 @@ cdef rp_opt_mode _opt_mode(str mode) except *:
 def optimizer_step(str rule, list params, list grads, list state0, list state1, str mode,
                    double lr, double weight_decay=0.0, double momentum=0.0, bint nesterov=False,
                    double beta1=0.0, double beta2=0.0, double c1=1.0, double c2=1.0,
-                   bint decoupled=False, double rho=0.0, double eps=0.0):
+                   bint decoupled=False, double rho=0.0, double eps=0.0, object bounds=None):
     """One optimizer step over many parameters in one C call (retroprop/optim.h).
 
     params[i] is updated with grads[i] and its state arrays state0[i],
     state1[i] (None where the rule has no such state). mode "apply" writes,
     "check" writes nothing, "check_apply" writes only when no new value would
     be NaN/Inf. Returns (index of the first parameter that fails the check or
-    -1, number of non-finite new values)."""
+    -1, number of non-finite new values). bounds (a float64 array of 3, or
+    None): with "check_apply", the step is rp_optimizer_step_tracked_*;
+    other modes mark them invalid."""
     cdef rp_opt_config cfg = _opt_config(rule, lr, weight_decay, momentum, nesterov, beta1, beta2,
                                          c1, c2, decoupled, rho, eps)
     cdef rp_opt_mode cmode = _opt_mode(mode)
@@ -1134,10 +1157,21 @@ def optimizer_step(str rule, list params, list grads, list state0, list state1, 
     cdef int n_tensors = <int>count
     cdef long first_bad = -1
     cdef size_t bad = 0
+    cdef rp_opt_bounds *bounds_ptr = _opt_bounds(bounds, "optimizer_step")
+    if bounds_ptr != NULL and cmode != RP_OPT_CHECK_APPLY:
+        bounds_ptr.valid = 0
+        bounds_ptr = NULL
     if count == 0:
         return -1, 0
     with nogil:
-        if kind == 0:
+        if bounds_ptr != NULL:
+            if kind == 0:
+                first_bad = rp_optimizer_step_tracked_f32(&cfg, tensors, n_tensors, bounds_ptr,
+                                                          &bad)
+            else:
+                first_bad = rp_optimizer_step_tracked_f64(&cfg, tensors, n_tensors, bounds_ptr,
+                                                          &bad)
+        elif kind == 0:
             first_bad = rp_optimizer_step_f32(&cfg, tensors, n_tensors, cmode, &bad)
         else:
             first_bad = rp_optimizer_step_f64(&cfg, tensors, n_tensors, cmode, &bad)
@@ -1238,14 +1272,16 @@ cdef extern from "retroprop/dense_stack.h":
                                             float *logits, const rp_opt_config *opt,
                                             const rp_opt_tensor *tensors, int n_tensors,
                                             rp_opt_mode mode, const rp_rows_gather *next_batch,
-                                            double *loss, long *first_bad) nogil
+                                            rp_opt_bounds *bounds, double *loss,
+                                            long *first_bad) nogil
     rp_stack_status rp_dense_stack_step_f64(int batch, int n_layers,
                                             const rp_dense_stack_layer *layers, const double *x,
                                             const int64_t *labels, const double *targets,
                                             double *logits, const rp_opt_config *opt,
                                             const rp_opt_tensor *tensors, int n_tensors,
                                             rp_opt_mode mode, const rp_rows_gather *next_batch,
-                                            double *loss, long *first_bad) nogil
+                                            rp_opt_bounds *bounds, double *loss,
+                                            long *first_bad) nogil
 
 
 cdef class DenseStack:
@@ -1426,14 +1462,17 @@ cdef class DenseStack:
              list state1, str mode, double lr, double weight_decay=0.0, double momentum=0.0,
              bint nesterov=False, double beta1=0.0, double beta2=0.0, double c1=1.0,
              double c2=1.0, bint decoupled=False, double rho=0.0, double eps=0.0,
-             tuple next_batch=None):
+             tuple next_batch=None, object bounds=None):
         """Forward, softmax cross-entropy against labels (int64 class ids) or
         targets (rows), backward and the optimizer step (as optimizer_step).
         Returns (status, loss, first_bad): status 0 applied, 1 the loss is
         not finite (nothing after the forward ran), 2 the optimizer's check
         refused the step (first_bad: the parameter's index). next_batch, an
         (x, index, out) gather as gather_rows, is done during the step
-        (whatever the status); out may not overlap any array of the step."""
+        (whatever the status); out may not overlap any array of the step.
+        bounds: None or a writable C-contiguous float64 array of 3, the
+        optimizer's rp_opt_bounds (valid, largest |param|, largest |state|)
+        kept from step to step (dense_stack.h)."""
         cdef rp_opt_config cfg = _opt_config(rule, lr, weight_decay, momentum, nesterov, beta1,
                                              beta2, c1, c2, decoupled, rho, eps)
         cdef rp_opt_mode cmode = _opt_mode(mode)
@@ -1472,6 +1511,7 @@ cdef class DenseStack:
                         next_batch[2], &gather)
             self._check_not_overlapping(&gather, x, n_tensors)
             gather_ptr = &gather
+        cdef rp_opt_bounds *bounds_ptr = _opt_bounds(bounds, "DenseStack.step")
         cdef void *px = _ptr(x)
         cdef void *pt = _ptr_or_null(targets)
         cdef void *pz = _ptr(self.logits)
@@ -1483,12 +1523,12 @@ cdef class DenseStack:
                 status = rp_dense_stack_step_f32(self.batch, self.n_layers, self.layers,
                                                  <float *>px, label_ptr, <float *>pt, <float *>pz,
                                                  &cfg, tensors, n_tensors, cmode, gather_ptr,
-                                                 &loss, &first_bad)
+                                                 bounds_ptr, &loss, &first_bad)
             else:
                 status = rp_dense_stack_step_f64(self.batch, self.n_layers, self.layers,
                                                  <double *>px, label_ptr, <double *>pt,
                                                  <double *>pz, &cfg, tensors, n_tensors, cmode,
-                                                 gather_ptr, &loss, &first_bad)
+                                                 gather_ptr, bounds_ptr, &loss, &first_bad)
         return <int>status, loss, first_bad
 
 

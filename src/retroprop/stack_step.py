@@ -117,16 +117,17 @@ class DenseStackPlan:
                 return False
         return len(self.model.layers) == len(self.signatures)
 
-    def step(self, xb, targets, mode, next_batch=None):
+    def step(self, xb, targets, mode, next_batch=None, bounds=None):
         """One step; returns (status, loss, refused key or None), status as in
         the backend's ``dense_stack_step``. Leaves every layer as its forward and
         backward would (last input, output and logits). ``next_batch``: a
-        ``(data, index, out)`` gather done during the step (the backend's)."""
+        ``(data, index, out)`` gather done during the step; ``bounds``: the
+        optimizer's bounds kept between steps (both the backend's)."""
         opt = self.optimizer
         keys, params, grads, state0, state1 = opt._step_lists(self.items)
         status, loss, first_bad = self.backend.dense_stack_step(
             self.stack, xb, targets, opt.rule, params, grads, state0, state1,
-            lr=opt.current_lr(), mode=mode, next_batch=next_batch,
+            lr=opt.current_lr(), mode=mode, next_batch=next_batch, bounds=bounds,
             **opt.step_hyperparameters())
         _leave_layers_as_forward(self.model.layers, xb, self.outputs, self.logits)
         bad_key = None

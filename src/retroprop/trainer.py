@@ -37,7 +37,12 @@ from . import metrics as metrics_module
 from . import optim as optim_module
 from . import stack_step
 from .backend import get_backend
-from .callbacks import Callback, History, ProgressBar
+from .callbacks import Callback, History, ProgressBar, TerminateOnNaN
+
+# on_batch_end methods that only read (progress, logs, stop_training): with
+# only these, the one-call step's optimizer bounds stay valid across batches.
+_READ_ONLY_BATCH_END = (Callback.on_batch_end, ProgressBar.on_batch_end,
+                        TerminateOnNaN.on_batch_end)
 
 
 class NonFiniteError(ValueError, FloatingPointError):
@@ -177,6 +182,12 @@ class Trainer:
         self._fused = None      # uses_fused_output, decided once per fit
         self._stack_ok = False  # whether steps may run in one call (stack_step.py), per fit
         self._stack_plans = {}  # batch size -> stack_step.DenseStackPlan
+        # The optimizer's bounds between one-call steps (backend dense_stack_step):
+        # valid only while nothing but those steps wrote the weights and the
+        # optimizer state, so cleared (_forget_step_bounds) at every fit and
+        # epoch start, after any other kind of step and after a callback that
+        # may write them.
+        self._step_bounds = np.zeros(3)
         self._finite_inputs = []  # weak references to arrays already scanned for NaN/Inf
         self.history = None
 
@@ -220,6 +231,9 @@ class Trainer:
 
     # -- steps --------------------------------------------------------------------
 
+    def _forget_step_bounds(self):
+        self._step_bounds[0] = 0.0
+
     def _train_step(self, xb, yb, epoch, batch, epochs, n_batches, next_batch=None):
         """One optimizer step on a batch; ``epoch``/``batch`` are 1-based (for
         messages). Returns (loss, metric values, whether the step also did the
@@ -228,6 +242,7 @@ class Trainer:
         plan = self._stack_plan(xb)
         if plan is not None:
             return self._stack_step(plan, xb, yb, epoch, batch, epochs, n_batches, next_batch)
+        self._forget_step_bounds()
         model = self.model
         fused = self._fused if self._fused is not None else uses_fused_output(model, self.loss)
         loss_value, y_pred, seed = forward_loss(model, self.loss, xb, yb, training=True,
@@ -261,12 +276,13 @@ class Trainer:
             return None
         plan = self._stack_plans[n] = stack_step.DenseStackPlan(self.model, self.optimizer,
                                                                 backend, n)
+        self._forget_step_bounds()
         return plan
 
     def _stack_step(self, plan, xb, yb, epoch, batch, epochs, n_batches, next_batch):
         """_train_step in one backend call: the same kernels, the same checks."""
         status, total, bad_key = plan.step(xb, yb, "check_apply" if self.check_finite else "apply",
-                                           next_batch)
+                                           next_batch, self._step_bounds)
         if status == 1:
             self._raise_nonfinite_loss(total, epoch, batch, epochs, n_batches)
         if status == 2:
@@ -380,6 +396,12 @@ class Trainer:
         self._stack_ok = self._fused and stack_step.qualifies(self.model, self.loss,
                                                              self.model.backend)
         self._stack_plans = {}
+        self._forget_step_bounds()
+        # The callbacks whose on_batch_end may write the weights or the
+        # optimizer's state between two steps: any but the built-in ones
+        # known not to.
+        batch_end_writers = [cb for cb in callbacks
+                             if type(cb).on_batch_end not in _READ_ONLY_BATCH_END]
 
         n = x.shape[0]
         n_batches = (n + batch_size - 1) // batch_size
@@ -403,6 +425,7 @@ class Trainer:
             for epoch in range(initial_epoch, epochs):
                 for cb in callbacks:
                     cb.on_epoch_begin(epoch, {})
+                self._forget_step_bounds()
                 order = rng.permutation(n) if shuffle else None
                 loss_sum = 0.0
                 metric_sums = [0.0] * len(self.metric_fns)
@@ -441,6 +464,8 @@ class Trainer:
                         batch_logs.update(zip(self.metric_names, metric_values))
                         for cb in callbacks:
                             cb.on_batch_end(b, batch_logs)
+                        if batch_end_writers:
+                            self._forget_step_bounds()
                         if self.stop_training:
                             break
 

@@ -57,20 +57,23 @@ void rp_dense_stack_forward_f64(int batch, int n_layers, const rp_dense_stack_la
  * *first_bad the optimizer's answer.
  * next_batch (or NULL): rows to copy during the step, typically the next
  * batch of a shuffled epoch, whatever the status; its out must not overlap
- * x or any array of the step. */
+ * x or any array of the step.
+ * bounds (or NULL): with mode RP_OPT_CHECK_APPLY the optimizer step is
+ * rp_optimizer_step_tracked_* with these bounds; with another mode they
+ * are marked invalid (valid = 0). */
 rp_stack_status rp_dense_stack_step_f32(int batch, int n_layers, const rp_dense_stack_layer *layers,
                                         const float *x, const int64_t *labels, const float *targets,
                                         float *logits, const rp_opt_config *opt,
                                         const rp_opt_tensor *tensors, int n_tensors,
                                         rp_opt_mode mode, const rp_rows_gather *next_batch,
-                                        double *loss, long *first_bad);
+                                        rp_opt_bounds *bounds, double *loss, long *first_bad);
 rp_stack_status rp_dense_stack_step_f64(int batch, int n_layers, const rp_dense_stack_layer *layers,
                                         const double *x, const int64_t *labels,
                                         const double *targets, double *logits,
                                         const rp_opt_config *opt, const rp_opt_tensor *tensors,
                                         int n_tensors, rp_opt_mode mode,
-                                        const rp_rows_gather *next_batch, double *loss,
-                                        long *first_bad);
+                                        const rp_rows_gather *next_batch, rp_opt_bounds *bounds,
+                                        double *loss, long *first_bad);
 
 #ifdef __cplusplus
 }

@@ -56,6 +56,34 @@ long rp_optimizer_step_f32(const rp_opt_config *cfg, const rp_opt_tensor *tensor
 long rp_optimizer_step_f64(const rp_opt_config *cfg, const rp_opt_tensor *tensors, int count,
                            rp_opt_mode mode, size_t *bad_elements);
 
+/* What an applied SGD step leaves for the next step's check: the largest
+ * magnitude of any parameter and of any state value it wrote (doubles, so
+ * that a float64 array of three can hold it).
+ *
+ * rp_optimizer_step_tracked_* is RP_OPT_CHECK_APPLY that uses them. With
+ * valid bounds (valid != 0) and an SGD rule it first reads only the
+ * gradients: when they are finite and the update of values no larger than
+ * the bounds provably gives finite values (every term of its formula at
+ * its largest stays below half the largest finite value), it applies
+ * without the check, which would read parameters, state and gradients once
+ * more; otherwise it checks as RP_OPT_CHECK_APPLY does. Whenever it applies
+ * it stores the new bounds (valid = 1; valid = 0 for the other rules). A
+ * refused step leaves the bounds as they were, like everything else.
+ * bad_elements (or NULL) as for rp_optimizer_step_* (0 when the check was
+ * skipped: no value can be bad then).
+ * The bounds hold only while nothing else writes the parameters or the
+ * state: the caller sets valid = 0 after any other change. */
+typedef struct {
+    double valid;
+    double param_max;
+    double state_max;
+} rp_opt_bounds;
+
+long rp_optimizer_step_tracked_f32(const rp_opt_config *cfg, const rp_opt_tensor *tensors,
+                                   int count, rp_opt_bounds *bounds, size_t *bad_elements);
+long rp_optimizer_step_tracked_f64(const rp_opt_config *cfg, const rp_opt_tensor *tensors,
+                                   int count, rp_opt_bounds *bounds, size_t *bad_elements);
+
 /* SGD with optional weight decay, momentum and Nesterov momentum:
  *   g = grad + weight_decay * param
  *   momentum == 0:  param -= lr * g                     (velocity unused, may be NULL)

@@ -462,7 +462,7 @@ def _as_list(items):
 
 def optimizer_step(rule, params, grads, state0, state1, *, lr, mode="check_apply",
                    momentum=0.0, nesterov=False, weight_decay=0.0, beta_1=0.9, beta_2=0.999,
-                   epsilon=1e-7, step=1, decoupled=False, rho=0.9):
+                   epsilon=1e-7, step=1, decoupled=False, rho=0.9, bounds=None):
     """One step of ``rule`` ("sgd", "adam", "rmsprop", "adagrad") over every
     parameter at once: one C call, one parallel region.
 
@@ -472,14 +472,15 @@ def optimizer_step(rule, params, grads, state0, state1, *, lr, mode="check_apply
     mode "apply" writes; "check" writes nothing; "check_apply" (default)
     writes only when no new value of any parameter or state would be NaN or
     Inf. Returns the index of the first parameter whose update is not finite
-    (then nothing was written), or -1."""
+    (then nothing was written), or -1. ``bounds``: as for
+    ``dense_stack_step``."""
     if mode not in _STEP_MODES:
         raise ValueError(f"mode must be one of {_STEP_MODES}, got {mode!r}")
     grads = [_input(g, "grad", p.dtype) for p, g in zip(params, grads)]
     first_bad, _ = _core.optimizer_step(
         rule, _as_list(params), grads, _as_list(state0), _as_list(state1), mode, float(lr),
         **_core_hyperparameters(rule, momentum, nesterov, weight_decay, beta_1, beta_2, epsilon,
-                                step, decoupled, rho))
+                                step, decoupled, rho), bounds=bounds)
     return first_bad
 
 
@@ -524,7 +525,7 @@ def dense_stack_forward(stack, x):
 def dense_stack_step(stack, x, targets, rule, params, grads, state0, state1, *, lr,
                      mode="check_apply", momentum=0.0, nesterov=False, weight_decay=0.0,
                      beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=1, decoupled=False, rho=0.9,
-                     next_batch=None):
+                     next_batch=None, bounds=None):
     """One training step in one C call: forward through ``stack`` (from
     ``dense_stack``), softmax cross-entropy against ``targets`` (int64 class
     ids of shape (batch,) or rows of shape (batch, classes)), backward into
@@ -541,7 +542,18 @@ def dense_stack_step(stack, x, targets, rule, params, grads, state0, state1, *, 
     out)`` during the step, whatever its status: the next batch of a shuffled
     epoch, copied mostly while the step's small top layer keeps one thread
     busy and the others would wait. ``out`` must not overlap any array the
-    step reads or writes (ValueError)."""
+    step reads or writes (ValueError).
+
+    ``bounds``: None, or a float64 array of 3 kept from step to step (start
+    it at zeros): after a "check_apply" SGD step that was applied it holds
+    (1, the largest |parameter|, the largest |velocity|) it wrote. While
+    bounds[0] is nonzero, the next "check_apply" step first reads only the
+    gradients and, when they are finite and an update from values within the
+    bounds provably stays finite, skips the check's pass over parameters,
+    velocities and gradients; otherwise it checks as usual. The result is the
+    same as without bounds; they are right only while nothing else writes the
+    parameters or the optimizer state, so set ``bounds[0] = 0`` after any
+    other change. Other modes and rules set bounds[0] to 0."""
     if mode not in _STEP_MODES:
         raise ValueError(f"mode must be one of {_STEP_MODES}, got {mode!r}")
     x = _input(x, "x")
@@ -556,7 +568,7 @@ def dense_stack_step(stack, x, targets, rule, params, grads, state0, state1, *, 
         stack, x, labels, rows, rule, _as_list(params), _as_list(grads), _as_list(state0),
         _as_list(state1), mode, float(lr),
         **_core_hyperparameters(rule, momentum, nesterov, weight_decay, beta_1, beta_2, epsilon,
-                                step, decoupled, rho), next_batch=next_batch)
+                                step, decoupled, rho), next_batch=next_batch, bounds=bounds)
 
 
 # ---------------------------------------------------------------- batch normalisation
