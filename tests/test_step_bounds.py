@@ -141,30 +141,51 @@ def test_trainer_keeps_the_bounds_with_read_only_callbacks():
     assert trainer._step_bounds[1] == max(np.abs(p).max() for p in params)
 
 
-class PoisonFirstRow(Callback):
-    """Writes a huge value into W1's first row (an input that is always 0, so
-    the loss does not see it) after the third batch: with weight decay 4 the
-    next update of that weight overflows."""
+def _poison_first_row(model):
+    """A huge value in W1's first row (an input that is always 0, so the loss
+    does not see it): with weight decay 4 the next update of it overflows."""
+    model.layers[0].params["W"][0, 0] = 1e38
 
+
+class PoisonAfterThirdBatch(Callback):
     def on_batch_end(self, batch, logs=None):
         if batch == 2:
-            self.trainer.model.layers[0].params["W"][0, 0] = 1e38
+            _poison_first_row(self.trainer.model)
 
 
-def test_a_callback_that_writes_the_weights_is_not_trusted():
+class PoisonAfterFirstEpoch(Callback):
+    """(no on_batch_end: only the epoch start forgets the bounds)"""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            _poison_first_row(self.trainer.model)
+
+
+def _poisoned_fit(callback, **fit_kwargs):
+    """Fits with a callback that poisons W1 once; the step after it must be
+    refused with nothing written. Returns the NonFiniteError."""
     model, x, y = _mlp_and_data()
     trainer = rp.Trainer(model, "categorical_crossentropy",
                          rp.optim.SGD(lr=0.01, momentum=0.9, weight_decay=4.0),
-                         callbacks=[PoisonFirstRow()])
+                         callbacks=[callback])
     with pytest.raises(NonFiniteError, match="would become NaN or Inf") as err:
-        trainer.fit(x, y, epochs=1, batch_size=16, shuffle=False, verbose=0)
-    assert err.value.batch == 4
+        trainer.fit(x, y, batch_size=16, verbose=0, **fit_kwargs)
     # refused, not written: no Inf in the weights or the velocities
     assert model.layers[0].params["W"][0, 0] == np.float32(1e38)
     for _, p, _ in model.named_parameters():
         assert np.isfinite(p).all()
     for v in trainer.optimizer.state_arrays().values():
         assert np.isfinite(v).all()
+    return err.value
+
+
+def test_a_callback_that_writes_the_weights_is_not_trusted():
+    assert _poisoned_fit(PoisonAfterThirdBatch(), epochs=1, shuffle=False).batch == 4
+
+
+def test_weights_written_between_epochs_are_checked():
+    err = _poisoned_fit(PoisonAfterFirstEpoch(), epochs=2)
+    assert (err.epoch, err.batch) == (2, 1)
 
 
 def test_weights_written_between_fits_are_checked():
@@ -173,7 +194,7 @@ def test_weights_written_between_fits_are_checked():
                          rp.optim.SGD(lr=0.01, momentum=0.9, weight_decay=4.0))
     trainer.fit(x, y, epochs=1, batch_size=16, verbose=0)
     assert trainer._step_bounds[0] == 1
-    model.layers[0].params["W"][0, 0] = 1e38
+    _poison_first_row(model)
     with pytest.raises(NonFiniteError, match="would become NaN or Inf"):
         trainer.fit(x, y, epochs=1, batch_size=16, verbose=0)
     assert model.layers[0].params["W"][0, 0] == np.float32(1e38)
@@ -199,19 +220,3 @@ def test_fit_with_bounds_matches_fit_checking_every_step(monkeypatch):
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
 
-
-class PoisonFirstRowAtEpochEnd(Callback):
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == 0:
-            self.trainer.model.layers[0].params["W"][0, 0] = 1e38
-
-
-def test_weights_written_between_epochs_are_checked():
-    model, x, y = _mlp_and_data()
-    trainer = rp.Trainer(model, "categorical_crossentropy",
-                         rp.optim.SGD(lr=0.01, momentum=0.9, weight_decay=4.0),
-                         callbacks=[PoisonFirstRowAtEpochEnd()])
-    with pytest.raises(NonFiniteError, match="would become NaN or Inf") as err:
-        trainer.fit(x, y, epochs=2, batch_size=16, verbose=0)
-    assert (err.value.epoch, err.value.batch) == (2, 1)
-    assert model.layers[0].params["W"][0, 0] == np.float32(1e38)
