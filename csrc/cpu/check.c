@@ -7,9 +7,7 @@
 #include "retroprop/check.h"
 #include "retroprop/runtime.h"
 #include "act_internal.h"
-
-/* x - x is 0 for every finite x and NaN for NaN and +-Inf. */
-#define NONFINITE(x) ((x) - (x) != 0)
+#include "finite_bits.h"
 #define SCAN_BLOCK 4096
 
 /* Whether x[0..n) holds a NaN/Inf: the bits of x - x (all zero for a finite
@@ -23,12 +21,7 @@
     ATTRIBUTES static int NAME(const REAL *x, long n)                                   \
     {                                                                                   \
         BITS any = 0;                                                                   \
-        for (long i = 0; i < n; ++i) {                                                  \
-            const REAL d = x[i] - x[i];                                                 \
-            BITS bits;                                                                  \
-            memcpy(&bits, &d, sizeof bits);                                             \
-            any |= bits;                                                                \
-        }                                                                               \
+        for (long i = 0; i < n; ++i) OR_NONFINITE_BITS(REAL, BITS, x[i], any)           \
         return any != 0;                                                                \
     }
 

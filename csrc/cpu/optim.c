@@ -24,6 +24,7 @@
 #include "retroprop/optim.h"
 #include "retroprop/runtime.h"
 #include "act_internal.h"
+#include "finite_bits.h"
 #include "team.h"
 
 #include <float.h>
@@ -34,9 +35,6 @@
 #include <omp.h>
 #endif
 
-/* x - x is 0 for every finite x and NaN for NaN and +-Inf. Unlike isfinite()
- * this is plain arithmetic and a compare, so the check loops vectorise. */
-#define NONFINITE(x) ((x) - (x) != 0)
 
 typedef size_t (*rule_range_fn)(const rp_opt_config *cfg, const rp_opt_tensor *t, size_t begin,
                                 size_t end, int check_only);
@@ -138,7 +136,7 @@ typedef void (*tracked_range_fn)(const rp_opt_config *cfg, const rp_opt_tensor *
     }
 
 /* The gradients' part of the tracked check: whether grad[begin, end) holds
- * a NaN/Inf (the bits of g - g ORed, as check.c does) and its largest
+ * a NaN/Inf (OR_NONFINITE_BITS, as check.c's scan) and its largest
  * magnitude (over the bit patterns, as above). */
 typedef void (*grad_scan_fn)(const void *grad, size_t begin, size_t end, double *grad_max,
                              int *nonfinite);
@@ -150,10 +148,7 @@ typedef void (*grad_scan_fn)(const void *grad, size_t begin, size_t end, double 
         const REAL *grad = (const REAL *)grad_v;                                          \
         BITS any = 0, top = 0;                                                            \
         for (size_t i = begin; i < end; ++i) {                                            \
-            const REAL d = grad[i] - grad[i];                                             \
-            BITS bits;                                                                    \
-            memcpy(&bits, &d, sizeof bits);                                               \
-            any |= bits;                                                                  \
+            OR_NONFINITE_BITS(REAL, BITS, grad[i], any)                                   \
             MAGNITUDE_BITS(REAL, BITS, grad[i], g_bits)                                   \
             top = g_bits > top ? g_bits : top;                                            \
         }                                                                                 \
@@ -353,17 +348,32 @@ typedef enum {
     PASS_SCAN_GRADS      /* the gradients' NaN/Inf flag and largest magnitude */
 } step_pass;
 
-/* One thread's view of a step: the shared arguments, the pass, and what its
- * items found. */
+/* What a step's threads share: its arguments, and what their passes found
+ * (a minimum, a sum and maxima, combined under a critical section). */
 typedef struct {
     rule_range_fn rule;
-    tracked_range_fn tracked;
+    tracked_range_fn tracked;       /* a tracked step (bounds != NULL) */
     grad_scan_fn scan;
     const rp_opt_config *cfg;
     const rp_opt_tensor *tensors;
     int count;
+    size_t total;
+    rp_opt_mode mode;
+    const rp_opt_bounds *bounds;    /* NULL: an untracked step */
+    double limit;                   /* half the element type's largest finite value */
+    long first_bad;                 /* count: none */
+    size_t bad_sum;
+    double grad_max, param_max, state_max;
+    int grad_nonfinite;
+    int applied;
+} step_shared;
+
+/* One thread's view of a step: the shared step, the pass, and what its
+ * items found. */
+typedef struct {
+    const step_shared *sh;
     step_pass pass;
-    size_t total, bad;
+    size_t bad;
     long first_bad;
     double param_max, state_max, grad_max;
     int grad_nonfinite;
@@ -374,18 +384,19 @@ typedef struct {
  * value. */
 static void run_slice(step_items_context *c, size_t lo, size_t hi)
 {
+    const step_shared *sh = c->sh;
     size_t offset = 0;
-    for (int i = 0; i < c->count && offset < hi; ++i) {
-        const rp_opt_tensor *t = &c->tensors[i];
+    for (int i = 0; i < sh->count && offset < hi; ++i) {
+        const rp_opt_tensor *t = &sh->tensors[i];
         const size_t begin = lo > offset ? lo - offset : 0;
         const size_t end = hi - offset < t->n ? hi - offset : t->n;
         if (begin < end) {
             if (c->pass == PASS_APPLY_TRACKED) {
-                c->tracked(c->cfg, t, begin, end, &c->param_max, &c->state_max);
+                sh->tracked(sh->cfg, t, begin, end, &c->param_max, &c->state_max);
             } else if (c->pass == PASS_SCAN_GRADS) {
-                c->scan(t->grad, begin, end, &c->grad_max, &c->grad_nonfinite);
+                sh->scan(t->grad, begin, end, &c->grad_max, &c->grad_nonfinite);
             } else {
-                const size_t bad = c->rule(c->cfg, t, begin, end, c->pass == PASS_CHECK);
+                const size_t bad = sh->rule(sh->cfg, t, begin, end, c->pass == PASS_CHECK);
                 if (bad) {
                     c->bad += bad;
                     if (i < c->first_bad) c->first_bad = i;
@@ -407,29 +418,9 @@ static void step_items(void *context, int first, int count)
     step_items_context *c = (step_items_context *)context;
     const size_t lo = (size_t)first * STEP_CHUNK;
     const size_t end = (size_t)(first + count) * STEP_CHUNK;
-    const size_t hi = end < c->total ? end : c->total;
+    const size_t hi = end < c->sh->total ? end : c->sh->total;
     run_slice(c, lo, hi);
 }
-
-/* What a step's threads share: its arguments, and what their passes found
- * (a minimum, a sum and maxima, combined under a critical section). */
-typedef struct {
-    rule_range_fn rule;
-    tracked_range_fn tracked;       /* a tracked step (bounds != NULL) */
-    grad_scan_fn scan;
-    const rp_opt_config *cfg;
-    const rp_opt_tensor *tensors;
-    int count;
-    size_t total;
-    rp_opt_mode mode;
-    const rp_opt_bounds *bounds;    /* NULL: an untracked step */
-    double limit;                   /* half the element type's largest finite value */
-    long first_bad;                 /* count: none */
-    size_t bad_sum;
-    double grad_max, param_max, state_max;
-    int grad_nonfinite;
-    int applied;
-} step_shared;
 
 /* Adds a thread's findings to the shared ones. */
 static void combine(step_shared *sh, const step_items_context *mine)
@@ -460,9 +451,7 @@ static void combine(step_shared *sh, const step_items_context *mine)
 static void step_slice(step_shared *sh, int tid, int nt, rp_share_queue *queues)
 {
     const int chunks = (int)((sh->total + STEP_CHUNK - 1) / STEP_CHUNK);
-    step_items_context mine = {.rule = sh->rule, .tracked = sh->tracked, .scan = sh->scan,
-                               .cfg = sh->cfg, .tensors = sh->tensors, .count = sh->count,
-                               .total = sh->total, .first_bad = sh->count};
+    step_items_context mine = {.sh = sh, .first_bad = sh->count};
     int checked = sh->mode == RP_OPT_APPLY;
     if (sh->bounds && sh->bounds->valid != 0) {
         mine.pass = PASS_SCAN_GRADS;
