@@ -479,8 +479,8 @@ def main():
     p.add_argument("--n-train", type=int, default=60000, help=argparse.SUPPRESS)
     args = p.parse_args()
     set_thread_env(args.threads)
-    if args.warmup < 0:
-        p.error("--warmup: seconds must be >= 0")
+    if not 0 <= args.warmup < float("inf"):
+        p.error(f"--warmup: seconds must be a finite number >= 0, got {args.warmup}")
     WARMUP["seconds"] = args.warmup
     if args.stat == "min":
         STAT.update(fn=min, name="minimum")
