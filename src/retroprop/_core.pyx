@@ -40,6 +40,7 @@ cdef extern from "retroprop/act.h":
         RP_ACT_SOFTPLUS
         RP_ACT_GELU
         RP_ACT_SWISH
+        RP_ACT_MISH
     int rp_act_derivative_needs_input(rp_act act)
     double rp_act_default_param(rp_act act)
     void rp_act_forward_f32(rp_act act, double param, size_t n, const float *x, float *y) nogil
@@ -95,10 +96,10 @@ cdef extern from "retroprop/optim.h":
 ACTIVATIONS = {"linear": RP_ACT_LINEAR, "relu": RP_ACT_RELU,
                "sigmoid": RP_ACT_SIGMOID, "tanh": RP_ACT_TANH, "step": RP_ACT_STEP,
                "leaky_relu": RP_ACT_LEAKY_RELU, "elu": RP_ACT_ELU}
-# Every elementwise activation (act_forward / act_backward); the last four
+# Every elementwise activation (act_forward / act_backward); the last five
 # need the input for their derivative.
 ELEMENTWISE_ACTIVATIONS = dict(ACTIVATIONS, arctan=RP_ACT_ARCTAN, softplus=RP_ACT_SOFTPLUS,
-                               gelu=RP_ACT_GELU, swish=RP_ACT_SWISH)
+                               gelu=RP_ACT_GELU, swish=RP_ACT_SWISH, mish=RP_ACT_MISH)
 _INT_MAX = 2147483647
 _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)

@@ -17,7 +17,7 @@ from .. import _core
 # the output and may be applied in the GEMM write-back; the INPUT_DERIVATIVE
 # ones are elementwise only and their backward reads the pre-activation x.
 FUSED_ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "step", "leaky_relu", "elu")
-INPUT_DERIVATIVE_ACTIVATIONS = ("arctan", "softplus", "gelu", "swish")
+INPUT_DERIVATIVE_ACTIVATIONS = ("arctan", "softplus", "gelu", "swish", "mish")
 ELEMENTWISE_ACTIVATIONS = FUSED_ACTIVATIONS + INPUT_DERIVATIVE_ACTIVATIONS
 ACTIVATION_DEFAULT_PARAMS = {"sigmoid": 1.0, "leaky_relu": 0.01, "elu": 1.0}
 _REAL = (np.dtype(np.float32), np.dtype(np.float64))

@@ -21,7 +21,7 @@ import numpy as np
 # Same names as backend/cpu.py (docs/BACKEND.md): derivative from the output
 # (fusable into dense/conv) or from the input (elementwise only).
 FUSED_ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "step", "leaky_relu", "elu")
-INPUT_DERIVATIVE_ACTIVATIONS = ("arctan", "softplus", "gelu", "swish")
+INPUT_DERIVATIVE_ACTIVATIONS = ("arctan", "softplus", "gelu", "swish", "mish")
 ELEMENTWISE_ACTIVATIONS = FUSED_ACTIVATIONS + INPUT_DERIVATIVE_ACTIVATIONS
 ACTIVATION_DEFAULT_PARAMS = {"sigmoid": 1.0, "leaky_relu": 0.01, "elu": 1.0}
 
@@ -188,8 +188,10 @@ def activation_forward(name, x, out=None, *, param=None):
         with np.errstate(over="ignore"):
             u = _GELU_K * (x + _GELU_C * x ** 3)
         np.copyto(out, 0.5 * x * (1 + np.tanh(u)))
-    else:  # swish
+    elif name == "swish":
         np.copyto(out, x * _sigmoid(x, np.empty_like(x)))
+    else:  # mish: x tanh(softplus(x))
+        np.copyto(out, x * np.tanh(np.logaddexp(0, x)))
     return out
 
 
@@ -206,8 +208,12 @@ def _input_derivative(name, x):
         t = np.tanh(_GELU_K * (xc + _GELU_C * xc ** 3))
         du = _GELU_K * (1 + 3 * _GELU_C * xc * xc)
         return 0.5 * (1 + t) + 0.5 * xc * (1 - t * t) * du
-    s = _sigmoid(x, np.empty_like(x))  # swish
-    return s + x * s * (1 - s)
+    s = _sigmoid(x, np.empty_like(x))
+    if name == "mish":
+        # t + x s (1 - t^2); x s -> 0 where t' vanishes, so clip x as for gelu.
+        t = np.tanh(np.logaddexp(0, x))
+        return t + np.clip(x, -1e4, 1e4) * s * (1 - t * t)
+    return s + x * s * (1 - s)  # swish
 
 
 def activation_backward(name, y, dy, out=None, *, x=None, param=None):
