@@ -542,6 +542,29 @@ def conv2d_backward(x, w, y, dy, activation, dw, db=None, dx=None, *, stride=(1,
     return dx
 
 
+def conv2d_backward_data(dy, w, x_shape, *, stride=(1, 1), dilation=(1, 1),
+                         padding=(0, 0, 0, 0), out=None, workspace=None):
+    """dx = the scatter of dy w^T back to the input positions of a conv2d of an input
+    of shape ``x_shape``: conv2d's input gradient alone, the forward pass of a
+    transposed convolution. workspace is not used. Returns ``out``."""
+    _check_float(dy, "dy", ndim=4)
+    x_shape = tuple(int(s) for s in x_shape)
+    x = np.zeros(x_shape, dtype=dy.dtype)
+    oh, ow = _check_conv_args(x, w, stride, dilation, padding)
+    kh, kw, c, f = w.shape
+    if dy.shape != (x_shape[0], oh, ow, f):
+        raise ValueError(f"dy must have shape {(x_shape[0], oh, ow, f)}, got {dy.shape}")
+    out = _check_out(out, "out", x_shape, dy.dtype)
+    dcol = (dy.reshape(-1, f) @ w.reshape(-1, f).T).reshape(x_shape[0], oh, ow, kh, kw, c)
+    dxp = _pad_hw(x, padding)
+    for ky in range(kh):
+        for kx in range(kw):
+            dxp[_window_slices(ky, kx, oh, ow, stride, dilation)] += dcol[:, :, :, ky, kx, :]
+    top, _, left, _ = padding
+    out[...] = dxp[:, top:top + x_shape[1], left:left + x_shape[2], :]
+    return out
+
+
 def _check_pool_args(shape, pool_size, stride, padding):
     if len(shape) != 4:
         raise ValueError(f"expected an input of shape (N, H, W, C), got {shape}")
