@@ -20,7 +20,7 @@ import argparse
 import numpy as np
 
 import retroprop as rp
-from retroprop.layers import Dense, SimpleRNN
+from retroprop.layers import LSTM, Dense, SimpleRNN
 from retroprop.layers.rnn import orthogonal
 
 
@@ -62,6 +62,13 @@ def main(argv=None):
         norms = np.linalg.norm(layer.backward(np.ones_like(y)), axis=(0, 2))
         results[f"through_time g={g}"] = norms
         print(f"   {g:>4}" + "".join(f"{norms[t]:>11.2e}" for t in shown))
+    lstm = LSTM(32)
+    lstm.build((steps, 1), "float64", np.random.default_rng(1))
+    y = lstm.forward(x)
+    norms = np.linalg.norm(lstm.backward(np.ones_like(y)), axis=(0, 2))
+    results["through_time lstm"] = norms
+    print("   LSTM" + "".join(f"{norms[t]:>11.2e}" for t in shown)
+          + "   (default init: forget-gate bias 1)")
 
     print("\n2. learning y = x_1 + x_2 from 20-step sequences, U = 2 * orthogonal, SGD lr 0.05")
     rng = np.random.default_rng(0)

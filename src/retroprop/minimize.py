@@ -109,7 +109,8 @@ def minimize(f, x0, grad=None, lr=0.1, eps=1e-6, max_steps=10000, optimizer=None
     value, g = evaluate(x, 0)
     steps = 0
     while True:
-        norm = float(np.linalg.norm(g))
+        with np.errstate(over="ignore"):
+            norm = float(np.linalg.norm(g))
         history["f"].append(value)
         history["grad_norm"].append(norm)
         history["x"].append(x.copy())

@@ -66,5 +66,6 @@ from .normalization import Normalization  # noqa: E402
 from .upsampling import UpSampling2D  # noqa: E402
 from .conv_transpose import Conv2DTranspose  # noqa: E402
 from .rnn import SimpleRNN  # noqa: E402
+from .lstm import LSTM  # noqa: E402
 
-__all__ += ["Normalization", "UpSampling2D", "Conv2DTranspose", "SimpleRNN"]
+__all__ += ["Normalization", "UpSampling2D", "Conv2DTranspose", "SimpleRNN", "LSTM"]
