@@ -72,8 +72,8 @@ def main(argv=None):
         acc = trainer.evaluate(xt, yt)["accuracy"]
         results[f"{init} distinct"] = hidden_units
         results[f"{init} accuracy"] = acc
-        print(f"   {init:<15} after {epochs} epochs: {hidden_units:>2} distinct hidden units of 16, "
-              f"test accuracy {acc:.3f}")
+        print(f"   {init:<15} after {epochs} epochs: {hidden_units:>2} distinct hidden units "
+              f"of 16, test accuracy {acc:.3f}")
 
     print("\n2. logistic regression (softmax, no hidden layer): zeros vs random start")
     for init in ("zeros", "glorot_uniform"):
