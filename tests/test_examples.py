@@ -191,6 +191,6 @@ def test_fashion_mnist_full_run(tmp_path):
     and the MLP on original vs shuffled pixels, 10 epochs each."""
     r = load("fashion_mnist").main([])
     assert r["params"] == 7850
-    assert r["logreg_test_accuracy"] > 0.83
-    assert r["mlp original pixels"] > 0.87
-    assert abs(r["mlp original pixels"] - r["mlp shuffled pixels"]) < 0.01
+    assert r["logreg_test_accuracy"] > 0.82          # 0.836 in docs/course/fashion_mnist.md
+    assert r["mlp original pixels"] > 0.86           # 0.878
+    assert abs(r["mlp original pixels"] - r["mlp shuffled pixels"]) < 0.015   # 0.878 vs 0.883
