@@ -38,6 +38,9 @@ FORMULAS = {
     "gelu": (lambda z, p: 0.5 * z * (1 + np.tanh(K * (z + 0.044715 * z ** 3))),
              lambda z, p: _gelu_grad(z)),
     "swish": (lambda z, p: z * _sig(z), lambda z, p: _sig(z) + z * _sig(z) * (1 - _sig(z))),
+    "mish": (lambda z, p: z * np.tanh(np.logaddexp(0, z)),
+             lambda z, p: (np.tanh(np.logaddexp(0, z))
+                           + z * _sig(z) * (1 - np.tanh(np.logaddexp(0, z)) ** 2))),
 }
 # (name, param) cases: every activation at its default, the parameterised ones also elsewhere.
 CASES = [(name, None) for name in FORMULAS] + [
@@ -142,7 +145,7 @@ def test_extreme_inputs_finite(simd, dtype, name, param):
     y = cpu.activation_forward(name, x, param=param)
     dy = np.ones_like(x)
     dx = cpu.activation_backward(name, y, dy, x=x, param=param)
-    if name in ("linear", "relu", "leaky_relu", "swish", "gelu", "softplus", "elu"):
+    if name in ("linear", "relu", "leaky_relu", "swish", "gelu", "softplus", "elu", "mish"):
         finite = np.abs(x) < 1e30   # these grow like x itself, and x * p may overflow
     else:
         finite = np.ones(x.shape, bool)
@@ -396,7 +399,7 @@ def _torch_fn(torch, name, p):
         "step": lambda t: torch.heaviside(t, torch.ones_like(t)),
         "leaky_relu": lambda t: F.leaky_relu(t, p), "elu": lambda t: F.elu(t, p),
         "arctan": torch.atan, "softplus": F.softplus,
-        "gelu": lambda t: F.gelu(t, approximate="tanh"), "swish": F.silu,
+        "gelu": lambda t: F.gelu(t, approximate="tanh"), "swish": F.silu, "mish": F.mish,
     }[name]
 
 

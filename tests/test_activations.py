@@ -10,9 +10,9 @@ from retroprop.gradcheck import check_layer_gradients
 from retroprop.layers import ELU, Activation, Dense, LeakyReLU, PReLU, RReLU
 
 TOL = 1e-6
-NEW = ["step", "arctan", "leaky_relu", "elu", "softplus", "gelu", "swish"]
+NEW = ["step", "arctan", "leaky_relu", "elu", "softplus", "gelu", "swish", "mish"]
 SMOOTH = ["linear", "sigmoid", "tanh", "softmax", "arctan", "elu", "softplus", "gelu", "swish",
-          "relu", "leaky_relu"]
+          "mish", "relu", "leaky_relu"]
 
 
 def _sigmoid(x):
@@ -28,6 +28,7 @@ REFERENCE = {
     "softplus": lambda x: np.log(1.0 + np.exp(x)),
     "gelu": lambda x: 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3))),
     "swish": lambda x: x / (1.0 + np.exp(-x)),
+    "mish": lambda x: x * np.tanh(np.log(1.0 + np.exp(x))),
 }
 
 
@@ -136,7 +137,7 @@ def test_against_torch(backend):
     t = torch.tensor(x)
     F = torch.nn.functional
     expected = {"softplus": F.softplus(t), "gelu": F.gelu(t, approximate="tanh"),
-                "swish": F.silu(t), "elu": F.elu(t), "leaky_relu": F.leaky_relu(t, 0.01)}
+                "swish": F.silu(t), "mish": F.mish(t), "elu": F.elu(t), "leaky_relu": F.leaky_relu(t, 0.01)}
     for name, ref in expected.items():
         np.testing.assert_allclose(activations.get(name).forward(x, backend), ref.numpy(),
                                    rtol=1e-10, atol=1e-12)

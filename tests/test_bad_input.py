@@ -193,7 +193,7 @@ def test_fit_argument_checks():
 # -- names and configuration --------------------------------------------------------
 
 def test_unknown_names_list_the_valid_ones():
-    with pytest.raises(ValueError, match="unknown activation 'relu6'.*linear, relu, sigmoid, "
+    with pytest.raises(ValueError, match="unknown activation 'relu6'.*linear, mish, relu, sigmoid, "
                                          "softmax, softplus, step, swish, tanh"):
         Dense(3, activation="relu6")
     with pytest.raises(ValueError, match="unknown loss 'huber'.*categorical_crossentropy"):

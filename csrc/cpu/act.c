@@ -30,7 +30,8 @@ static void chunk_bounds(size_t n, int t, int nt, size_t *begin, size_t *end)
 static int calls_libm(rp_act act, int backward)
 {
     if (backward)
-        return act == RP_ACT_SOFTPLUS || act == RP_ACT_GELU || act == RP_ACT_SWISH;
+        return act == RP_ACT_SOFTPLUS || act == RP_ACT_GELU || act == RP_ACT_SWISH ||
+               act == RP_ACT_MISH;
     return act != RP_ACT_LINEAR && act != RP_ACT_RELU && act != RP_ACT_STEP &&
            act != RP_ACT_LEAKY_RELU;
 }

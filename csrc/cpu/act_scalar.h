@@ -12,7 +12,7 @@
 static inline int rp_act_needs_input(rp_act act)
 {
     return act == RP_ACT_ARCTAN || act == RP_ACT_SOFTPLUS || act == RP_ACT_GELU ||
-           act == RP_ACT_SWISH;
+           act == RP_ACT_SWISH || act == RP_ACT_MISH;
 }
 
 static inline double rp_act_param_default(rp_act act)

@@ -14,6 +14,9 @@ from . import (activations, callbacks, initializers, layers, losses, metrics, op
 from .backend import backend_info, get_num_threads, set_num_threads
 from .callbacks import History
 from .gradcheck import check_layer_gradients, gradcheck
+from . import pruning  # noqa: E402  (the course's tools: pruning, minimize, MC dropout)
+from .mc_dropout import mc_predict  # noqa: E402
+from .minimize import minimize  # noqa: E402
 from .model import Sequential
 from .trainer import NonFiniteError, Trainer
 
@@ -24,6 +27,7 @@ __all__ = [
     "layers", "activations", "losses", "optim", "initializers", "regularizers", "callbacks",
     "metrics", "schedules", "datasets", "io", "load_model", "save_model",
     "set_num_threads", "get_num_threads", "backend_info",
+    "pruning", "mc_predict", "minimize",
     "__version__",
 ]
 

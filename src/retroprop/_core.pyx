@@ -10,6 +10,7 @@ import numpy as np
 cimport numpy as cnp
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memset
 
 cnp.import_array()
 
@@ -40,6 +41,7 @@ cdef extern from "retroprop/act.h":
         RP_ACT_SOFTPLUS
         RP_ACT_GELU
         RP_ACT_SWISH
+        RP_ACT_MISH
     int rp_act_derivative_needs_input(rp_act act)
     double rp_act_default_param(rp_act act)
     void rp_act_forward_f32(rp_act act, double param, size_t n, const float *x, float *y) nogil
@@ -95,10 +97,10 @@ cdef extern from "retroprop/optim.h":
 ACTIVATIONS = {"linear": RP_ACT_LINEAR, "relu": RP_ACT_RELU,
                "sigmoid": RP_ACT_SIGMOID, "tanh": RP_ACT_TANH, "step": RP_ACT_STEP,
                "leaky_relu": RP_ACT_LEAKY_RELU, "elu": RP_ACT_ELU}
-# Every elementwise activation (act_forward / act_backward); the last four
+# Every elementwise activation (act_forward / act_backward); the last five
 # need the input for their derivative.
 ELEMENTWISE_ACTIVATIONS = dict(ACTIVATIONS, arctan=RP_ACT_ARCTAN, softplus=RP_ACT_SOFTPLUS,
-                               gelu=RP_ACT_GELU, swish=RP_ACT_SWISH)
+                               gelu=RP_ACT_GELU, swish=RP_ACT_SWISH, mish=RP_ACT_MISH)
 _INT_MAX = 2147483647
 _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
@@ -582,6 +584,10 @@ cdef extern from "retroprop/conv.h":
     void rp_conv2d_backward_f64(const rp_conv2d_geom *g, const double *x, const double *w,
                                 const double *y, const double *dy, rp_act act, int chunk,
                                 double *col, double *dz, double *dw, double *db, double *dx) nogil
+    void rp_col2im_nhwc_add_f32(const rp_conv2d_geom *g, int first, int count, const float *col,
+                                float *dx) nogil
+    void rp_col2im_nhwc_add_f64(const rp_conv2d_geom *g, int first, int count, const double *col,
+                                double *dx) nogil
 
 cdef extern from "retroprop/pool.h":
     ctypedef struct rp_pool2d_geom:
@@ -749,6 +755,56 @@ def conv2d_backward(x, w, y, dy, activation, stride, dilation, padding, col, dz,
             rp_conv2d_backward_f64(&g, <double *>px, <double *>pw, <double *>py, <double *>pdy, act, chunk,
                                    <double *>pcol, <double *>pdz, <double *>pdw, <double *>pdb,
                                    <double *>pdx)
+    return dx
+
+
+def conv2d_backward_data(dy, w, stride, dilation, padding, col, dx):
+    """dx = col2im(dy w^T): conv2d's input gradient alone (no dW, no activation), which
+    is also the forward pass of a transposed convolution. dx (N, H, W, C) gives the
+    geometry and is overwritten; dy is (N, OH, OW, F), w (KH, KW, C, F). col as for
+    conv2d_forward: None for a pointwise conv, else at least one image's column matrix.
+    The existing kernels do the work: one GEMM per chunk of images into col, then
+    the col2im scatter-add."""
+    cdef int kind = _real_kind(dy, "dy")
+    _same_kind(w, "w", kind)
+    _same_kind(dx, "dx", kind, 1)
+    cdef rp_conv2d_geom g
+    _conv_geom(dx, w, stride, dilation, padding, &g)
+    _shape(dy, "dy", (g.n, g.oh, g.ow, g.filters))
+    cdef int chunk = _conv_chunk(col, "col", kind, &g)
+    cdef int patch = g.kh * g.kw * g.c
+    cdef int pixels = g.oh * g.ow
+    cdef int first, count
+    cdef void *pdy = _ptr(dy)
+    cdef void *pw = _ptr(w)
+    cdef void *pcol = NULL if chunk == 0 else _ptr(col)
+    cdef void *pdx = _ptr(dx)
+    with nogil:
+        if chunk == 0:   # pointwise: the column matrix is dx itself
+            if kind == 0:
+                rp_gemm_f32(0, 1, g.n * pixels, g.c, g.filters, 1.0, <float *>pdy, g.filters,
+                            <float *>pw, g.filters, 0.0, <float *>pdx, g.c, NULL, RP_ACT_LINEAR)
+            else:
+                rp_gemm_f64(0, 1, g.n * pixels, g.c, g.filters, 1.0, <double *>pdy, g.filters,
+                            <double *>pw, g.filters, 0.0, <double *>pdx, g.c, NULL, RP_ACT_LINEAR)
+        else:
+            memset(pdx, 0, <size_t>g.n * g.h * g.w * g.c * (4 if kind == 0 else 8))
+            first = 0
+            while first < g.n:
+                count = chunk if first + chunk <= g.n else g.n - first
+                if kind == 0:
+                    rp_gemm_f32(0, 1, count * pixels, patch, g.filters, 1.0,
+                                <float *>pdy + <size_t>first * pixels * g.filters, g.filters,
+                                <float *>pw, g.filters, 0.0, <float *>pcol, patch, NULL,
+                                RP_ACT_LINEAR)
+                    rp_col2im_nhwc_add_f32(&g, first, count, <float *>pcol, <float *>pdx)
+                else:
+                    rp_gemm_f64(0, 1, count * pixels, patch, g.filters, 1.0,
+                                <double *>pdy + <size_t>first * pixels * g.filters, g.filters,
+                                <double *>pw, g.filters, 0.0, <double *>pcol, patch, NULL,
+                                RP_ACT_LINEAR)
+                    rp_col2im_nhwc_add_f64(&g, first, count, <double *>pcol, <double *>pdx)
+                first += count
     return dx
 
 

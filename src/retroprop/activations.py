@@ -7,7 +7,7 @@ An activation is a small object with a ``name`` and two methods:
   respect to the activation's input. Activations whose derivative can be
   written from the output (linear, relu, sigmoid, tanh, step, leaky_relu, elu,
   softmax) ignore ``x``; an activation that needs its input (arctan, softplus,
-  gelu, swish) sets ``needs_input = True`` and the layer then keeps the
+  gelu, swish, mish) sets ``needs_input = True`` and the layer then keeps the
   pre-activation and passes it as ``x``.
 
 Every elementwise activation here runs in the backend's kernels (C with
@@ -276,6 +276,17 @@ class Swish(_InputDerivativeActivation):
     name = "swish"
 
 
+class Mish(_InputDerivativeActivation):
+    """x * tanh(softplus(x)) (Misra 2019), smooth and non-monotonic like swish.
+
+    Derivative t + x s (1 - t^2) with t = tanh(softplus(x)) and s = sigmoid(x),
+    from the input. The C kernel gets t from one exponential,
+    ((1 + e^x)^2 - 1) / ((1 + e^x)^2 + 1), without overflow for any x.
+    """
+
+    name = "mish"
+
+
 _REGISTRY = {}
 _ALIASES = {"identity": "linear"}
 
@@ -291,7 +302,7 @@ def register(cls, *aliases):
 
 
 for _cls in (Linear, ReLU, Sigmoid, Tanh, Softmax, Step, Arctan, LeakyReLU, ELU,
-             Softplus, GELU, Swish):
+             Softplus, GELU, Swish, Mish):
     register(_cls)
 _ALIASES.update({"heaviside": "step", "leakyrelu": "leaky_relu", "silu": "swish"})
 

@@ -230,15 +230,19 @@ class EarlyStopping(Callback):
 
     An epoch improves when the monitored value is better than the best so
     far by more than ``min_delta``. ``mode`` is "min", "max" or "auto"
-    ("max" for names containing "acc", "min" otherwise). With
-    ``restore_best_weights=True`` the weights of the best epoch are put back
-    at the end of training. After training, ``stopped_epoch`` is the
-    (0-based) epoch at which training was stopped, or None, and
-    ``best_epoch`` the epoch of the best value.
+    ("max" for names containing "acc", "min" otherwise). ``baseline`` (a
+    number, optional) is the value to beat: the best starts there, so an
+    epoch only counts as an improvement once it does better than the
+    baseline, and training stops after ``patience`` epochs that do not (as in
+    Keras). With ``restore_best_weights=True`` the weights of the best epoch
+    are put back at the end of training. After training, ``stopped_epoch`` is
+    the (0-based) epoch at which training was stopped, or None, and
+    ``best_epoch`` the epoch of the best value (None when the baseline was
+    never beaten).
     """
 
     def __init__(self, monitor="val_loss", patience=0, min_delta=0.0, mode="auto",
-                 restore_best_weights=False):
+                 restore_best_weights=False, baseline=None):
         super().__init__()
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
             raise ValueError(f"patience must be an integer >= 0, got {patience!r}")
@@ -247,6 +251,8 @@ class EarlyStopping(Callback):
         min_delta = float(min_delta)
         if not math.isfinite(min_delta):
             raise ValueError(f"min_delta must be finite, got {min_delta!r}")
+        if baseline is not None:
+            baseline = _finite_number(baseline, "EarlyStopping: baseline")
         self.monitor = monitor
         self.patience = patience
         self.min_delta = abs(min_delta)
@@ -254,11 +260,15 @@ class EarlyStopping(Callback):
             mode = "max" if "acc" in monitor else "min"
         self.mode = mode
         self.restore_best_weights = bool(restore_best_weights)
+        self.baseline = baseline
         self._reset()
 
     def _reset(self):
         self.wait = 0
-        self.best = math.inf if self.mode == "min" else -math.inf
+        if self.baseline is not None:
+            self.best = self.baseline
+        else:
+            self.best = math.inf if self.mode == "min" else -math.inf
         self.best_epoch = None
         self.best_weights = None
         self.stopped_epoch = None
@@ -300,6 +310,71 @@ class EarlyStopping(Callback):
 
 def _improved(mode, value, best):
     return value < best if mode == "min" else value > best
+
+
+def _finite_number(value, what):
+    if isinstance(value, bool):
+        raise TypeError(f"{what} must be a number, got {value!r}")
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{what} must be a number, got {value!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{what} must be finite, got {value!r}")
+    return value
+
+
+class StopAtThreshold(Callback):
+    """Stop training once ``monitor`` reaches ``threshold``: the course's "iterate
+    until the training loss falls below epsilon".
+
+    ``mode="min"`` (default) stops when the value is <= threshold (a loss),
+    ``"max"`` when it is >= threshold (an accuracy); ``"auto"`` picks "max"
+    for names containing "acc". Checked after every epoch on the epoch logs,
+    or after every batch with ``per_batch=True`` (then ``monitor`` must be a
+    batch log: "loss" or a metric). ``stopped_epoch`` / ``stopped_batch``
+    (0-based) say where training stopped, None when the threshold was never
+    reached.
+    """
+
+    def __init__(self, threshold, monitor="loss", mode="min", per_batch=False):
+        super().__init__()
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(f"StopAtThreshold: mode must be 'auto', 'min' or 'max', "
+                             f"got {mode!r}")
+        if not isinstance(monitor, str) or not monitor:
+            raise ValueError(f"StopAtThreshold: monitor must be a log name, got {monitor!r}")
+        self.threshold = _finite_number(threshold, "StopAtThreshold: threshold")
+        self.monitor = monitor
+        self.mode = ("max" if "acc" in monitor else "min") if mode == "auto" else mode
+        self.per_batch = bool(per_batch)
+        self.stopped_epoch = None
+        self.stopped_batch = None
+        self._epoch = 0
+
+    def _reached(self, logs):
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            raise ValueError(f"StopAtThreshold: {self.monitor!r} is not in the logs "
+                           f"(available: {sorted(logs or {})})")
+        return value <= self.threshold if self.mode == "min" else value >= self.threshold
+
+    def on_train_begin(self, logs=None):
+        self.stopped_epoch = None
+        self.stopped_batch = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_batch_end(self, batch, logs=None):
+        if self.per_batch and self._reached(logs):
+            self.stopped_epoch, self.stopped_batch = self._epoch, batch
+            self.trainer.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.per_batch and self.stopped_epoch is None and self._reached(logs):
+            self.stopped_epoch = epoch
+            self.trainer.stop_training = True
 
 
 class ModelCheckpoint(Callback):
@@ -454,37 +529,75 @@ def _histogram(values, bins):
     return {"counts": counts.tolist(), "edges": edges.tolist()}
 
 
+def _fuses_with_output(layer, loss):
+    """Whether ``loss`` starts backprop at ``layer``'s pre-activation (softmax +
+    cross-entropy, sigmoid + binary cross-entropy): exact where chaining the
+    probability gradient through the activation would lose digits."""
+    from . import activations as activations_module   # imported here: no cycle at import
+    fused_name = getattr(loss, "fused_activation", None)
+    activation = getattr(layer, "activation", None)
+    return (fused_name is not None and isinstance(activation, activations_module.Activation)
+            and activation == activations_module.get(fused_name)
+            and hasattr(layer, "backward_from_logits"))
+
+
+def _stats(entry, prefix, values, bins):
+    entry[f"{prefix}_mean"] = float(np.mean(values))
+    entry[f"{prefix}_std"] = float(np.std(values))
+    if bins is not None:
+        entry[f"{prefix}_hist"] = _histogram(values, bins)
+
+
 def gradient_statistics(model, loss, x, y, bins=None):
     """Per-layer statistics of one forward/backward pass on (x, y), without a step.
 
-    Returns a list with one dict per layer: ``name``, ``act_mean`` and
-    ``act_std`` (the layer's output), ``grad_mean`` and ``grad_std`` (the
-    gradient of the loss w.r.t. the layer's kernel "W" when it has one,
-    otherwise all its parameters together; None for parameter-free layers).
-    With ``bins`` (an int) each dict also has ``act_hist`` and ``grad_hist``
-    (None for parameter-free layers): ``{"counts": [...], "edges": [...]}``
-    histograms over each layer's own value range (``numpy.histogram``).
-    Layers run with ``training=False``; the layers' ``grads`` are overwritten.
+    Returns a list with one dict per layer of the chain ``model.layers``:
+
+    * ``name``;
+    * ``act_mean``, ``act_std``: the layer's output h;
+    * ``out_grad_mean``, ``out_grad_std``: the back-propagated gradient dL/dh
+      of the loss w.r.t. that output (Glorot & Bengio's figure 7);
+    * ``grad_mean``, ``grad_std``: the gradient of the loss w.r.t. the layer's
+      kernel "W" when it has one, otherwise all its parameters together
+      (None for parameter-free layers).
+
+    With ``bins`` (an int) each dict also has ``act_hist``, ``out_grad_hist``
+    and ``grad_hist`` (None for parameter-free layers): ``{"counts": [...],
+    "edges": [...]}`` histograms over each quantity's own range
+    (``numpy.histogram``). The pass is its own: the layers are run one by
+    one with ``training=False``, the loss gradient is taken at the output
+    (at the pre-activation when the loss fuses with the output activation,
+    as in training) and handed down through each layer's ``backward``. The
+    layers' ``grads`` are overwritten.
     """
-    # Imported here: trainer imports this module.
-    from . import losses as losses_module
-    from .trainer import backpropagate, forward_loss
+    from . import losses as losses_module   # imported here: trainer imports this module
 
     loss = losses_module.get(loss)
+    layers = list(model.layers)
     x = model.prepare_input(x)
     stats = []
     h = x
-    for layer in model.layers:
+    for layer in layers:
         # Statistics right away: layers return reused buffers.
         h = layer.forward(h, training=False)
-        entry = {"name": layer.name, "act_mean": float(np.mean(h)), "act_std": float(np.std(h))}
-        if bins is not None:
-            entry["act_hist"] = _histogram(h, bins)
+        entry = {"name": layer.name}
+        _stats(entry, "act", h, bins)
         stats.append(entry)
     targets = loss.prepare_targets(y, h.shape, h.dtype)
-    _, _, seed = forward_loss(model, loss, x, targets, training=False, with_grad=True)
-    backpropagate(model, loss, seed, input_grad=False)
-    for layer, entry in zip(model.layers, stats):
+    backend = model.backend
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+        dh = np.asarray(loss.grad(targets, h), dtype=h.dtype)
+        _stats(stats[-1], "out_grad", dh, bins)
+        last = layers[-1]
+        if _fuses_with_output(last, loss):
+            _, dz = loss.fused_value_and_grad(last, h, targets, backend)
+            grad = last.backward_from_logits(dz, need_dx=len(layers) > 1)
+        else:
+            grad = last.backward(dh, need_dx=len(layers) > 1)
+        for i in range(len(layers) - 2, -1, -1):
+            _stats(stats[i], "out_grad", grad, bins)
+            grad = layers[i].backward(grad, need_dx=i > 0)
+    for layer, entry in zip(layers, stats):
         if "W" in layer.grads:
             g = layer.grads["W"].ravel()
         elif layer.grads:
@@ -504,7 +617,9 @@ class GradientMonitor(Callback):
     The statistics come from :func:`gradient_statistics` on a fixed monitoring
     batch ``(x, y)`` (keep it small: it costs one extra forward and backward
     each time): means, standard deviations and ``bins``-bin histograms of
-    every layer's output and of the loss gradient w.r.t. its kernel.
+    every layer's output h, of the back-propagated gradient dL/dh and of the
+    loss gradient w.r.t. its kernel. Works on chain models (``model.layers``
+    run in order).
 
     Recorded when training starts (the initialisation, which is what Glorot
     & Bengio's figures show) and after every epoch: ``history[i]`` is the
@@ -547,8 +662,9 @@ class GradientMonitor(Callback):
     def plot(self, path, index=-1):
         """Write a PNG of one record (default: the last) and return ``path``.
 
-        Three panels: the activation histograms of every layer, the kernel
-        gradient histograms, and both standard deviations per layer on a log
+        Four panels: the activation histograms of every layer, the
+        back-propagated gradient (dL/dh) histograms, the kernel gradient
+        histograms, and the three standard deviations per layer on a log
         scale. Without matplotlib nothing is written and the record itself
         (the list of per-layer dicts) is returned, with a RuntimeWarning.
         """
@@ -561,9 +677,10 @@ class GradientMonitor(Callback):
             warnings.warn("GradientMonitor.plot: matplotlib is not installed; returning the "
                           "statistics instead of writing a PNG", RuntimeWarning, stacklevel=2)
             return stats
-        fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-        for key, ax, title in (("act_hist", axes[0], "activation values"),
-                               ("grad_hist", axes[1], "kernel gradients")):
+        fig, axes = plt.subplots(1, 4, figsize=(20, 4.2))
+        for key, ax, title in (("act_hist", axes[0], "activation values h"),
+                               ("out_grad_hist", axes[1], "back-propagated gradients dL/dh"),
+                               ("grad_hist", axes[2], "kernel gradients dL/dW")):
             for s in stats:
                 hist = s.get(key)
                 if hist is None:
@@ -575,12 +692,13 @@ class GradientMonitor(Callback):
             ax.set_title(f"{title} (fraction per bin)")
             ax.legend(fontsize="x-small")
         positions = np.arange(1, len(stats) + 1)
-        for key, label in (("act_std", "activation std"), ("grad_std", "kernel-gradient std")):
-            values = [np.nan if s[key] is None or s[key] <= 0 else s[key] for s in stats]
-            axes[2].semilogy(positions, values, "o-", label=label)
-        axes[2].set_xlabel("layer (1 = next to the input)")
-        axes[2].set_title("per-layer standard deviation")
-        axes[2].legend()
+        for key, label in (("act_std", "activation std"), ("out_grad_std", "dL/dh std"),
+                           ("grad_std", "kernel-gradient std")):
+            values = [np.nan if s.get(key) is None or s[key] <= 0 else s[key] for s in stats]
+            axes[3].semilogy(positions, values, "o-", label=label)
+        axes[3].set_xlabel("layer (1 = next to the input)")
+        axes[3].set_title("per-layer standard deviation")
+        axes[3].legend()
         epochs_done = self.epochs[index]
         fig.suptitle("at initialisation" if epochs_done == 0 else f"after epoch {epochs_done}")
         fig.tight_layout()
@@ -591,10 +709,12 @@ class GradientMonitor(Callback):
 
 def format_gradient_table(stats):
     """Text table of :func:`gradient_statistics` output, one row per layer."""
-    lines = [f"{'layer':<16}{'act mean':>12}{'act std':>12}{'grad mean':>12}{'grad std':>12}"]
+    lines = [f"{'layer':<16}{'act mean':>12}{'act std':>12}{'dL/dh std':>12}"
+             f"{'grad mean':>12}{'grad std':>12}"]
     for s in stats:
         gm = "-" if s["grad_mean"] is None else f"{s['grad_mean']:.3e}"
         gs = "-" if s["grad_std"] is None else f"{s['grad_std']:.3e}"
+        hs = "-" if s.get("out_grad_std") is None else f"{s['out_grad_std']:.3e}"
         lines.append(f"{s['name']:<16}{s['act_mean']:>12.4f}{s['act_std']:>12.4f}"
-                     f"{gm:>12}{gs:>12}")
+                     f"{hs:>12}{gm:>12}{gs:>12}")
     return "\n".join(lines)

@@ -2,8 +2,10 @@
 
 A loss is an object with
 
-* ``__call__(y_true, y_pred) -> float``: the batch mean,
-* ``gradient(y_true, y_pred) -> dL/dy_pred``: already divided by the batch size,
+* ``__call__(y_true, y_pred) -> float``: the batch mean (or, for the losses
+  with ``reduction="sum"``, the sum of the per-sample losses),
+* ``gradient(y_true, y_pred) -> dL/dy_pred``: of that value (so already divided
+  by the batch size for a mean),
 * ``name``.
 
 Both validate and convert ``y_true`` each call. The Trainer validates the whole
@@ -79,10 +81,30 @@ class Loss:
         return f"{type(self).__name__}()"
 
 
+REDUCTIONS = ("mean", "sum")
+
+
+def _check_reduction(owner, reduction):
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{owner}: reduction must be one of {', '.join(REDUCTIONS)}, "
+                         f"got {reduction!r}")
+    return reduction
+
+
 class MeanSquaredError(Loss):
-    """mean((y_pred - y_true)**2) over all elements (per-sample mean, then batch mean)."""
+    """Squared error (y_pred - y_true)**2, reduced over the batch.
+
+    Each sample's loss is the mean over its elements (as in Keras); ``reduction``
+    says how the batch is combined: ``"mean"`` (default: the mean over all
+    elements) or ``"sum"`` (the per-sample losses added, so for one output the
+    sum of squared errors, sum_i (y_pred_i - y_i)**2). For the course's
+    half-squared error C = 1/2 (a - y)**2 see :class:`HalfSquaredError`.
+    """
 
     name = "mse"
+
+    def __init__(self, reduction="mean"):
+        self.reduction = _check_reduction(type(self).__name__, reduction)
 
     def prepare_targets(self, y_true, pred_shape, dtype, argname="y_true"):
         y = _as_numeric(y_true, argname)
@@ -102,12 +124,49 @@ class MeanSquaredError(Loss):
             raise ValueError(f"{argname} contains NaN or Inf at index {bad}")
         return y
 
+    def _divisor(self, y_pred):
+        """What the sum over all elements is divided by: every element ("mean"),
+        or the elements of one sample ("sum": per-sample means, added)."""
+        if self.reduction == "mean" or y_pred.ndim == 0:
+            return y_pred.size
+        return max(y_pred.size // max(y_pred.shape[0], 1), 1)
+
     def value(self, targets, y_pred):
         diff = y_pred.astype(np.float64) - targets
-        return float(np.mean(diff * diff))
+        return float(np.sum(diff * diff) / self._divisor(y_pred))
 
     def grad(self, targets, y_pred):
-        return (2.0 / y_pred.size) * (y_pred - targets)
+        return (2.0 / self._divisor(y_pred)) * (y_pred - targets)
+
+    def get_config(self):
+        return {"reduction": self.reduction}
+
+    def __repr__(self):
+        return f"{type(self).__name__}(reduction={self.reduction!r})"
+
+
+class HalfSquaredError(MeanSquaredError):
+    """The course's quadratic cost: per sample C = 1/2 * sum_j (a_j - y_j)**2.
+
+    The gradient is simply a - y (the 1/2 cancels the square's 2), which is
+    what the hand-written backpropagation of the course uses
+    (delta = (a - y) * sigma'(z) at the output). ``reduction="mean"``
+    (default) averages C over the batch, Nielsen's C = 1/(2n) sum_x ||y(x) - a||**2;
+    ``"sum"`` adds the per-sample costs. With one output and one sample both
+    are 1/2 (a - y)**2. Also available as ``"half_mse"``.
+    """
+
+    name = "half_squared_error"
+
+    def _batch_divisor(self, y_pred):
+        return y_pred.shape[0] if self.reduction == "mean" and y_pred.ndim else 1
+
+    def value(self, targets, y_pred):
+        diff = y_pred.astype(np.float64) - targets
+        return float(0.5 * np.sum(diff * diff) / self._batch_divisor(y_pred))
+
+    def grad(self, targets, y_pred):
+        return (y_pred - targets) / y_pred.dtype.type(self._batch_divisor(y_pred))
 
 
 class CategoricalCrossentropy(Loss):
@@ -254,19 +313,66 @@ class CategoricalCrossentropy(Loss):
 
 
 class MeanAbsoluteError(MeanSquaredError):
-    """mean(|y_pred - y_true|) over all elements.
+    """Absolute error |y_pred - y_true|, reduced over the batch like :class:`MeanSquaredError`
+    (``reduction="mean"``: the mean over all elements; ``"sum"``: per-sample means, added).
 
-    The derivative sign(y_pred - y_true) / size is taken as 0 where the two
+    The derivative sign(y_pred - y_true) / divisor is taken as 0 where the two
     are equal (a subgradient).
     """
 
     name = "mae"
 
     def value(self, targets, y_pred):
-        return float(np.mean(np.abs(y_pred.astype(np.float64) - targets)))
+        return float(np.sum(np.abs(y_pred.astype(np.float64) - targets)) / self._divisor(y_pred))
 
     def grad(self, targets, y_pred):
-        return (np.sign(y_pred - targets) / y_pred.size).astype(y_pred.dtype)
+        return (np.sign(y_pred - targets) / self._divisor(y_pred)).astype(y_pred.dtype)
+
+
+class KLDivergence(MeanSquaredError):
+    """Kullback-Leibler divergence KL(y_true || y_pred) = sum_j y_j log(y_j / p_j) per sample.
+
+    Targets are probability rows with the predictions' shape (one-hot rows
+    make it the categorical cross-entropy). Predictions are clipped to
+    [eps, 1] as in the cross-entropy; terms with y_j = 0 are 0 (the limit of
+    y log y). The gradient is -y / max(p, eps). ``reduction="mean"`` (default)
+    averages the per-sample divergences over the batch, ``"sum"`` adds them.
+    Negative targets are refused.
+    """
+
+    name = "kl_divergence"
+
+    def __init__(self, reduction="mean", eps=1e-7):
+        super().__init__(reduction)
+        self.eps = float(eps)
+        if not 0 < self.eps < 1:
+            raise ValueError(f"KLDivergence: eps must be in (0, 1), got {eps!r}")
+
+    def prepare_targets(self, y_true, pred_shape, dtype, argname="y_true"):
+        y = super().prepare_targets(y_true, pred_shape, dtype, argname)
+        if np.any(y < 0):
+            i = tuple(int(j) for j in np.argwhere(y < 0)[0])
+            raise ValueError(f"{argname} must hold probabilities >= 0 for the KL divergence, "
+                             f"got {y[i]} at index {i}")
+        return y
+
+    def _batch_divisor(self, y_pred):
+        return y_pred.shape[0] if self.reduction == "mean" and y_pred.ndim else 1
+
+    def value(self, targets, y_pred):
+        p = np.clip(y_pred.astype(np.float64), self.eps, 1.0)
+        t = targets.astype(np.float64)
+        positive = t > 0
+        terms = np.zeros_like(t)
+        terms[positive] = t[positive] * np.log(t[positive] / p[positive])
+        return float(np.sum(terms) / self._batch_divisor(y_pred))
+
+    def grad(self, targets, y_pred):
+        p = np.maximum(y_pred, self.eps)
+        return (-targets / (p * self._batch_divisor(y_pred))).astype(y_pred.dtype)
+
+    def get_config(self):
+        return {"reduction": self.reduction, "eps": self.eps}
 
 
 def _log_sigmoid(z):
@@ -403,6 +509,11 @@ _REGISTRY = {
     "crossentropy": CategoricalCrossentropy,
     "mae": MeanAbsoluteError,
     "mean_absolute_error": MeanAbsoluteError,
+    "half_squared_error": HalfSquaredError,
+    "half_mse": HalfSquaredError,
+    "kl_divergence": KLDivergence,
+    "kld": KLDivergence,
+    "kullback_leibler_divergence": KLDivergence,
     "binary_crossentropy": BinaryCrossentropy,
     "hinge": Hinge,
     "multiclass_hinge": Hinge,

@@ -11,8 +11,19 @@ weights. Either way the whole step is one backend call.
 The learning rate ``lr`` is a positive float or a callable ``schedule(t) ->
 lr``, where ``t`` counts optimizer steps already taken (0 for the first
 step), i.e. batches, not epochs.
+
+Gradient clipping (every optimizer, as in Keras): ``clipvalue=v`` clips each
+gradient entry to [-v, v]; ``clipnorm=c`` rescales each parameter's gradient
+whose L2 norm exceeds c to norm c; ``global_clipnorm=c`` rescales all the
+gradients together so that their joint L2 norm is at most c (PyTorch's
+``clip_grad_norm_``). Norm clipping happens before value clipping. The
+gradient arrays are clipped in place, just before the update. A step whose
+gradients contain NaN or Inf is not clipped (clipping would hide the
+overflow): the finite check refuses it as usual.
 """
 import math
+
+import numpy as np
 
 from . import aligned
 from .backend import get_backend, state_with_modules, state_without_modules
@@ -28,14 +39,40 @@ def _check_lr_value(lr, what="lr", allow_zero=False):
     return value
 
 
-class Optimizer:
-    """Base class: learning-rate handling, step counting and per-key state."""
+def _check_clip(value, name):
+    """None, or a positive finite float (a gradient clipping threshold)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be a positive number or None, got {value!r}")
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a positive number or None, got {value!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive finite number or None, got {value!r}")
+    return value
 
-    def __init__(self, lr):
+
+def _l2_norm(g):
+    """||g||_2 accumulated in float64 (a float32 sum of squares overflows past ~1e19)."""
+    return math.sqrt(float(np.sum(np.square(g, dtype=np.float64))))
+
+
+class Optimizer:
+    """Base class: learning-rate handling, gradient clipping, step counting and per-key state."""
+
+    def __init__(self, lr, clipnorm=None, clipvalue=None, global_clipnorm=None):
         if callable(lr):
             self.lr = lr
         else:
             self.lr = _check_lr_value(lr)
+        self.clipnorm = _check_clip(clipnorm, "clipnorm")
+        self.clipvalue = _check_clip(clipvalue, "clipvalue")
+        self.global_clipnorm = _check_clip(global_clipnorm, "global_clipnorm")
+        if self.clipnorm is not None and self.global_clipnorm is not None:
+            raise ValueError("give clipnorm (per parameter) or global_clipnorm (all "
+                             "parameters together), not both")
         self.iterations = 0   # optimizer steps taken so far
         self.backend = None   # set by the Trainer; get_backend() otherwise
         # The backend's argument lists of the last step, reused while the
@@ -81,10 +118,41 @@ class Optimizer:
         step is finite. Changes no weight and no state value."""
         return self._run(params_and_grads, "check")
 
+    @property
+    def clips_gradients(self):
+        """Whether a step clips the gradients first (clipnorm, clipvalue, global_clipnorm)."""
+        return (self.clipnorm is not None or self.clipvalue is not None
+                or self.global_clipnorm is not None)
+
+    def clip_gradients(self, grads):
+        """Clip the gradient arrays ``grads`` in place as configured (see the module
+        notes); returns the global L2 norm before clipping (None without clipping).
+        Gradients containing NaN/Inf are left as they are."""
+        if not self.clips_gradients:
+            return None
+        if not all(np.isfinite(g).all() for g in grads):
+            return math.nan
+        norms = [_l2_norm(g) for g in grads]
+        total = math.sqrt(sum(n * n for n in norms))
+        if self.global_clipnorm is not None and total > self.global_clipnorm:
+            scale = self.global_clipnorm / total
+            for g in grads:
+                g *= g.dtype.type(scale)
+        if self.clipnorm is not None:
+            for g, norm in zip(grads, norms):
+                if norm > self.clipnorm:
+                    g *= g.dtype.type(self.clipnorm / norm)
+        if self.clipvalue is not None:
+            for g in grads:
+                np.clip(g, -self.clipvalue, self.clipvalue, out=g)
+        return total
+
     def _run(self, params_and_grads, mode):
         backend = self.backend if self.backend is not None else get_backend()
         lr = self.current_lr()
         keys, params, grads, state0, state1 = self._step_lists(params_and_grads)
+        if self.clips_gradients:
+            self.clip_gradients(grads)
         bad = backend.optimizer_step(self.rule, params, grads, state0, state1, lr=lr, mode=mode,
                                      **self.step_hyperparameters())
         return self._finish_step(keys, bad, mode)
@@ -175,7 +243,12 @@ class Optimizer:
                 lr = lr.get_config()
             else:
                 lr = getattr(lr, "__name__", repr(lr))
-        return {"lr": lr}
+        config = {"lr": lr}
+        # Only the clipping that is set, so configs without it are as before.
+        for name in ("clipnorm", "clipvalue", "global_clipnorm"):
+            if getattr(self, name) is not None:
+                config[name] = getattr(self, name)
+        return config
 
     def state_dict(self):
         """Copy of the optimizer state: the step count and per-key arrays."""
@@ -202,8 +275,9 @@ class SGD(Optimizer):
                         param -= lr * v                    otherwise
     """
 
-    def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0):
-        super().__init__(lr)
+    def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0,
+                 clipnorm=None, clipvalue=None, global_clipnorm=None):
+        super().__init__(lr, clipnorm, clipvalue, global_clipnorm)
         momentum = float(momentum)
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
@@ -284,8 +358,8 @@ class _StatefulOptimizer(Optimizer):
 
     _slot_names = ()
 
-    def __init__(self, lr):
-        super().__init__(lr)
+    def __init__(self, lr, clipnorm=None, clipvalue=None, global_clipnorm=None):
+        super().__init__(lr, clipnorm, clipvalue, global_clipnorm)
         self.slots = {name: {} for name in self._slot_names}
 
     def _initial_value(self, slot):
@@ -340,8 +414,9 @@ class Adam(_StatefulOptimizer):
     _slot_names = ("m", "v")
     _decoupled = False
 
-    def __init__(self, lr=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-7, weight_decay=0.0):
-        super().__init__(lr)
+    def __init__(self, lr=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-7, weight_decay=0.0,
+                 clipnorm=None, clipvalue=None, global_clipnorm=None):
+        super().__init__(lr, clipnorm, clipvalue, global_clipnorm)
         self.beta_1 = _check_unit_interval(beta_1, "beta_1")
         self.beta_2 = _check_unit_interval(beta_2, "beta_2")
         self.epsilon = _check_positive(epsilon, "epsilon")
@@ -375,8 +450,10 @@ class AdamW(Adam):
 
     _decoupled = True
 
-    def __init__(self, lr=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-7, weight_decay=0.01):
-        super().__init__(lr, beta_1, beta_2, epsilon, weight_decay)
+    def __init__(self, lr=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-7, weight_decay=0.01,
+                 clipnorm=None, clipvalue=None, global_clipnorm=None):
+        super().__init__(lr, beta_1, beta_2, epsilon, weight_decay, clipnorm, clipvalue,
+                         global_clipnorm)
 
 
 class RMSprop(_StatefulOptimizer):
@@ -395,8 +472,9 @@ class RMSprop(_StatefulOptimizer):
 
     _slot_names = ("ms", "mom")
 
-    def __init__(self, lr=1e-3, rho=0.9, momentum=0.0, epsilon=1e-7):
-        super().__init__(lr)
+    def __init__(self, lr=1e-3, rho=0.9, momentum=0.0, epsilon=1e-7,
+                 clipnorm=None, clipvalue=None, global_clipnorm=None):
+        super().__init__(lr, clipnorm, clipvalue, global_clipnorm)
         self.rho = _check_unit_interval(rho, "rho")
         self.momentum = _check_unit_interval(momentum, "momentum")
         self.epsilon = _check_positive(epsilon, "epsilon")
@@ -432,8 +510,9 @@ class Adagrad(_StatefulOptimizer):
 
     _slot_names = ("acc",)
 
-    def __init__(self, lr=1e-3, initial_accumulator_value=0.1, epsilon=1e-7):
-        super().__init__(lr)
+    def __init__(self, lr=1e-3, initial_accumulator_value=0.1, epsilon=1e-7,
+                 clipnorm=None, clipvalue=None, global_clipnorm=None):
+        super().__init__(lr, clipnorm, clipvalue, global_clipnorm)
         self.initial_accumulator_value = _check_positive(
             initial_accumulator_value, "initial_accumulator_value", allow_zero=True)
         self.epsilon = _check_positive(epsilon, "epsilon")

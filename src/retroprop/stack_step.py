@@ -125,11 +125,18 @@ class DenseStackPlan:
         optimizer's bounds kept between steps (both the backend's)."""
         opt = self.optimizer
         keys, params, grads, state0, state1 = opt._step_lists(self.items)
+        # A clipping optimizer must see the gradients before its update: the
+        # call then only computes them ("check" writes no weight), and the
+        # optimizer clips and steps on its own.
+        clipping = getattr(opt, "clips_gradients", False)
         status, loss, first_bad = self.backend.dense_stack_step(
             self.stack, xb, targets, opt.rule, params, grads, state0, state1,
-            lr=opt.current_lr(), mode=mode, next_batch=next_batch, bounds=bounds,
-            **opt.step_hyperparameters())
+            lr=opt.current_lr(), mode="check" if clipping else mode, next_batch=next_batch,
+            bounds=bounds, **opt.step_hyperparameters())
         _leave_layers_as_forward(self.model.layers, xb, self.outputs, self.logits)
+        if clipping and status != 1:
+            bad_key = opt._run(self.items, mode)
+            return (0 if bad_key is None else 2), loss, bad_key
         bad_key = None
         if status == 2:
             bad_key = keys[first_bad]

@@ -24,6 +24,7 @@
  *               y = z s, s = sigmoid(2u) = (1 + tanh u) / 2, u = sqrt(2/pi) (z + 0.044715 z^3)
  *               y' = s + 2 z s (1 - s) u',  u' = sqrt(2/pi) (1 + 3 * 0.044715 z^2)
  *   SWISH       y = z sigmoid(z)  (SiLU)                y' = s + z s (1 - s), s = sigmoid(z)
+ *   MISH        y = z tanh(softplus(z))  (Misra 2019)   y' = t + z s (1 - t^2), t = tanh(softplus(z))
  *
  * Arrays of at least RP_ELEMENTWISE_PARALLEL_MIN (cheap activations) or
  * RP_ELEMENTWISE_PARALLEL_MIN_TRANSCENDENTAL elements (those calling libm per
@@ -50,12 +51,13 @@ typedef enum {
     RP_ACT_ARCTAN = 7,
     RP_ACT_SOFTPLUS = 8,
     RP_ACT_GELU = 9,
-    RP_ACT_SWISH = 10
+    RP_ACT_SWISH = 10,
+    RP_ACT_MISH = 11
 } rp_act;
 
-#define RP_ACT_COUNT 11
+#define RP_ACT_COUNT 12
 
-/* 1 when act's derivative needs the input z (ARCTAN, SOFTPLUS, GELU, SWISH),
+/* 1 when act's derivative needs the input z (ARCTAN, SOFTPLUS, GELU, SWISH, MISH),
  * 0 when it is computed from the output y (the others). */
 int rp_act_derivative_needs_input(rp_act act);
 

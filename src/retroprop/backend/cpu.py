@@ -17,7 +17,7 @@ from .. import _core
 # the output and may be applied in the GEMM write-back; the INPUT_DERIVATIVE
 # ones are elementwise only and their backward reads the pre-activation x.
 FUSED_ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "step", "leaky_relu", "elu")
-INPUT_DERIVATIVE_ACTIVATIONS = ("arctan", "softplus", "gelu", "swish")
+INPUT_DERIVATIVE_ACTIVATIONS = ("arctan", "softplus", "gelu", "swish", "mish")
 ELEMENTWISE_ACTIVATIONS = FUSED_ACTIVATIONS + INPUT_DERIVATIVE_ACTIVATIONS
 ACTIVATION_DEFAULT_PARAMS = {"sigmoid": 1.0, "leaky_relu": 0.01, "elu": 1.0}
 _REAL = (np.dtype(np.float32), np.dtype(np.float64))
@@ -351,6 +351,32 @@ def conv2d_backward(x, w, y, dy, activation, dw, db=None, dx=None, *, stride=(1,
         dz = scratch[col_size:].reshape(dy.shape)
     return _core.conv2d_backward(x, w, y, dy, _fused(activation), stride, dilation, padding,
                                  col, dz, dw, db, dx)
+
+
+def conv2d_backward_data(dy, w, x_shape, *, stride=(1, 1), dilation=(1, 1),
+                         padding=(0, 0, 0, 0), out=None, workspace=None):
+    """dx = col2im(dy w^T) for a conv2d of an input of shape ``x_shape`` (N, H, W, C):
+    the input gradient alone (no dW, linear), which is also the forward pass of a
+    transposed convolution (layers/conv_transpose.py). dy (N, OH, OW, F), w (KH, KW, C, F).
+    workspace: at least conv2d_workspace_size(x_shape, w.shape, ..., backward=False)
+    elements (a per-thread cached array when None). Returns ``out``."""
+    dy = _input(dy, "dy")
+    w = _input(w, "w", dy.dtype)
+    try:
+        x_shape = tuple(int(s) for s in x_shape)
+    except (TypeError, ValueError):
+        x_shape = ()
+    if len(x_shape) != 4 or min(x_shape) < 1:
+        raise ValueError(f"conv2d_backward_data: x_shape must be 4 positive ints (N, H, W, C), "
+                         f"got {x_shape!r}")
+    out = _output(out, "out", x_shape, dy.dtype)
+    stride, dilation, padding, oh, ow = _conv_args(out, w, stride, dilation, padding)
+    expected = (x_shape[0], oh, ow, w.shape[3])
+    if dy.shape != expected:
+        raise ValueError(f"conv2d_backward_data: dy must have shape {expected}, got {dy.shape}")
+    col_size = _col_elements(x_shape, w.shape, oh, ow, stride, padding)
+    col = _scratch(workspace, col_size, dy.dtype) if col_size else None
+    return _core.conv2d_backward_data(dy, w, stride, dilation, padding, col, out)
 
 
 def pool2d_output_hw(h, w, pool_size, stride, padding=(0, 0, 0, 0)):

@@ -21,7 +21,7 @@ import numpy as np
 # Same names as backend/cpu.py (docs/BACKEND.md): derivative from the output
 # (fusable into dense/conv) or from the input (elementwise only).
 FUSED_ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "step", "leaky_relu", "elu")
-INPUT_DERIVATIVE_ACTIVATIONS = ("arctan", "softplus", "gelu", "swish")
+INPUT_DERIVATIVE_ACTIVATIONS = ("arctan", "softplus", "gelu", "swish", "mish")
 ELEMENTWISE_ACTIVATIONS = FUSED_ACTIVATIONS + INPUT_DERIVATIVE_ACTIVATIONS
 ACTIVATION_DEFAULT_PARAMS = {"sigmoid": 1.0, "leaky_relu": 0.01, "elu": 1.0}
 
@@ -188,8 +188,10 @@ def activation_forward(name, x, out=None, *, param=None):
         with np.errstate(over="ignore"):
             u = _GELU_K * (x + _GELU_C * x ** 3)
         np.copyto(out, 0.5 * x * (1 + np.tanh(u)))
-    else:  # swish
+    elif name == "swish":
         np.copyto(out, x * _sigmoid(x, np.empty_like(x)))
+    else:  # mish: x tanh(softplus(x))
+        np.copyto(out, x * np.tanh(np.logaddexp(0, x)))
     return out
 
 
@@ -206,8 +208,12 @@ def _input_derivative(name, x):
         t = np.tanh(_GELU_K * (xc + _GELU_C * xc ** 3))
         du = _GELU_K * (1 + 3 * _GELU_C * xc * xc)
         return 0.5 * (1 + t) + 0.5 * xc * (1 - t * t) * du
-    s = _sigmoid(x, np.empty_like(x))  # swish
-    return s + x * s * (1 - s)
+    s = _sigmoid(x, np.empty_like(x))
+    if name == "mish":
+        # t + x s (1 - t^2); x s -> 0 where t' vanishes, so clip x as for gelu.
+        t = np.tanh(np.logaddexp(0, x))
+        return t + np.clip(x, -1e4, 1e4) * s * (1 - t * t)
+    return s + x * s * (1 - s)  # swish
 
 
 def activation_backward(name, y, dy, out=None, *, x=None, param=None):
@@ -534,6 +540,29 @@ def conv2d_backward(x, w, y, dy, activation, dw, db=None, dx=None, *, stride=(1,
         top, _, left, _ = padding
         dx[...] = dxp[:, top:top + x.shape[1], left:left + x.shape[2], :]
     return dx
+
+
+def conv2d_backward_data(dy, w, x_shape, *, stride=(1, 1), dilation=(1, 1),
+                         padding=(0, 0, 0, 0), out=None, workspace=None):
+    """dx = the scatter of dy w^T back to the input positions of a conv2d of an input
+    of shape ``x_shape``: conv2d's input gradient alone, the forward pass of a
+    transposed convolution. workspace is not used. Returns ``out``."""
+    _check_float(dy, "dy", ndim=4)
+    x_shape = tuple(int(s) for s in x_shape)
+    x = np.zeros(x_shape, dtype=dy.dtype)
+    oh, ow = _check_conv_args(x, w, stride, dilation, padding)
+    kh, kw, c, f = w.shape
+    if dy.shape != (x_shape[0], oh, ow, f):
+        raise ValueError(f"dy must have shape {(x_shape[0], oh, ow, f)}, got {dy.shape}")
+    out = _check_out(out, "out", x_shape, dy.dtype)
+    dcol = (dy.reshape(-1, f) @ w.reshape(-1, f).T).reshape(x_shape[0], oh, ow, kh, kw, c)
+    dxp = _pad_hw(x, padding)
+    for ky in range(kh):
+        for kx in range(kw):
+            dxp[_window_slices(ky, kx, oh, ow, stride, dilation)] += dcol[:, :, :, ky, kx, :]
+    top, _, left, _ = padding
+    out[...] = dxp[:, top:top + x_shape[1], left:left + x_shape[2], :]
+    return out
 
 
 def _check_pool_args(shape, pool_size, stride, padding):

@@ -49,12 +49,23 @@ from .dropout import Dropout  # noqa: E402
 __all__ += ["Dropout"]
 
 # Image augmentation (active only in training).
-from .augmentation import RandomCrop, RandomFlip, RandomTranslation  # noqa: E402
+from .augmentation import (RandomBrightness, RandomContrast, RandomCrop,  # noqa: E402
+                           RandomFlip, RandomRotation, RandomTranslation)
 
-__all__ += ["RandomFlip", "RandomTranslation", "RandomCrop"]
+__all__ += ["RandomFlip", "RandomTranslation", "RandomCrop", "RandomRotation",
+            "RandomContrast", "RandomBrightness"]
 
 # Normalisation and residual blocks.
 from .norm import BatchNormalization  # noqa: E402
 from .residual import Residual  # noqa: E402
 
 __all__ += ["BatchNormalization", "Residual"]
+
+# Preprocessing, upsampling, transposed convolution and recurrence (the course's tools).
+from .normalization import Normalization  # noqa: E402
+from .upsampling import UpSampling2D  # noqa: E402
+from .conv_transpose import Conv2DTranspose  # noqa: E402
+from .rnn import SimpleRNN  # noqa: E402
+from .lstm import LSTM  # noqa: E402
+
+__all__ += ["Normalization", "UpSampling2D", "Conv2DTranspose", "SimpleRNN", "LSTM"]

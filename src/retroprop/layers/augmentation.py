@@ -1,14 +1,16 @@
-"""Image augmentation layers: random flip, translation and crop of NHWC images.
+"""Image augmentation layers: random flip, translation, crop, rotation, contrast
+and brightness of NHWC images.
 
 They are active only in training (``forward(x, training=True)``); at
-inference RandomFlip and RandomTranslation are the identity and RandomCrop
-takes the centre crop, so predictions are deterministic.
+inference they are the identity, except RandomCrop, which takes the centre
+crop, so predictions are deterministic.
 
 Each layer owns a generator seeded by ``seed`` (None: a fresh seed), so the
 same seed gives the same sequence of random draws. The draws of the last
 forward are kept: every transform here is a linear map of the input (a
-permutation of pixels, with constant or zero fill), and backward applies its
-transpose to dy with those same draws. That makes them usable anywhere in a
+permutation or interpolation of pixels, with constant or zero fill; a
+per-image scale and shift), possibly clipped to a value range, and backward
+applies its transpose to dy with those same draws. That makes them usable anywhere in a
 model, not only as the first layer; the fill value is a constant and does not
 depend on the input, so it receives no gradient.
 
@@ -292,4 +294,256 @@ class RandomCrop(_ImageAugmentation):
 
     def get_config(self):
         return {"height": self.height, "width": self.width, "padding": list(self.padding),
+                "seed": self.seed, "name": self.name}
+
+
+# --------------------------------------------------------------------------
+# RandomRotation
+# --------------------------------------------------------------------------
+
+def _fill_number(layer, value, argname="fill_value"):
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{layer}: {argname} must be a number, got {value!r}") from None
+    if not np.isfinite(value):
+        raise ValueError(f"{layer}: {argname} must be finite, got {value!r}")
+    return value
+
+
+def _value_range(layer, value_range):
+    """None, or a (low, high) pair of finite numbers with low < high."""
+    if value_range is None:
+        return None
+    try:
+        low, high = (float(v) for v in value_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"{layer}: value_range must be None or a (low, high) pair, "
+                         f"got {value_range!r}") from None
+    if not (np.isfinite(low) and np.isfinite(high) and low < high):
+        raise ValueError(f"{layer}: value_range must have finite low < high, got {value_range!r}")
+    return (low, high)
+
+
+def rotation_sampling(height, width, angles, order):
+    """Where each output pixel of each image reads the input, for rotations by ``angles``
+    (radians, counter-clockwise on screen) about the image centre.
+
+    Returns (indices, weights, inside): arrays of shape (k, n, height * width)
+    with k = 4 neighbours (bilinear, ``order=1``) or 1 (nearest, ``order=0``):
+    flat input pixel indices, interpolation weights, and whether that
+    neighbour lies in the image (outside ones read the fill value)."""
+    cy, cx = (height - 1) / 2.0, (width - 1) / 2.0
+    rows, cols = np.meshgrid(np.arange(height, dtype=np.float64),
+                             np.arange(width, dtype=np.float64), indexing="ij")
+    dy, dx = rows.ravel() - cy, cols.ravel() - cx
+    cos, sin = np.cos(angles)[:, None], np.sin(angles)[:, None]
+    # Inverse rotation of each output position; rows grow downwards, so a
+    # counter-clockwise turn on screen reads from (y + sin dx, x - sin dy).
+    src_y = cy + cos * dy + sin * dx
+    src_x = cx - sin * dy + cos * dx
+    if order == 0:
+        ys, xs = np.rint(src_y), np.rint(src_x)
+        neighbours = [(ys, xs, np.ones_like(ys))]
+    else:
+        y0, x0 = np.floor(src_y), np.floor(src_x)
+        fy, fx = src_y - y0, src_x - x0
+        neighbours = [(y0, x0, (1 - fy) * (1 - fx)), (y0, x0 + 1, (1 - fy) * fx),
+                      (y0 + 1, x0, fy * (1 - fx)), (y0 + 1, x0 + 1, fy * fx)]
+    indices, weights, inside = [], [], []
+    for ys, xs, w in neighbours:
+        ok = (ys >= 0) & (ys <= height - 1) & (xs >= 0) & (xs <= width - 1)
+        idx = np.where(ok, ys * width + xs, 0).astype(np.int64)
+        indices.append(idx)
+        weights.append(w)
+        inside.append(ok)
+    return np.stack(indices), np.stack(weights), np.stack(inside)
+
+
+class RandomRotation(_ImageAugmentation):
+    """Rotate each image by a random angle about its centre; identity at inference.
+
+    ``factor`` is a fraction of a full turn, as in Keras: 0.1 draws angles
+    uniformly in [-0.1, 0.1] * 2 pi (+-36 degrees), a pair (lower, upper) in
+    [lower, upper] * 2 pi; positive angles turn the content counter-clockwise.
+    ``interpolation`` "bilinear" (default) or "nearest". Pixels whose source
+    falls outside the image read ``fill_value`` (Keras' fill_mode="constant").
+    Output pixel values are a fixed linear combination of input pixels (plus
+    the fill), so backward scatters dy back with the same weights.
+    """
+
+    def __init__(self, factor, fill_value=0.0, interpolation="bilinear", seed=None, name=None):
+        layer = type(self).__name__
+        self.factor = _factor_range(layer, factor, "factor")
+        self.fill_value = _fill_number(layer, fill_value)
+        if interpolation not in ("bilinear", "nearest"):
+            raise ValueError(f"{layer}: interpolation must be 'bilinear' or 'nearest', "
+                             f"got {interpolation!r}")
+        self.interpolation = interpolation
+        super().__init__(seed=seed, name=name)
+        self.angles = None      # per-sample angles (radians) of the last training forward
+        self._sampling = None
+
+    def forward(self, x, training=False):
+        """A rotated copy in training, x itself at inference."""
+        self.check_input(x)
+        self._n = n = x.shape[0]
+        if not training:
+            self.angles = self._sampling = None
+            return x
+        height, width, channels = self.input_shape
+        self.angles = self._rng.uniform(*self.factor, size=n) * 2.0 * np.pi
+        order = 1 if self.interpolation == "bilinear" else 0
+        self._sampling = rotation_sampling(height, width, self.angles, order)
+        indices, weights, inside = self._sampling
+        flat = x.reshape(n, height * width, channels)
+        rows = np.arange(n)[:, None]
+        out = np.zeros((n, height * width, channels), dtype=np.float64)
+        for idx, w, ok in zip(indices, weights, inside):
+            values = np.where(ok[:, :, None], flat[rows, idx], self.fill_value)
+            out += w[:, :, None] * values
+        return out.astype(self.dtype).reshape(x.shape)
+
+    def backward(self, dy, need_dx=True):
+        """dy scattered back to the pixels each output read (the fill gets nothing)."""
+        self._check_backward(dy)
+        if not need_dx:
+            return None
+        if self._sampling is None:
+            return dy
+        n = self._n
+        height, width, channels = self.input_shape
+        pixels = height * width
+        indices, weights, inside = self._sampling
+        g = dy.reshape(n, pixels, channels).astype(np.float64)
+        offsets = (np.arange(n) * pixels)[:, None]
+        dx = np.zeros((n * pixels, channels))
+        for idx, w, ok in zip(indices, weights, inside):
+            target = (idx + offsets)[ok]
+            contrib = (w[:, :, None] * g)[ok]
+            for c in range(channels):
+                dx[:, c] += np.bincount(target, weights=contrib[:, c], minlength=n * pixels)
+        return dx.astype(self.dtype).reshape(dy.shape[0], height, width, channels)
+
+    def get_config(self):
+        return {"factor": list(self.factor), "fill_value": self.fill_value,
+                "interpolation": self.interpolation, "seed": self.seed, "name": self.name}
+
+
+# --------------------------------------------------------------------------
+# RandomContrast and RandomBrightness
+# --------------------------------------------------------------------------
+
+class _ClippedAugmentation(_ImageAugmentation):
+    """Shared by the photometric layers: an optional clip to ``value_range``,
+    whose gradient is zero where the output was clipped."""
+
+    def __init__(self, value_range, seed, name):
+        super().__init__(seed=seed, name=name)
+        self.value_range = _value_range(type(self).__name__, value_range)
+        self._unclipped = None   # mask of outputs inside value_range (None: no clipping)
+
+    def _clip(self, y):
+        if self.value_range is None:
+            self._unclipped = None
+            return y
+        low, high = self.value_range
+        self._unclipped = (y >= low) & (y <= high)
+        return np.clip(y, low, high)
+
+    def _through_clip(self, dy):
+        return dy if self._unclipped is None else dy * self._unclipped
+
+
+class RandomContrast(_ClippedAugmentation):
+    """Scale each image's contrast by a random factor; identity at inference.
+
+    Per image and channel, ``y = (x - m) * f + m`` with m the channel's mean
+    over the image and f drawn uniformly in [1 - lower, 1 + upper], where
+    ``factor`` is a number f0 (lower = upper = f0) or a pair (lower, upper),
+    each >= 0 and lower <= 1 (Keras' rule). The result is clipped to
+    ``value_range`` (default (0, 1), for images scaled to [0, 1]; None: no
+    clipping). Backward: f dy + (1 - f) mean(dy), zero where clipped.
+    """
+
+    def __init__(self, factor, value_range=(0.0, 1.0), seed=None, name=None):
+        layer = type(self).__name__
+        pair = factor if isinstance(factor, (tuple, list)) else (factor, factor)
+        try:
+            lower, upper = (float(v) for v in pair)
+        except (TypeError, ValueError):
+            raise ValueError(f"{layer}: factor must be a number or a (lower, upper) pair, "
+                             f"got {factor!r}") from None
+        if not (0.0 <= lower <= 1.0 and 0.0 <= upper and np.isfinite(upper)):
+            raise ValueError(f"{layer}: factor must give 0 <= lower <= 1 and a finite "
+                             f"upper >= 0, got {factor!r}")
+        self.factor = (lower, upper)
+        super().__init__(value_range, seed, name)
+        self.factors = None    # per-sample contrast factors of the last training forward
+
+    def forward(self, x, training=False):
+        self.check_input(x)
+        self._n = n = x.shape[0]
+        if not training:
+            self.factors = self._unclipped = None
+            return x
+        lower, upper = self.factor
+        self.factors = self._rng.uniform(1.0 - lower, 1.0 + upper, size=n).astype(self.dtype)
+        f = self.factors[:, None, None, None]
+        mean = x.mean(axis=(1, 2), keepdims=True)
+        return self._clip((x - mean) * f + mean)
+
+    def backward(self, dy, need_dx=True):
+        self._check_backward(dy)
+        if not need_dx:
+            return None
+        if self.factors is None:
+            return dy
+        g = self._through_clip(dy)
+        f = self.factors[:, None, None, None]
+        return f * g + (1 - f) * g.mean(axis=(1, 2), keepdims=True)
+
+    def get_config(self):
+        return {"factor": list(self.factor),
+                "value_range": None if self.value_range is None else list(self.value_range),
+                "seed": self.seed, "name": self.name}
+
+
+class RandomBrightness(_ClippedAugmentation):
+    """Add a random brightness offset to each image; identity at inference.
+
+    The offset is drawn uniformly in [lower, upper] * (high - low) of
+    ``value_range`` (the same for every pixel and channel of an image), where
+    ``factor`` is a number f (in [-f, f]) or a pair (lower, upper) within
+    [-1, 1], as in Keras; the result is clipped to ``value_range`` (default
+    (0, 1); None: no clipping and offsets in [lower, upper]). Backward: dy,
+    zero where clipped.
+    """
+
+    def __init__(self, factor, value_range=(0.0, 1.0), seed=None, name=None):
+        self.factor = _factor_range(type(self).__name__, factor, "factor")
+        super().__init__(value_range, seed, name)
+        self.offsets = None    # per-sample offsets of the last training forward
+
+    def forward(self, x, training=False):
+        self.check_input(x)
+        self._n = n = x.shape[0]
+        if not training:
+            self.offsets = self._unclipped = None
+            return x
+        span = 1.0 if self.value_range is None else self.value_range[1] - self.value_range[0]
+        self.offsets = (self._rng.uniform(*self.factor, size=n) * span).astype(self.dtype)
+        return self._clip(x + self.offsets[:, None, None, None])
+
+    def backward(self, dy, need_dx=True):
+        self._check_backward(dy)
+        if not need_dx:
+            return None
+        if self.offsets is None:
+            return dy
+        return self._through_clip(dy)
+
+    def get_config(self):
+        return {"factor": list(self.factor),
+                "value_range": None if self.value_range is None else list(self.value_range),
                 "seed": self.seed, "name": self.name}
