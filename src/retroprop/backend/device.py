@@ -192,6 +192,9 @@ class BatchUploader:
         if dev is None:
             slot["device"].clear()
             dev = slot["device"][key] = self.backend.empty(x.shape, x.dtype)
+            # memory from the compute stream's pool: let its allocation finish
+            # before the copy stream writes it (a new shape is rare)
+            drv.synchronize()
         ctypes.memmove(slot["host"], x.ctypes.data, x.nbytes)
         drv.upload_async(dev.ptr, slot["host"], x.nbytes, slot["ready"])
         self._previous = slot
