@@ -134,6 +134,28 @@ def test_dense_forward_parameterised_activations(be, dtype):
                      cpu.dense_forward(x, w, b, name, param=p), tolerance(be, dtype), name)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_relu_chain_with_cublaslt_epilogues_or_fallback(be, dtype):
+    # two relu Dense layers: forward keeps relu's mask, backward goes from the
+    # upper layer's dz straight to the lower one's dz and db
+    rng = np.random.default_rng(41)
+    tol = tolerance(be, dtype)
+    for n, k0, k, m in [(1, 2, 3, 1), (33, 17, 130, 10), (64, 20, 256, 128)]:
+        x, w0, b0 = rand(rng, (n, k0), dtype), rand(rng, (k0, k), dtype), rand(rng, (k,), dtype)
+        w1 = rand(rng, (k, m), dtype)
+        y0 = cpu.dense_forward(x, w0, b0, "relu")
+        got_y0, mask = be.dense_forward_relu_mask(x, w0, b0)
+        assert_close(got_y0, y0, tol, "relu forward")
+        if be.properties["emulated"]:
+            assert mask is None          # no cuBLASLt here: the fallback ran
+        dz1 = rand(rng, (n, m), dtype)
+        dx1 = cpu.gemm(dz1, w1, trans_b=True)
+        want_dz0 = cpu.activation_backward("relu", y0, dx1)
+        dz0, db0 = be.dense_backward_drelu(dz1, w1, got_y0, mask)
+        assert_close(dz0, want_dz0, tol, "dz0")
+        assert_close(db0, want_dz0.sum(0), tol * 10, "db0")
+
+
 def test_dense_rejects_bad_shapes(be):
     x = np.ones((3, 4), np.float32)
     with pytest.raises(ValueError, match="dense_forward"):

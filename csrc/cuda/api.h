@@ -101,6 +101,22 @@ int rp_dev_dense_backward(int dtype, int64_t n, int64_t k, int64_t m, const void
                           const void *w, const void *y, const void *dy, int act, double param,
                           void *dz_workspace, void *dw, void *db, void *dx);
 
+/* The relu chain fused into cuBLASLt epilogues, for a planner that knows a
+ * relu Dense layer feeds the next one (both RP_DEV_UNSUPPORTED where the
+ * epilogue is not available, or emulated: the caller then runs
+ * rp_dev_dense_forward, and the GEMM + activation backward + column sums):
+ *   forward:  y (n, m) = relu(x @ w + b) and mask, relu's bits, for ...
+ *   backward: dz_prev (n, k) = (dz (n, m) @ w^T) * relu'(mask of the layer
+ *             that produced this layer's input, (n, k)) and db_prev (k) its
+ *             column sums: one DRELU_BGRAD GEMM instead of three kernels.
+ * mask is rp_dev_relu_mask_bytes(n, width) bytes (width: the relu layer's
+ * output width). */
+int64_t rp_dev_relu_mask_bytes(int64_t n, int64_t width);
+int rp_dev_dense_forward_relu_mask(int dtype, int64_t n, int64_t k, int64_t m, const void *x,
+                                   const void *w, const void *b, void *y, void *mask);
+int rp_dev_dense_dx_drelu_bgrad(int dtype, int64_t n, int64_t k, int64_t m, const void *dz,
+                                const void *w, const void *mask, void *dz_prev, void *db_prev);
+
 /* ---- elementwise, rows, losses ---------------------------------------------- */
 
 int rp_dev_act_forward(int dtype, int act, double param, int64_t n, const void *x, void *y);

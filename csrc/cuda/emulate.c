@@ -90,6 +90,28 @@ static int rp_impl_dense_epilogue(int dtype, int64_t n, int64_t k, int64_t m, co
 
 #include "ops.inc"
 
+/* ---- the cuBLASLt-only relu chain: not emulated --------------------------- */
+
+int64_t rp_dev_relu_mask_bytes(int64_t n, int64_t width)
+{
+    return (width + 127) / 128 * 128 * n / 8;
+}
+
+int rp_dev_dense_forward_relu_mask(int dtype, int64_t n, int64_t k, int64_t m, const void *x,
+                                   const void *w, const void *b, void *y, void *mask)
+{
+    (void)dtype; (void)n; (void)k; (void)m; (void)x; (void)w; (void)b; (void)y; (void)mask;
+    return fail(RP_DEV_UNSUPPORTED, "emulated device: no cuBLASLt epilogues");
+}
+
+int rp_dev_dense_dx_drelu_bgrad(int dtype, int64_t n, int64_t k, int64_t m, const void *dz,
+                                const void *w, const void *mask, void *dz_prev, void *db_prev)
+{
+    (void)dtype; (void)n; (void)k; (void)m; (void)dz; (void)w; (void)mask; (void)dz_prev;
+    (void)db_prev;
+    return fail(RP_DEV_UNSUPPORTED, "emulated device: no cuBLASLt epilogues");
+}
+
 /* ---- runtime ------------------------------------------------------------ */
 
 int rp_dev_init(void) { return RP_DEV_OK; }

@@ -124,7 +124,7 @@ static int rp_impl_gemm(int dtype, int trans_a, int trans_b, int64_t m, int64_t 
 /* cuBLASLt plans for y = epilogue(x @ w + b), cached per shape: creating the
  * descriptors and asking the heuristic costs more than a small GEMM. */
 typedef struct {
-    int used, dtype, epilogue, has_bias;
+    int used, dtype, epilogue, has_bias, trans_w;
     int64_t n, k, m;
     int supported;
     cublasLtMatmulDesc_t op;
@@ -158,12 +158,26 @@ static int lt_epilogue_for(int act, int has_bias)
     }
 }
 
-static lt_plan *lt_plan_get(int dtype, int64_t n, int64_t k, int64_t m, int epilogue, int has_bias)
+/* The aux leading dimension of the relu bit mask: a multiple of 128 rows. */
+static int64_t relu_mask_ld(int64_t width) { return (width + 127) / 128 * 128; }
+
+extern "C" int64_t rp_dev_relu_mask_bytes(int64_t n, int64_t width)
+{
+    return relu_mask_ld(width) * n / 8;
+}
+
+/* A plan for out^T (rows x n) = op(w_cm) @ x^T (k x n), column-major, with
+ * w's row-major storage read as w_cm: (m x k) when trans_w == 0 (the
+ * forward, rows = m), or transposed from (k x m) when trans_w (dx = dz w^T,
+ * rows = k, x = dz of width m). For the relu epilogues the aux (bit mask)
+ * has out^T's shape. */
+static lt_plan *lt_plan_get_op(int dtype, int64_t n, int64_t k, int64_t m, int epilogue,
+                               int has_bias, int trans_w)
 {
     for (int i = 0; i < RP_LT_PLANS; ++i) {
         lt_plan *p = &lt_plans[i];
         if (p->used && p->dtype == dtype && p->n == n && p->k == k && p->m == m &&
-            p->epilogue == epilogue && p->has_bias == has_bias)
+            p->epilogue == epilogue && p->has_bias == has_bias && p->trans_w == trans_w)
             return p;
     }
     lt_plan *p = &lt_plans[lt_next];
@@ -176,6 +190,7 @@ static lt_plan *lt_plan_get(int dtype, int64_t n, int64_t k, int64_t m, int epil
     p->m = m;
     p->epilogue = epilogue;
     p->has_bias = has_bias;
+    p->trans_w = trans_w;
     p->supported = 0;
     const cudaDataType_t type = dtype == RP_DEV_F64 ? CUDA_R_64F : CUDA_R_32F;
     const cublasComputeType_t compute = dtype == RP_DEV_F64 ? CUBLAS_COMPUTE_64F : CUBLAS_COMPUTE_32F;
@@ -184,10 +199,25 @@ static lt_plan *lt_plan_get(int dtype, int64_t n, int64_t k, int64_t m, int epil
     if (cublasLtMatmulDescCreate(&p->op, compute, type) != CUBLAS_STATUS_SUCCESS) return p;
     const cublasLtEpilogue_t epi = (cublasLtEpilogue_t)epilogue;
     cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi);
-    if (cublasLtMatrixLayoutCreate(&p->wl, type, (uint64_t)m, (uint64_t)k, m) != CUBLAS_STATUS_SUCCESS ||
-        cublasLtMatrixLayoutCreate(&p->xl, type, (uint64_t)k, (uint64_t)n, k) != CUBLAS_STATUS_SUCCESS ||
-        cublasLtMatrixLayoutCreate(&p->yl, type, (uint64_t)m, (uint64_t)n, m) != CUBLAS_STATUS_SUCCESS)
-        return p;
+    int ok;
+    if (!trans_w) {
+        /* y^T (m x n) = w_cm (m x k) @ x^T (k x n) */
+        ok = cublasLtMatrixLayoutCreate(&p->wl, type, (uint64_t)m, (uint64_t)k, m) == CUBLAS_STATUS_SUCCESS &&
+             cublasLtMatrixLayoutCreate(&p->xl, type, (uint64_t)k, (uint64_t)n, k) == CUBLAS_STATUS_SUCCESS &&
+             cublasLtMatrixLayoutCreate(&p->yl, type, (uint64_t)m, (uint64_t)n, m) == CUBLAS_STATUS_SUCCESS;
+    } else {
+        /* dz_prev^T (k x n) = (w_cm (m x k))^T @ dz^T (m x n) */
+        const cublasOperation_t t = CUBLAS_OP_T;
+        cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &t, sizeof t);
+        ok = cublasLtMatrixLayoutCreate(&p->wl, type, (uint64_t)m, (uint64_t)k, m) == CUBLAS_STATUS_SUCCESS &&
+             cublasLtMatrixLayoutCreate(&p->xl, type, (uint64_t)m, (uint64_t)n, m) == CUBLAS_STATUS_SUCCESS &&
+             cublasLtMatrixLayoutCreate(&p->yl, type, (uint64_t)k, (uint64_t)n, k) == CUBLAS_STATUS_SUCCESS;
+    }
+    if (epilogue == (int)CUBLASLT_EPILOGUE_RELU_AUX_BIAS || epilogue == (int)CUBLASLT_EPILOGUE_DRELU_BGRAD) {
+        const int64_t ld = relu_mask_ld(trans_w ? k : m);
+        cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld, sizeof ld);
+    }
+    if (!ok) return p;
     cublasLtMatmulPreference_t pref;
     if (cublasLtMatmulPreferenceCreate(&pref) != CUBLAS_STATUS_SUCCESS) return p;
     cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
@@ -204,6 +234,33 @@ static lt_plan *lt_plan_get(int dtype, int64_t n, int64_t k, int64_t m, int epil
     return p;
 }
 
+static lt_plan *lt_plan_get(int dtype, int64_t n, int64_t k, int64_t m, int epilogue, int has_bias)
+{
+    return lt_plan_get_op(dtype, n, k, m, epilogue, has_bias, 0);
+}
+
+/* Run plan p: out = epilogue(op(w) @ x) with the bias / aux pointers set. */
+static int lt_run(lt_plan *p, int dtype, const void *x, const void *w, const void *bias,
+                  const void *aux, void *out)
+{
+    if (bias)
+        cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias);
+    if (aux)
+        cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof aux);
+    const double one_d = 1.0, zero_d = 0.0;
+    const float one_f = 1.0f, zero_f = 0.0f;
+    const void *one = dtype == RP_DEV_F64 ? (const void *)&one_d : (const void *)&one_f;
+    const void *zero = dtype == RP_DEV_F64 ? (const void *)&zero_d : (const void *)&zero_f;
+    const cublasStatus_t st = cublasLtMatmul(rp_lt, p->op, one, w, p->wl, x, p->xl, zero, out,
+                                             p->yl, out, p->yl, &p->algo, rp_lt_workspace,
+                                             rp_lt_workspace_bytes, rp_stream);
+    if (st == CUBLAS_STATUS_NOT_SUPPORTED) {
+        p->supported = 0;
+        return RP_DEV_UNSUPPORTED;
+    }
+    return st == CUBLAS_STATUS_SUCCESS ? RP_DEV_OK : fail_blas("cublasLtMatmul", st);
+}
+
 static int rp_impl_dense_epilogue(int dtype, int64_t n, int64_t k, int64_t m, const void *x,
                                   const void *w, const void *b, int act, double param, void *y)
 {
@@ -212,22 +269,29 @@ static int rp_impl_dense_epilogue(int dtype, int64_t n, int64_t k, int64_t m, co
     if (epilogue < 0 || n == 0 || m == 0 || k == 0) return RP_DEV_UNSUPPORTED;
     lt_plan *p = lt_plan_get(dtype, n, k, m, epilogue, b != NULL);
     if (!p->supported) return RP_DEV_UNSUPPORTED;
-    if (b) {
-        const void *bias = b;
-        cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias);
-    }
-    const double one_d = 1.0, zero_d = 0.0;
-    const float one_f = 1.0f, zero_f = 0.0f;
-    const void *one = dtype == RP_DEV_F64 ? (const void *)&one_d : (const void *)&one_f;
-    const void *zero = dtype == RP_DEV_F64 ? (const void *)&zero_d : (const void *)&zero_f;
-    const cublasStatus_t st = cublasLtMatmul(rp_lt, p->op, one, w, p->wl, x, p->xl, zero, y, p->yl,
-                                             y, p->yl, &p->algo, rp_lt_workspace,
-                                             rp_lt_workspace_bytes, rp_stream);
-    if (st == CUBLAS_STATUS_NOT_SUPPORTED) {
-        p->supported = 0;
-        return RP_DEV_UNSUPPORTED;
-    }
-    return st == CUBLAS_STATUS_SUCCESS ? RP_DEV_OK : fail_blas("cublasLtMatmul", st);
+    return lt_run(p, dtype, x, w, b, NULL, y);
+}
+
+extern "C" int rp_dev_dense_forward_relu_mask(int dtype, int64_t n, int64_t k, int64_t m,
+                                              const void *x, const void *w, const void *b,
+                                              void *y, void *mask)
+{
+    if (!b || n == 0 || m == 0 || k == 0)
+        return fail(RP_DEV_UNSUPPORTED, "relu mask", "needs a bias and a non-empty GEMM");
+    lt_plan *p = lt_plan_get_op(dtype, n, k, m, (int)CUBLASLT_EPILOGUE_RELU_AUX_BIAS, 1, 0);
+    if (!p->supported) return fail(RP_DEV_UNSUPPORTED, "relu mask", "RELU_AUX_BIAS not available");
+    return lt_run(p, dtype, x, w, b, mask, y);
+}
+
+extern "C" int rp_dev_dense_dx_drelu_bgrad(int dtype, int64_t n, int64_t k, int64_t m,
+                                           const void *dz, const void *w, const void *mask,
+                                           void *dz_prev, void *db_prev)
+{
+    if (!db_prev || n == 0 || m == 0 || k == 0)
+        return fail(RP_DEV_UNSUPPORTED, "drelu", "needs db and a non-empty GEMM");
+    lt_plan *p = lt_plan_get_op(dtype, n, k, m, (int)CUBLASLT_EPILOGUE_DRELU_BGRAD, 1, 1);
+    if (!p->supported) return fail(RP_DEV_UNSUPPORTED, "drelu", "DRELU_BGRAD not available");
+    return lt_run(p, dtype, dz, w, db_prev, mask, dz_prev);
 }
 
 #include "ops.inc"

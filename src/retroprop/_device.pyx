@@ -72,6 +72,12 @@ cdef extern from "api.h" nogil:
     int rp_dev_dense_backward(int dtype, int64_t n, int64_t k, int64_t m, const void *x,
                               const void *w, const void *y, const void *dy, int act,
                               double param, void *dz, void *dw, void *db, void *dx)
+    int64_t rp_dev_relu_mask_bytes(int64_t n, int64_t width)
+    int rp_dev_dense_forward_relu_mask(int dtype, int64_t n, int64_t k, int64_t m, const void *x,
+                                       const void *w, const void *b, void *y, void *mask)
+    int rp_dev_dense_dx_drelu_bgrad(int dtype, int64_t n, int64_t k, int64_t m, const void *dz,
+                                    const void *w, const void *mask, void *dz_prev,
+                                    void *db_prev)
     int rp_dev_act_forward(int dtype, int act, double param, int64_t n, const void *x, void *y)
     int rp_dev_act_backward(int dtype, int act, double param, int64_t n, const void *x,
                             const void *y, const void *dy, void *dx)
@@ -263,6 +269,36 @@ def dense_backward(int dtype, int64_t n, int64_t k, int64_t m, uintptr_t x, uint
         rc = rp_dev_dense_backward(dtype, n, k, m, P(x), P(w), P(y), P(dy), act, param, P(dz),
                                    P(dw), P(db), P(dx))
     check(rc)
+
+
+def relu_mask_bytes(int64_t n, int64_t width):
+    return rp_dev_relu_mask_bytes(n, width)
+
+
+def dense_forward_relu_mask(int dtype, int64_t n, int64_t k, int64_t m, uintptr_t x, uintptr_t w,
+                            uintptr_t b, uintptr_t y, uintptr_t mask):
+    """True when cuBLASLt's RELU_AUX_BIAS epilogue wrote y and the mask;
+    False when it is not available (nothing written)."""
+    cdef int rc
+    with nogil:
+        rc = rp_dev_dense_forward_relu_mask(dtype, n, k, m, P(x), P(w), P(b), P(y), P(mask))
+    if rc == UNSUPPORTED:
+        return False
+    check(rc)
+    return True
+
+
+def dense_dx_drelu_bgrad(int dtype, int64_t n, int64_t k, int64_t m, uintptr_t dz, uintptr_t w,
+                         uintptr_t mask, uintptr_t dz_prev, uintptr_t db_prev):
+    """True when cuBLASLt's DRELU_BGRAD epilogue did it; False when not available."""
+    cdef int rc
+    with nogil:
+        rc = rp_dev_dense_dx_drelu_bgrad(dtype, n, k, m, P(dz), P(w), P(mask), P(dz_prev),
+                                         P(db_prev))
+    if rc == UNSUPPORTED:
+        return False
+    check(rc)
+    return True
 
 
 def act_forward(int dtype, int act, double param, int64_t n, uintptr_t x, uintptr_t y):

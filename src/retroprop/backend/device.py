@@ -484,6 +484,52 @@ class DeviceBackend:
                                               b.ptr if b is not None else 0, code, p, out.ptr)
         return out, fused
 
+    def dense_forward_relu_mask(self, x, w, b, out=None):
+        """(out, mask): out = relu(x @ w + b) and, where cuBLASLt's RELU_AUX_BIAS
+        epilogue is available, relu's bit mask for dense_backward_drelu (a uint8
+        DeviceArray); mask is None otherwise (out computed by dense_forward)."""
+        x = self._input(x, "x")
+        w = self._input(w, "w", x.dtype)
+        n, k = x.shape
+        m = w.shape[1]
+        b = self._optional(b, "b", x.dtype, (m,))
+        out = self._output(out, "out", (n, m), x.dtype)
+        if b is not None:
+            mask = self.empty((self.driver.relu_mask_bytes(n, m),), np.uint8)
+            with self._lock:
+                if self.driver.dense_forward_relu_mask(_dtype_code(x.dtype), n, k, m, x.ptr,
+                                                       w.ptr, b.ptr, out.ptr, mask.ptr):
+                    return out, mask
+        self.dense_forward(x, w, b, "relu", out=out)
+        return out, None
+
+    def dense_backward_drelu(self, dz, w, y_prev, mask, dz_prev=None, db_prev=None):
+        """Into the layer below a Dense layer (weights w, output gradient dz (n, m)),
+        when that layer is a relu Dense layer with output y_prev (n, k):
+        dz_prev = (dz @ w^T) * [y_prev > 0] and db_prev = its column sums. One
+        cuBLASLt DRELU_BGRAD GEMM when mask (from dense_forward_relu_mask) is
+        given and the epilogue is available; else the GEMM, the relu backward
+        and the column sums. Returns (dz_prev, db_prev)."""
+        dz = self._input(dz, "dz")
+        w = self._input(w, "w", dz.dtype)
+        y_prev = self._input(y_prev, "y_prev", dz.dtype)
+        n, m = dz.shape
+        k = w.shape[0]
+        if w.shape != (k, m) or y_prev.shape != (n, k):
+            raise ValueError(f"dense_backward_drelu: dz {dz.shape}, w {w.shape} and y_prev "
+                             f"{y_prev.shape} do not chain")
+        dz_prev = self._output(dz_prev, "dz_prev", (n, k), dz.dtype)
+        db_prev = self._output(db_prev, "db_prev", (k,), dz.dtype)
+        if mask is not None:
+            with self._lock:
+                if self.driver.dense_dx_drelu_bgrad(_dtype_code(dz.dtype), n, k, m, dz.ptr, w.ptr,
+                                                    mask.ptr, dz_prev.ptr, db_prev.ptr):
+                    return dz_prev, db_prev
+        self.gemm(dz, w, dz_prev, trans_b=True)
+        self.activation_backward("relu", y_prev, dz_prev, out=dz_prev)
+        self.column_sums(dz_prev, out=db_prev)
+        return dz_prev, db_prev
+
     def dense_backward(self, x, w, y, dy, activation, dw, db=None, dx=None, *, param=None):
         x = self._input(x, "x")
         w = self._input(w, "w", x.dtype)
