@@ -26,6 +26,13 @@ class Memory:
     def get(self, array):
         return array.to_host() if self.device else np.array(array)
 
+    def set(self, array, value):
+        """Overwrite array (a parameter, in place) with the host array value."""
+        if self.device:
+            self.backend.to_device(value, out=array)
+        else:
+            np.copyto(array, value)
+
     def view(self, array, shape):
         return array.reshape(shape)
 
@@ -183,8 +190,8 @@ def train_epoch(net, x, labels, lr=0.05):
 
 def gradcheck(net, x, labels, per_param=3, h=1e-6, seed=0):
     """The largest relative error (floored at 1e-3 in the denominator) between
-    the backward pass's gradients and central finite differences of the loss, at ``per_param`` random
-    coordinates of every parameter (float64 nets)."""
+    the backward pass's gradients and central finite differences of the loss,
+    at ``per_param`` random coordinates of every parameter (float64 nets)."""
     rng = np.random.default_rng(seed)
     x, labels = net.mem.put(x), net.mem.put(np.asarray(labels, np.int64))
     net.loss_and_gradients(x, labels)
@@ -198,9 +205,9 @@ def gradcheck(net, x, labels, per_param=3, h=1e-6, seed=0):
             for sign in (1, -1):
                 moved = value.copy()
                 moved[idx] += sign * h
-                net.mem.backend.to_device(moved, out=p) if net.mem.device else np.copyto(p, moved)
+                net.mem.set(p, moved)
                 losses.append(float(net.loss_and_gradients(x, labels, backward=False)))
-            net.mem.backend.to_device(value, out=p) if net.mem.device else np.copyto(p, value)
+            net.mem.set(p, value)
             numeric = (losses[0] - losses[1]) / (2 * h)
             # relative, with a floor: a gradient that is 0 analytically (a bias
             # followed by batch norm) is ~1e-10 of rounding noise numerically

@@ -380,7 +380,8 @@ def test_im2col_and_col2im_gather(be, case):
     # col2im is im2col's adjoint: <im2col(x), c> == <x, col2im(c)>
     c = rand(rng, want.shape, np.float64)
     dx = host(be.col2im(c, x_shape, w_shape, stride, dilation, padding))
-    assert abs(float((want * c).sum()) - float((x * dx).sum())) <= 1e-10 * max(1, abs((x * dx).sum()))
+    lhs, rhs = float((want * c).sum()), float((x * dx).sum())
+    assert abs(lhs - rhs) <= 1e-10 * max(1.0, abs(rhs))
     # one image of the batch at a time: rows of that image only, dx of that image only
     last = x_shape[0] - 1
     one = host(be.im2col(x, w_shape, stride, dilation, padding, first=last, count=1))
