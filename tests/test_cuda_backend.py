@@ -104,3 +104,14 @@ def test_gpu_extension_imports_without_a_driver():
         assert status == 2, out            # RP_DEV_UNAVAILABLE
         assert out[1].startswith("ERR the CUDA backend is not available")
         assert any(r in out[1] for r in REASONS), out
+
+
+def test_a_model_asking_for_cuda_gets_the_same_error():
+    if _cuda_usable():
+        # the backend is chosen; the layers' device support is separate work (docs/CUDA.md)
+        model = retroprop.Sequential([retroprop.layers.Dense(3)], input_shape=(4,),
+                                     backend="cuda")
+        assert model.backend.__name__ == "retroprop.backend.cuda"
+        return
+    with pytest.raises(RuntimeError, match="the CUDA backend is not available"):
+        retroprop.Sequential([retroprop.layers.Dense(3)], input_shape=(4,), backend="cuda")
