@@ -81,6 +81,24 @@ def fashion_mnist_parity(cuda, cpu, images=2048):
     return ok
 
 
+def epilogues(cuda):
+    """Which dense forwards the cuBLASLt epilogues took (the others ran the
+    GEMM + fused kernel; both are checked against the CPU in part 1)."""
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        x = cuda.to_device(rng.random((128, 256)).astype(dtype))
+        w = cuda.to_device(rng.random((256, 64)).astype(dtype))
+        b = cuda.to_device(rng.random(64).astype(dtype))
+        row = []
+        for act in ("linear", "relu", "gelu"):
+            _, fused = cuda.dense_forward_fused(x, w, b, act)
+            row.append(f"{act}+bias: {'epilogue' if fused else 'GEMM + kernel'}")
+        _, mask = cuda.dense_forward_relu_mask(x, w, b)
+        row.append(f"relu mask (RELU_AUX_BIAS/DRELU_BGRAD): {'yes' if mask is not None else 'no'}")
+        print(f"{np.dtype(dtype).name}: " + "; ".join(row))
+    print("last cuBLASLt note:", cuda.driver.error() if hasattr(cuda.driver, "error") else "-")
+
+
 def _time(fn, sync, steps, warmup=5):
     for _ in range(warmup):
         fn()
@@ -177,11 +195,12 @@ def main(argv=None):
         from retroprop import _cuda_emu
         from retroprop.backend.device import DeviceBackend
         cuda = DeviceBackend(_cuda_emu, "emulated")
+        epilogues(cuda)
         fashion_mnist_parity(cuda, get_backend("cpu"), images=256)
         speed(cuda, steps=2, quick=True)
         return 0
     try:
-        cuda = get_backend("cuda")
+        cuda = get_backend("cuda").device_backend
     except RuntimeError as exc:
         print(f"cuda_check: {exc}")
         return 2
@@ -190,6 +209,8 @@ def main(argv=None):
     for key, value in cuda.backend_info().items():
         print(f"{key:20s} {value}")
     ok = True
+    _section("cuBLASLt epilogues in use")
+    epilogues(cuda)
     if not args.skip_tests:
         _section("1-3: ops x dtypes x shapes, float64 gradient checks, one-epoch parity (pytest)")
         ok &= run_tests()

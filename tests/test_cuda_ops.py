@@ -135,6 +135,24 @@ def test_dense_forward_parameterised_activations(be, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", device.ELEMENTWISE_ACTIVATIONS)
+def test_dense_with_epilogue_or_fused_kernel(be, dtype, activation):
+    # bias + any activation: a cuBLASLt epilogue (GPU: linear, relu, gelu) or
+    # the GEMM and one fused bias + activation kernel
+    rng = np.random.default_rng(40)
+    tol = tolerance(be, dtype)
+    for n, k, m in DENSE_SHAPES:
+        x, w, b = rand(rng, (n, k), dtype), rand(rng, (k, m), dtype), rand(rng, (m,), dtype)
+        for bias in (b, None):
+            z = cpu.gemm(x, w) + (bias if bias is not None else 0)
+            want = cpu.activation_forward(activation, z.astype(dtype))
+            got, fused = be.dense_forward_fused(x, w, bias, activation)
+            assert_close(got, want, tol, f"{activation} {n}x{k}x{m}")
+            if be.properties["emulated"]:
+                assert fused is False
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_relu_chain_with_cublaslt_epilogues_or_fallback(be, dtype):
     # two relu Dense layers: forward keeps relu's mask, backward goes from the
     # upper layer's dz straight to the lower one's dz and db

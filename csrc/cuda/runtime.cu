@@ -254,11 +254,15 @@ static int lt_run(lt_plan *p, int dtype, const void *x, const void *w, const voi
     const cublasStatus_t st = cublasLtMatmul(rp_lt, p->op, one, w, p->wl, x, p->xl, zero, out,
                                              p->yl, out, p->yl, &p->algo, rp_lt_workspace,
                                              rp_lt_workspace_bytes, rp_stream);
-    if (st == CUBLAS_STATUS_NOT_SUPPORTED) {
+    if (st != CUBLAS_STATUS_SUCCESS) {
+        /* Not this shape or type after all: the plan is dropped and the
+         * caller takes the plain path (which overwrites the output). The
+         * reason stays in rp_dev_error() for benchmarks/cuda_check.py. */
         p->supported = 0;
+        fail_blas("cublasLtMatmul (falling back to GEMM + kernel)", st);
         return RP_DEV_UNSUPPORTED;
     }
-    return st == CUBLAS_STATUS_SUCCESS ? RP_DEV_OK : fail_blas("cublasLtMatmul", st);
+    return RP_DEV_OK;
 }
 
 static int rp_impl_dense_epilogue(int dtype, int64_t n, int64_t k, int64_t m, const void *x,

@@ -150,6 +150,11 @@ def init():
     return rc, ("" if rc == 0 else rp_dev_error().decode("utf-8", "replace"))
 
 
+def error():
+    """The message of the last failure or fallback reported by the C side."""
+    return rp_dev_error().decode("utf-8", "replace")
+
+
 def properties():
     cdef rp_dev_properties p
     check(rp_dev_properties_get(&p))

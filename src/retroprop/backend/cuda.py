@@ -13,8 +13,7 @@ driver, no GPU, or a driver too old for the runtime.
 """
 from .device import (ACTIVATION_DEFAULT_PARAMS, COL_WORKSPACE_ELEMENTS,  # noqa: F401
                      ELEMENTWISE_ACTIVATIONS, FUSED_ACTIVATIONS, INPUT_DERIVATIVE_ACTIVATIONS,
-                     LOSS_KINDS, BatchUploader, DeviceArray, DeviceBackend, conv2d_output_hw,
-                     conv2d_workspace_size, pool2d_output_hw)
+                     LOSS_KINDS, BatchUploader, DeviceArray, DeviceBackend)
 
 
 class CudaUnavailableError(RuntimeError):
@@ -42,12 +41,21 @@ def _open():
 
 _backend = _open()
 
+#: The DeviceBackend behind this module's functions (its driver, properties,
+#: set_max_blocks, ...).
+device_backend = _backend
+
 # The module-level functions of the backend interface (docs/BACKEND.md).
 empty = _backend.empty
 zeros = _backend.zeros
 to_device = _backend.to_device
 to_host = _backend.to_host
 copy = _backend.copy
+im2col = _backend.im2col
+col2im = _backend.col2im
+conv2d_output_hw = _backend.conv2d_output_hw
+pool2d_output_hw = _backend.pool2d_output_hw
+conv2d_workspace_size = _backend.conv2d_workspace_size
 synchronize = _backend.synchronize
 batch_uploader = _backend.batch_uploader
 set_num_threads = _backend.set_num_threads
@@ -56,6 +64,8 @@ backend_info = _backend.backend_info
 gemm = _backend.gemm
 dense_forward = _backend.dense_forward
 dense_forward_fused = _backend.dense_forward_fused
+dense_forward_relu_mask = _backend.dense_forward_relu_mask
+dense_backward_drelu = _backend.dense_backward_drelu
 dense_backward = _backend.dense_backward
 activation_forward = _backend.activation_forward
 activation_backward = _backend.activation_backward
