@@ -65,6 +65,25 @@ def test_activation_special_values(be, dtype):
     assert np.array_equal(host(be.activation_backward("step", y, dy)), np.zeros_like(x))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_axpby_and_penalty_gradient(be, dtype):
+    from retroprop import regularizers
+    rng = np.random.default_rng(42)
+    tol = tolerance(be, dtype)
+    for n in (1, 17, 70001):
+        x, y = rand(rng, (n,), dtype), rand(rng, (n,), dtype)
+        assert_close(be.axpby(0.9, x, 0.1, y), (dtype(0.9) * x + dtype(0.1) * y), tol, "axpby")
+        yd = be.to_device(y)
+        be.axpby(1.0, x, 1.0, yd, out=yd)                      # in place: a residual sum
+        assert_close(yd, x + y, tol, "residual")
+        w = rand(rng, (n,), dtype)
+        w[0] = 0.0
+        g = rand(rng, (n,), dtype)
+        want = g + regularizers.L1L2(l1=0.01, l2=0.002).gradient(w)
+        got = be.add_penalty_gradient(w, be.to_device(g), l1=0.01, l2=0.002)
+        assert_close(got, want, tol, "penalty")
+
+
 def test_activation_rejects_bad_arguments(be):
     x = np.ones(3, np.float32)
     with pytest.raises(ValueError, match="activation"):

@@ -124,6 +124,11 @@ int rp_dev_act_forward(int dtype, int act, double param, int64_t n, const void *
 int rp_dev_act_backward(int dtype, int act, double param, int64_t n, const void *x,
                         const void *y, const void *dy, void *dx);
 int rp_dev_mul(int dtype, int64_t n, const void *a, const void *b, void *out);
+/* out = alpha x + beta y (out may alias x or y). */
+int rp_dev_axpby(int dtype, int64_t n, double alpha, const void *x, double beta, const void *y,
+                 void *out);
+/* grad += l1 sign(w) + 2 l2 w. */
+int rp_dev_penalty_grad(int dtype, int64_t n, double l1, double l2, const void *w, void *grad);
 int rp_dev_softmax(int dtype, int64_t rows, int64_t cols, const void *x, void *y);
 
 /* A loss of kind RP_LOSS_* (csrc/cuda/bodies/loss.inc) over (rows, cols)

@@ -82,6 +82,10 @@ cdef extern from "api.h" nogil:
     int rp_dev_act_backward(int dtype, int act, double param, int64_t n, const void *x,
                             const void *y, const void *dy, void *dx)
     int rp_dev_mul(int dtype, int64_t n, const void *a, const void *b, void *out)
+    int rp_dev_axpby(int dtype, int64_t n, double alpha, const void *x, double beta,
+                     const void *y, void *out)
+    int rp_dev_penalty_grad(int dtype, int64_t n, double l1, double l2, const void *w,
+                            void *grad)
     int rp_dev_softmax(int dtype, int64_t rows, int64_t cols, const void *x, void *y)
     int rp_dev_loss(int dtype, int kind, int64_t rows, int64_t cols, const void *pred,
                     const int64_t *labels, const void *targets, void *grad, double grad_scale,
@@ -317,6 +321,15 @@ def act_backward(int dtype, int act, double param, int64_t n, uintptr_t x, uintp
 
 def mul(int dtype, int64_t n, uintptr_t a, uintptr_t b, uintptr_t out):
     check(rp_dev_mul(dtype, n, P(a), P(b), P(out)))
+
+
+def axpby(int dtype, int64_t n, double alpha, uintptr_t x, double beta, uintptr_t y,
+          uintptr_t out):
+    check(rp_dev_axpby(dtype, n, alpha, P(x), beta, P(y), P(out)))
+
+
+def penalty_grad(int dtype, int64_t n, double l1, double l2, uintptr_t w, uintptr_t grad):
+    check(rp_dev_penalty_grad(dtype, n, l1, l2, P(w), P(grad)))
 
 
 def softmax(int dtype, int64_t rows, int64_t cols, uintptr_t x, uintptr_t y):

@@ -587,6 +587,28 @@ class DeviceBackend:
                                      y.ptr if y is not None else 0, dy.ptr, out.ptr)
         return out
 
+    def axpby(self, alpha, x, beta, y, out=None):
+        """out = alpha x + beta y elementwise (out may be x or y): a residual sum,
+        a moving average."""
+        x = self._input(x, "x")
+        y = self._input(y, "y", x.dtype)
+        if y.shape != x.shape:
+            raise ValueError(f"y: expected shape {x.shape}, got {y.shape}")
+        out = self._output(out, "out", x.shape, x.dtype)
+        with self._lock:
+            self.driver.axpby(_dtype_code(x.dtype), x.size, float(alpha), x.ptr, float(beta),
+                              y.ptr, out.ptr)
+        return out
+
+    def add_penalty_gradient(self, w, grad, *, l1=0.0, l2=0.0):
+        """grad += l1 sign(w) + 2 l2 w, in place (regularizers.L1L2's gradient)."""
+        w = self._input(w, "w")
+        grad = self._output(grad, "grad", w.shape, w.dtype)
+        with self._lock:
+            self.driver.penalty_grad(_dtype_code(w.dtype), w.size, float(l1), float(l2), w.ptr,
+                                     grad.ptr)
+        return grad
+
     def softmax(self, x, out=None):
         x = self._input(x, "x")
         if x.ndim != 2:
