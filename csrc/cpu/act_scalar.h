@@ -9,13 +9,21 @@
 #include <math.h>
 #include "retroprop/act.h"
 
-static inline int rp_act_needs_input(rp_act act)
+/* These formulas are also the per-element bodies of the CUDA kernels
+ * (csrc/cuda/bodies): under nvcc they are compiled for host and device. */
+#ifdef __CUDACC__
+#define RP_ACT_FN static inline __host__ __device__
+#else
+#define RP_ACT_FN static inline
+#endif
+
+RP_ACT_FN int rp_act_needs_input(rp_act act)
 {
     return act == RP_ACT_ARCTAN || act == RP_ACT_SOFTPLUS || act == RP_ACT_GELU ||
            act == RP_ACT_SWISH || act == RP_ACT_MISH;
 }
 
-static inline double rp_act_param_default(rp_act act)
+RP_ACT_FN double rp_act_param_default(rp_act act)
 {
     switch (act) {
     case RP_ACT_SIGMOID: return 1.0;
@@ -27,7 +35,7 @@ static inline double rp_act_param_default(rp_act act)
 
 /* The activations the SIMD GEMM microkernels apply themselves; the driver
  * applies any other one to each finished tile while it is still in L1. */
-static inline int rp_act_in_microkernel(rp_act act, double param)
+RP_ACT_FN int rp_act_in_microkernel(rp_act act, double param)
 {
     return act == RP_ACT_LINEAR || act == RP_ACT_RELU || act == RP_ACT_TANH ||
            (act == RP_ACT_SIGMOID && param == 1.0);

@@ -3,12 +3,14 @@
 ``get_backend()`` returns a module implementing the functions listed in
 docs/BACKEND.md. The default is the C backend (``cpu``); ``numpy`` is the
 plain NumPy reference used by the tests, selectable with the environment
-variable ``RETROPROP_BACKEND`` for debugging.
+variable ``RETROPROP_BACKEND`` for debugging; ``cuda`` is the optional GPU
+backend (docs/CUDA.md): asking for it where it cannot run raises
+``CudaUnavailableError`` (a RuntimeError) saying why.
 """
 import importlib
 import os
 
-_BACKEND_MODULES = {"cpu": ".cpu", "numpy": ".numpy_ref"}
+_BACKEND_MODULES = {"cpu": ".cpu", "numpy": ".numpy_ref", "cuda": ".cuda"}
 _loaded = {}
 
 
@@ -66,5 +68,15 @@ def get_num_threads():
 
 
 def backend_info():
-    """Dict describing the compiled kernels: SIMD level, threads, compiler, OpenMP, CUDA."""
-    return get_backend("cpu").backend_info()
+    """Dict describing the compiled kernels: SIMD level, threads, compiler, OpenMP, CUDA
+    (when the CUDA backend can run: the GPU, its compute capability, cuBLAS)."""
+    info = get_backend("cpu").backend_info()
+    try:
+        cuda = get_backend("cuda")
+    except RuntimeError as exc:
+        info["cuda_note"] = str(exc)
+    else:
+        info["cuda"] = True
+        info["cuda_note"] = ""
+        info["cuda_device"] = cuda.backend_info()
+    return info
