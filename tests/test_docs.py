@@ -1,0 +1,121 @@
+"""README.md and docs/*.md tell the truth: every Python block runs, every
+``retroprop`` shell command runs (in a cheap form), and every other shell
+command is listed here with the reason it is not run.
+
+Python blocks run as written, each on its own in a fresh namespace (so each
+must be self-contained), in a temporary working directory. Shell blocks
+(```bash / ```sh) are split into commands; ``retroprop ...`` commands run
+through ``retroprop.cli.main`` with ``--epochs 1`` (the cheap form: the
+commands' other options as written). Fenced blocks without a language, or
+marked ``text``, are synopses and output, not code.
+"""
+import pathlib
+import re
+import shlex
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
+FENCE = re.compile(r"^```([\w+-]*)[^\n]*\n(.*?)^```", re.M | re.S)
+
+# Shell commands that are not run here, by their first words, and why.
+NOT_RUN = {
+    "apt-get": "installs system packages (root, network); .ci/run does it on a fresh machine",
+    "pip install": "installs into the environment; .ci/run and .ci/wheel do it in fresh venvs",
+    "pip wheel": "builds a wheel (minutes); .ci/wheel does it",
+    "auditwheel": "repairs a built wheel; .ci/wheel does it",
+    ".ci/wheel": "builds, repairs and installs a wheel (minutes); called by .ci/run",
+    "python -m pytest": "the test suite itself",
+    "python benchmarks/": "benchmarks take minutes and compete for the cores; their figures "
+                          "in README are quoted from one run of the command beside them",
+    "cmake": "configures/compiles the C benchmarks (CMake build)",
+    "OMP_NUM_THREADS=2 ./build/bench/": "runs a compiled C benchmark",
+    "RETROPROP_SIMD=": "runs the given command with a forced ISA level; tests/test_simd_env.py "
+                       "checks the variable",
+}
+
+
+def blocks():
+    """(file, index, language, code) of every fenced block."""
+    for path in DOCS:
+        text = path.read_text(encoding="utf-8")
+        for i, m in enumerate(FENCE.finditer(text)):
+            yield path.relative_to(ROOT).as_posix(), i, m.group(1).lower(), m.group(2)
+
+
+PYTHON = [pytest.param(code, id=f"{name}#{i}") for name, i, lang, code in blocks()
+          if lang == "python"]
+
+
+def shell_commands():
+    """(id, command) of every command in the shell blocks."""
+    out = []
+    for name, i, lang, code in blocks():
+        if lang not in ("bash", "sh", "shell", "console"):
+            continue
+        code = code.replace("\\\n", " ")
+        for line in code.splitlines():
+            line = line.split(" #", 1)[0].strip()
+            if line.startswith("$ "):
+                line = line[2:]
+            if not line or line.startswith("#"):
+                continue
+            for command in line.split("&&"):
+                out.append((f"{name}#{i}", command.strip()))
+    return out
+
+
+def test_docs_have_blocks():
+    assert len(PYTHON) >= 5
+    assert any(cmd.startswith("retroprop ") for _, cmd in shell_commands())
+
+
+@pytest.mark.parametrize("code", PYTHON)
+def test_python_block_runs(code, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    exec(compile(code, "<doc block>", "exec"), {"__name__": "__doc_block__"})
+
+
+def _cheap(argv):
+    """The command with --epochs 1 (added or replacing the given count)."""
+    argv = list(argv)
+    if argv and argv[0] == "train":
+        if "--epochs" in argv:
+            argv[argv.index("--epochs") + 1] = "1"
+        else:
+            argv += ["--epochs", "1"]
+    return argv
+
+
+def _prepare(argv, tmp_path):
+    """Files a command reads (a model to evaluate, an input to predict) made first."""
+    from retroprop import cli
+    import numpy as np
+    for i, arg in enumerate(argv):
+        if arg.endswith(".rpz") and (i == 0 or argv[i - 1] not in ("--out", "--checkpoint")) \
+                and argv[0] != "train" and not (tmp_path / arg).exists():
+            assert cli.main(["train", "--dataset", "digits", "--model", "mlp", "--epochs", "1",
+                             "--out", arg]) == 0
+        if argv[i - 1] == "--input" and not (tmp_path / arg).exists():
+            np.save(tmp_path / arg, np.random.default_rng(0).random((3, 8, 8, 1)))
+
+
+@pytest.mark.parametrize("where,command", shell_commands(), ids=[c for _, c in shell_commands()])
+def test_shell_command(where, command, tmp_path, monkeypatch, capsys):
+    skip = [reason for prefix, reason in NOT_RUN.items() if command.startswith(prefix)]
+    if skip:
+        pytest.skip(f"not run: {skip[0]}")
+    words = shlex.split(command)
+    assert words[0] == "retroprop", (
+        f"{where}: shell command {command!r} is neither a retroprop command nor listed in "
+        f"NOT_RUN with a reason")
+    from retroprop import cli
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    argv = _cheap(words[1:])
+    _prepare(argv, tmp_path)
+    status = cli.main(argv)
+    out = capsys.readouterr()
+    assert status == 0, f"{where}: {command} exited {status}:\n{out.out}\n{out.err}"
