@@ -33,6 +33,7 @@ import numpy as np
 
 from .. import activations as A
 from .. import layers as L
+from ..umask import default_file_mode
 from . import MissingDependencyError
 
 try:
@@ -476,7 +477,7 @@ def to_onnx(model, path=None, opset=OPSET, input_name="input", output_name="outp
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(proto.SerializeToString())
-            os.chmod(tmp, 0o666 & ~_umask())
+            os.chmod(tmp, default_file_mode())
             os.replace(tmp, path)
         except BaseException:
             try:
@@ -485,9 +486,3 @@ def to_onnx(model, path=None, opset=OPSET, input_name="input", output_name="outp
                 pass
             raise
     return proto
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
