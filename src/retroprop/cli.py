@@ -401,6 +401,11 @@ def cmd_train(args):
             raise CLIError(f"--resume {args.resume}: the checkpoint has {initial_epoch} epochs "
                            f"done; --epochs is the total to reach, give more than that")
         what = f"resumed from {args.resume} at epoch {initial_epoch}"
+        decay_steps = getattr(optimizer.lr, "decay_steps", None)
+        steps = args.epochs * -(-n_train // args.batch_size)
+        if decay_steps is not None and decay_steps < steps and not args.quiet:
+            print(f"note: the checkpoint's learning-rate schedule ends after {decay_steps} "
+                  f"steps; the steps after that (up to {steps}) keep its final rate")
     else:
         model = build_model(args.model, x.shape[1:], n_classes, args.seed)
         lr = args.lr if args.lr is not None else default_lr(args.optimizer, args.model)
