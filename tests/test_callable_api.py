@@ -25,7 +25,8 @@ REFERENCE = {
     "softplus": (lambda x: np.log1p(np.exp(x)), _sigmoid),
     "gelu": (lambda x: 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3))),
              None),
-    "swish": (lambda x: x * _sigmoid(x), lambda x: _sigmoid(x) + x * _sigmoid(x) * (1 - _sigmoid(x))),
+    "swish": (lambda x: x * _sigmoid(x),
+              lambda x: _sigmoid(x) + x * _sigmoid(x) * (1 - _sigmoid(x))),
 }
 
 

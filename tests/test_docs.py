@@ -134,3 +134,33 @@ def test_shell_block(where, commands, tmp_path, monkeypatch, capsys):
         reasons = sorted({reason for prefix, reason in NOT_RUN.items()
                           for c in commands if c.startswith(prefix)})
         pytest.skip("not run: " + "; ".join(reasons))
+
+
+def test_readme_vanishing_gradient_table_is_what_the_command_prints():
+    """README's kernel-gradient table (layers 1, 4, 7, 10) and the full tables of
+    docs/VANISHING_GRADIENTS.md, against ``benchmarks/vanishing_gradients.py``."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "vanishing_gradients", ROOT / "benchmarks" / "vanishing_gradients.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    columns = bench.measure()
+    titles = [title for title, _, _ in bench.CONFIGS]
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| (\d+)(?: \([a-z ]+\))? \| ([^\n]+) \|$", readme, re.M)
+    rows = [(int(layer), cells.split(" | ")) for layer, cells in rows
+            if len(cells.split(" | ")) == len(titles)]
+    assert [layer for layer, _ in rows] == [1, 4, 7, 10]
+    for layer, cells in rows:
+        expected = [f"{columns[t][layer - 1]['grad_std']:.1e}" for t in titles]
+        assert cells == expected, f"README row {layer}: {cells} != command {expected}"
+
+    doc = (ROOT / "docs" / "VANISHING_GRADIENTS.md").read_text(encoding="utf-8")
+    tables = re.findall(r"\| layer \| tanh.*?\n\n", doc, re.S)
+    for table, key in zip(tables, ("grad_std", "act_std")):
+        lines = [line for line in table.splitlines() if re.match(r"\| \d+ \|", line)]
+        assert len(lines) == 10
+        for i, line in enumerate(lines):
+            cells = [c.strip() for c in line.strip("|").split("|")][1:]
+            assert cells == [f"{columns[t][i][key]:.3e}" for t in titles], (key, line)

@@ -1,4 +1,4 @@
-"""PyTorch weights in and out: equal outputs across the NHWC/NCHW and (in, out)/(out, in) layouts."""
+"""PyTorch weights in and out: equal outputs across NHWC/NCHW and (in, out)/(out, in) layouts."""
 import sys
 
 import numpy as np
@@ -45,8 +45,8 @@ def cnn_bn(dtype="float64"):
 def residual(dtype="float64"):
     return rp.Sequential([
         L.Conv2D(4, 3, padding="same", activation="relu"),
-        L.Residual([L.Conv2D(4, 3, padding="same", activation="relu"), L.Conv2D(4, 3, padding="same")],
-                   activation="relu"),
+        L.Residual([L.Conv2D(4, 3, padding="same", activation="relu"),
+                    L.Conv2D(4, 3, padding="same")], activation="relu"),
         L.Residual([L.Conv2D(8, 3, strides=2, padding=1, activation="leaky_relu")],
                    shortcut=L.Conv2D(8, 1, strides=2)),
         L.GlobalAvgPool2D(), L.Dense(3, activation="softmax"),
@@ -122,7 +122,8 @@ def test_from_torch_lenet_and_real_images():
 def test_from_torch_batchnorm_statistics():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8),
-                        nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 4), nn.BatchNorm1d(4)).double()
+                        nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 4),
+                        nn.BatchNorm1d(4)).double()
     net.train()
     with torch.no_grad():        # a few training batches move the running statistics
         for _ in range(3):

@@ -597,7 +597,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def make_parser():
     from . import __version__
-    parser = argparse.ArgumentParser(prog="retroprop", description="Train and use retroprop models.",
+    parser = argparse.ArgumentParser(prog="retroprop",
+                                     description="Train and use retroprop models.",
                                      formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"retroprop {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")

@@ -311,42 +311,60 @@ class VarianceScaling(Initializer):
 
 
 class GlorotUniform(Initializer):
-    """Glorot/Xavier uniform: limit sqrt(6 / (fan_in + fan_out)). (the class form of :func:`glorot_uniform`)"""
+    """Glorot/Xavier uniform: limit sqrt(6 / (fan_in + fan_out)).
+
+    The class form of :func:`glorot_uniform`.
+    """
 
     def __call__(self, shape, rng, dtype="float32"):
         return glorot_uniform(shape, rng, dtype)
 
 
 class GlorotNormal(Initializer):
-    """Glorot/Xavier normal: stddev sqrt(2 / (fan_in + fan_out)). (the class form of :func:`glorot_normal`)"""
+    """Glorot/Xavier normal: stddev sqrt(2 / (fan_in + fan_out)).
+
+    The class form of :func:`glorot_normal`.
+    """
 
     def __call__(self, shape, rng, dtype="float32"):
         return glorot_normal(shape, rng, dtype)
 
 
 class HeUniform(Initializer):
-    """He/Kaiming uniform (for relu): limit sqrt(6 / fan_in). (the class form of :func:`he_uniform`)"""
+    """He/Kaiming uniform (for relu): limit sqrt(6 / fan_in).
+
+    The class form of :func:`he_uniform`.
+    """
 
     def __call__(self, shape, rng, dtype="float32"):
         return he_uniform(shape, rng, dtype)
 
 
 class HeNormal(Initializer):
-    """He/Kaiming normal (for relu): stddev sqrt(2 / fan_in). (the class form of :func:`he_normal`)"""
+    """He/Kaiming normal (for relu): stddev sqrt(2 / fan_in).
+
+    The class form of :func:`he_normal`.
+    """
 
     def __call__(self, shape, rng, dtype="float32"):
         return he_normal(shape, rng, dtype)
 
 
 class LecunUniform(Initializer):
-    """LeCun uniform: limit sqrt(3 / fan_in). (the class form of :func:`lecun_uniform`)"""
+    """LeCun uniform: limit sqrt(3 / fan_in).
+
+    The class form of :func:`lecun_uniform`.
+    """
 
     def __call__(self, shape, rng, dtype="float32"):
         return lecun_uniform(shape, rng, dtype)
 
 
 class LecunNormal(Initializer):
-    """LeCun normal: stddev sqrt(1 / fan_in). (the class form of :func:`lecun_normal`)"""
+    """LeCun normal: stddev sqrt(1 / fan_in).
+
+    The class form of :func:`lecun_normal`.
+    """
 
     def __call__(self, shape, rng, dtype="float32"):
         return lecun_normal(shape, rng, dtype)

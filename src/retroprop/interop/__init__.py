@@ -29,7 +29,7 @@ def from_torch(torch_module, model):
 
 
 def to_torch(model):
-    """A PyTorch ``nn.Sequential`` with ``model``'s weights (see :mod:`retroprop.interop.pytorch`)."""
+    """A PyTorch ``nn.Sequential`` with ``model``'s weights (:mod:`retroprop.interop.pytorch`)."""
     from .pytorch import to_torch as copy_out
     return copy_out(model)
 

@@ -356,7 +356,7 @@ CONVERTERS = {
 
 
 def convert_layer(layer, inputs, scope):
-    """Look up and run the converter of ``layer`` (exact class: a subclass may compute otherwise)."""
+    """Run the converter of ``layer``'s exact class (a subclass may compute otherwise)."""
     converter = CONVERTERS.get(type(layer))
     if converter is None:
         raise ExportError(f"layer {layer.name!r} ({type(layer).__name__}) has no ONNX form in "
@@ -462,7 +462,7 @@ def _unique(initializers):
 
 
 def to_onnx(model, path=None, opset=OPSET, input_name="input", output_name="output"):
-    """Export ``model`` as ONNX; write it to ``path`` when given (atomically). Returns the ModelProto.
+    """Export ``model`` as ONNX, written to ``path`` when given (atomically); returns the proto.
 
     Raises :class:`ExportError` (a ValueError) naming the first layer or
     activation without an ONNX form, and MissingDependencyError without the

@@ -71,7 +71,7 @@ def _weighted_layers(layers, out=None):
 
 
 def _dense_rows_to_torch(w, image_shape):
-    """retroprop W (in, out) with rows in (..., C) order -> torch weight (out, in) in (C, ...) order."""
+    """retroprop W (in, out), rows in (..., C) order -> torch weight (out, in) in (C, ...) order."""
     out_features = w.shape[1]
     rank = len(image_shape)
     blocks = w.T.reshape((out_features,) + tuple(image_shape))       # (out, H, W, C)
@@ -108,7 +108,7 @@ def _describe(layer):
 # ---------------------------------------------------------------- weights in
 
 def _torch_weighted_modules(torch, module):
-    """[(weighted module, zero padding (before, after per axis) of a pad module right before it)]."""
+    """[(weighted module, zero padding (before, after per axis) of a pad module just before)]."""
     nn = torch.nn
     kinds = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.PReLU)
     out, pad = [], None
