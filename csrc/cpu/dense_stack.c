@@ -39,9 +39,9 @@ typedef double (*top_step_fn)(const top_step_args *args);
 static double top_step_while_gathering(top_step_fn top_step, const top_step_args *args,
                                        int n_classes, const rp_rows_gather *next_batch)
 {
-    long next_row = 0;
     double loss = 0.0;
 #ifdef RETROPROP_HAVE_OPENMP
+    long next_row = 0;
     const int nt = next_batch && next_batch->count > 0
                        ? rp_gather_threads(next_batch->row_bytes, next_batch->count) : 1;
     if (nt > 1 && (long)args->batch * n_classes < RP_LOSS_ROWS_PARALLEL_MIN) {

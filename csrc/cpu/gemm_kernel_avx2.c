@@ -78,9 +78,17 @@ static inline __attribute__((always_inline)) void store_row_f32_simple(float *c,
     _mm256_storeu_ps(c, v);
 }
 
+/* The bias of the right half of a row; a function, not "(BIAS) ? (BIAS) + 8 : NULL",
+ * because BIAS is a literal NULL in two variants and clang warns about
+ * arithmetic on it in the branch never taken (-Wnull-pointer-arithmetic). */
+static inline __attribute__((always_inline)) const float *bias_right_half(const float *bias)
+{
+    return bias ? bias + 8 : NULL;
+}
+
 #define TILE_F32_STORE_SIMPLE_ROW(I, C0, C1, ACCUMULATE, BIAS, RELU)                      \
     store_row_f32_simple(c + (I) * (long)ldc, C0, ACCUMULATE, BIAS, RELU);                 \
-    store_row_f32_simple(c + (I) * (long)ldc + 8, C1, ACCUMULATE, (BIAS) ? (BIAS) + 8 : NULL, RELU);
+    store_row_f32_simple(c + (I) * (long)ldc + 8, C1, ACCUMULATE, bias_right_half(BIAS), RELU);
 
 #define TILE_F32_STORE_SIMPLE(ACCUMULATE, BIAS, RELU)                                    \
     {                                                                                    \

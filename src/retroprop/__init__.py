@@ -25,15 +25,15 @@ __version__ = "0.1.0"
 __all__ = [
     "Sequential", "Trainer", "History", "NonFiniteError", "gradcheck", "check_layer_gradients",
     "layers", "activations", "losses", "optim", "initializers", "regularizers", "callbacks",
-    "metrics", "schedules", "datasets", "io", "load_model", "save_model",
+    "metrics", "schedules", "datasets", "io", "interop", "load_model", "save_model",
     "set_num_threads", "get_num_threads", "backend_info",
     "pruning", "mc_predict", "minimize",
     "__version__",
 ]
 
-# Imported on first use: datasets may pull optional dependencies, and io is
-# written separately.
-_LAZY_MODULES = ("datasets", "io")
+# Imported on first use: datasets and interop may pull optional dependencies,
+# and io is written separately.
+_LAZY_MODULES = ("datasets", "io", "interop")
 
 
 def __getattr__(name):

@@ -23,8 +23,31 @@ how they may fuse it into the GEMM write-back of a dense or conv layer:
 
 New activations are added by subclassing :class:`Activation` and calling
 :func:`register`.
+
+Every activation is also a function on NumPy arrays (computed by the
+default backend; the input is not modified)::
+
+    rp.activations.relu(x)                      # module-level instances, one per name
+    rp.activations.get("leaky_relu")(x, alpha=0.2)
+    rp.activations.tanh.derivative(x)           # d act / dx, elementwise
+    rp.activations.softmax.gradient(x, dy)      # dL/dx given dL/dy (any activation)
+
+Float32 and float64 input keep their dtype; other numbers (ints, bools,
+float16, Python scalars and lists) are computed in float64.
 """
 import numpy as np
+
+from .backend import get_backend
+
+
+def _as_float_array(x, owner):
+    """x as a float32/float64 ndarray (other numbers as float64); TypeError otherwise."""
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{owner}: expected numbers, got dtype {arr.dtype}")
+    if arr.dtype not in (np.float32, np.float64):
+        arr = arr.astype(np.float64)
+    return arr
 
 
 class Activation:
@@ -43,6 +66,46 @@ class Activation:
     def backward(self, y, dy, backend, x=None, out=None):
         """Return dL/dx given y = act(x) and dy = dL/dy."""
         raise NotImplementedError
+
+    # -- use on NumPy arrays ------------------------------------------------------
+
+    def _configured(self, params):
+        """self, or a copy with other hyper-parameters (``sigmoid(x, slope=4)``)."""
+        if not params:
+            return self
+        try:
+            return type(self)(**params)
+        except TypeError:
+            raise TypeError(f"activation {self.name!r} does not accept the arguments "
+                            f"{sorted(params)}") from None
+
+    def __call__(self, x, **params):
+        """act(x) for an array (or number) x, as a new array; keyword arguments
+        set hyper-parameters (``leaky_relu(x, alpha=0.2)``)."""
+        act = self._configured(params)
+        arr = _as_float_array(x, f"activation {self.name!r}")
+        if arr.ndim == 0:
+            return act(arr.reshape(1))[0]
+        return act.forward(arr, get_backend())
+
+    def gradient(self, x, dy, **params):
+        """dL/dx at input x given dL/dy = ``dy`` (for softmax, the row-wise Jacobian product)."""
+        act = self._configured(params)
+        arr = _as_float_array(x, f"activation {self.name!r}")
+        dy = np.asarray(dy, dtype=arr.dtype)
+        if dy.shape != arr.shape:
+            raise ValueError(f"activation {self.name!r}: dy has shape {dy.shape}, "
+                             f"x has {arr.shape}")
+        if arr.ndim == 0:
+            return act.gradient(arr.reshape(1), dy.reshape(1))[0]
+        backend = get_backend()
+        y = act.forward(arr, backend)
+        return act.backward(y, np.ascontiguousarray(dy), backend, x=np.ascontiguousarray(arr))
+
+    def derivative(self, x, **params):
+        """act'(x), elementwise (softmax has a Jacobian instead: use :meth:`gradient`)."""
+        arr = _as_float_array(x, f"activation {self.name!r}")
+        return self.gradient(arr, np.ones_like(arr), **params)
 
     def get_config(self):
         """The name is enough to rebuild a parameter-free activation."""
@@ -179,6 +242,10 @@ class Softmax(Activation):
         backend.softmax(x2, out=out.reshape(-1, c))
         return out
 
+    def derivative(self, x, **params):
+        raise ValueError("softmax is not elementwise, so it has no elementwise derivative: "
+                         "use softmax.gradient(x, dy) for dL/dx given dL/dy")
+
     def backward(self, y, dy, backend, x=None, out=None):
         if out is None:
             out = np.empty_like(y)
@@ -305,6 +372,21 @@ for _cls in (Linear, ReLU, Sigmoid, Tanh, Softmax, Step, Arctan, LeakyReLU, ELU,
              Softplus, GELU, Swish, Mish):
     register(_cls)
 _ALIASES.update({"heaviside": "step", "leakyrelu": "leaky_relu", "silu": "swish"})
+
+
+# One instance per name, to call on arrays: ``rp.activations.relu(x)``.
+linear = Linear()
+relu = ReLU()
+sigmoid = Sigmoid()
+tanh = Tanh()
+softmax = Softmax()
+step = Step()
+arctan = Arctan()
+leaky_relu = LeakyReLU()
+elu = ELU()
+softplus = Softplus()
+gelu = GELU()
+swish = Swish()
 
 
 def names():

@@ -17,6 +17,8 @@ import zlib
 
 import numpy as np
 
+from .umask import default_file_mode
+
 FORMAT_NAME = "retroprop-model"
 FORMAT_VERSION = 1
 _META = "retroprop.json"
@@ -38,6 +40,7 @@ def _atomic_write_zip(path, entries):
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".rpz", dir=directory)
     try:
+        os.chmod(tmp, default_file_mode())   # mkstemp's 0600 -> what the umask gives
         with os.fdopen(fd, "wb") as f:
             with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as zf:
                 for name, data in entries.items():

@@ -11,6 +11,12 @@ A loss is an object with
 Both validate and convert ``y_true`` each call. The Trainer validates the whole
 target array once with ``prepare_targets`` and then calls the unchecked
 ``value`` / ``value_and_grad`` on batches of prepared targets.
+
+A loss of your own (docs/CUSTOM.md) is either two functions,
+``FunctionLoss(value_fn, grad_fn)`` (or the pair ``(value_fn, grad_fn)``
+wherever a loss is taken), or a :class:`Loss` subclass implementing
+``value(targets, y_pred)`` and ``grad(targets, y_pred)``; the default
+``prepare_targets`` takes targets of the predictions' shape.
 """
 import numpy as np
 
@@ -36,16 +42,48 @@ class Loss:
     name = None
 
     def prepare_targets(self, y_true, pred_shape, dtype, argname="y_true"):
-        """Validate targets against predictions of shape ``pred_shape`` and convert them."""
-        raise NotImplementedError
+        """Validate targets against predictions of shape ``pred_shape`` and convert them.
+
+        The default wants targets of the predictions' shape ((N,) is taken
+        for (N, 1)) and returns them as a C-contiguous ``dtype`` array free
+        of NaN/Inf; losses on class ids override it.
+        """
+        y = _as_numeric(y_true, argname)
+        pred_shape = tuple(pred_shape)
+        if y.ndim >= 1 and len(pred_shape) >= 1 and y.shape[0] != pred_shape[0]:
+            raise ValueError(f"{argname} has {y.shape[0]} samples but the predictions have "
+                             f"{pred_shape[0]}")
+        # A single-output model may be given plain (N,) targets.
+        if y.ndim == 1 and len(pred_shape) == 2 and pred_shape[1] == 1:
+            y = y.reshape(-1, 1)
+        if y.shape[1:] != pred_shape[1:]:
+            raise ValueError(f"{argname} has per-sample shape {y.shape[1:]} but the model "
+                             f"outputs {tuple(pred_shape[1:])}")
+        y = np.ascontiguousarray(y, dtype=dtype)
+        bad = _first_nonfinite(y)
+        if bad is not None:
+            raise ValueError(f"{argname} contains NaN or Inf at index {bad}")
+        return y
 
     def value(self, targets, y_pred):
         """Batch-mean loss for prepared targets (no validation)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement "
+                                  f"value(targets, y_pred) -> float, the batch-mean loss")
 
     def grad(self, targets, y_pred):
         """dL/dy_pred for prepared targets (no validation), divided by the batch size."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement "
+                                  f"grad(targets, y_pred) -> dL/dy_pred (of the batch mean)")
+
+    def missing_methods(self):
+        """Names of the methods a subclass must implement and does not (empty when complete)."""
+        cls = type(self)
+        missing = []
+        if cls.value is Loss.value:
+            missing.append("value(targets, y_pred)")
+        if cls.grad is Loss.grad and cls.value_and_grad is Loss.value_and_grad:
+            missing.append("grad(targets, y_pred)")
+        return missing
 
     def value_and_grad(self, targets, y_pred, backend):
         """(loss, dL/dy_pred) for prepared targets; subclasses may use a fused backend op."""
@@ -106,23 +144,7 @@ class MeanSquaredError(Loss):
     def __init__(self, reduction="mean"):
         self.reduction = _check_reduction(type(self).__name__, reduction)
 
-    def prepare_targets(self, y_true, pred_shape, dtype, argname="y_true"):
-        y = _as_numeric(y_true, argname)
-        pred_shape = tuple(pred_shape)
-        if y.ndim >= 1 and len(pred_shape) >= 1 and y.shape[0] != pred_shape[0]:
-            raise ValueError(f"{argname} has {y.shape[0]} samples but the predictions have "
-                             f"{pred_shape[0]}")
-        # A single-output model may be given plain (N,) targets.
-        if y.ndim == 1 and len(pred_shape) == 2 and pred_shape[1] == 1:
-            y = y.reshape(-1, 1)
-        if y.shape[1:] != pred_shape[1:]:
-            raise ValueError(f"{argname} has per-sample shape {y.shape[1:]} but the model "
-                             f"outputs {tuple(pred_shape[1:])}")
-        y = np.ascontiguousarray(y, dtype=dtype)
-        bad = _first_nonfinite(y)
-        if bad is not None:
-            raise ValueError(f"{argname} contains NaN or Inf at index {bad}")
-        return y
+    # prepare_targets: the base class's (targets of the predictions' shape)
 
     def _divisor(self, y_pred):
         """What the sum over all elements is divided by: every element ("mean"),
@@ -501,6 +523,52 @@ class Hinge(CategoricalCrossentropy):
         return f"Hinge(margin={self.margin})"
 
 
+class FunctionLoss(Loss):
+    """A loss made of two functions of ``(y_true, y_pred)``.
+
+    ``value_fn`` returns the batch-mean loss (a number); ``grad_fn`` returns
+    dL/dy_pred of that mean (so already divided by the batch size), an array
+    of ``y_pred``'s shape. ``y_true`` reaches them as an array of
+    ``y_pred``'s shape and dtype (see ``Loss.prepare_targets``)::
+
+        mse = rp.losses.FunctionLoss(lambda y, p: np.mean((p - y) ** 2),
+                                     lambda y, p: 2 * (p - y) / p.size)
+
+    ``rp.losses.get((value_fn, grad_fn))`` and ``Trainer(model, loss=(value_fn,
+    grad_fn), ...)`` build one from the pair.
+    """
+
+    def __init__(self, value_fn, grad_fn, name=None):
+        for what, fn in (("value_fn", value_fn), ("grad_fn", grad_fn)):
+            if not callable(fn):
+                raise TypeError(f"FunctionLoss: {what} must be a function of (y_true, y_pred), "
+                                f"got {type(fn).__name__}")
+        self.value_fn = value_fn
+        self.grad_fn = grad_fn
+        self.name = name if name is not None else getattr(value_fn, "__name__", "function_loss")
+
+    def value(self, targets, y_pred):
+        result = self.value_fn(targets, y_pred)
+        try:
+            return float(result)
+        except (TypeError, ValueError):
+            raise TypeError(f"loss {self.name!r}: value_fn must return a number (the batch "
+                            f"mean), got {type(result).__name__} of shape "
+                            f"{np.shape(result)}") from None
+
+    def grad(self, targets, y_pred):
+        g = np.asarray(self.grad_fn(targets, y_pred))
+        if g.shape != y_pred.shape:
+            raise ValueError(f"loss {self.name!r}: grad_fn returned shape {g.shape}, the "
+                             f"predictions have shape {y_pred.shape}")
+        if g.dtype.kind not in "biuf":
+            raise TypeError(f"loss {self.name!r}: grad_fn must return numbers, got {g.dtype}")
+        return np.ascontiguousarray(g, dtype=y_pred.dtype)
+
+    def __repr__(self):
+        return f"FunctionLoss({self.name!r})"
+
+
 _REGISTRY = {
     "mse": MeanSquaredError,
     "mean_squared_error": MeanSquaredError,
@@ -526,16 +594,34 @@ def names():
 
 
 def get(identifier, **kwargs):
-    """Return a Loss for a name or a Loss instance.
+    """Return a Loss for a name, a Loss instance or class, or a pair of functions.
 
     Keyword arguments go to the loss constructor, e.g.
-    ``get("categorical_crossentropy", from_logits=True)``.
+    ``get("categorical_crossentropy", from_logits=True)``. A pair
+    ``(value_fn, grad_fn)`` becomes a :class:`FunctionLoss`. A Loss subclass
+    that lacks a required method is refused here, with the method's name.
     """
+    if isinstance(identifier, type) and issubclass(identifier, Loss):
+        identifier = identifier(**kwargs)
     if isinstance(identifier, Loss):
+        missing = identifier.missing_methods()
+        if missing:
+            raise TypeError(f"{type(identifier).__name__} does not implement "
+                            f"{' and '.join(missing)}; a Loss subclass needs value(targets, "
+                            f"y_pred) -> float and grad(targets, y_pred) -> dL/dy_pred "
+                            f"(docs/CUSTOM.md)")
         return identifier
+    if isinstance(identifier, (tuple, list)) and len(identifier) == 2 \
+            and all(callable(f) for f in identifier):
+        return FunctionLoss(*identifier, **kwargs)
+    if callable(identifier):
+        raise TypeError(f"a loss given as a function needs its gradient too: pass "
+                        f"(value_fn, grad_fn) or rp.losses.FunctionLoss(value_fn, grad_fn), "
+                        f"grad_fn returning dL/dy_pred of the batch mean (docs/CUSTOM.md)")
     if isinstance(identifier, str):
         key = identifier.lower()
         if key in _REGISTRY:
             return _REGISTRY[key](**kwargs)
         raise ValueError(f"unknown loss {identifier!r}; valid names: {', '.join(names())}")
-    raise TypeError(f"loss must be a name or a Loss instance, got {type(identifier).__name__}")
+    raise TypeError(f"loss must be a name, a Loss instance or a pair (value_fn, grad_fn), "
+                    f"got {type(identifier).__name__}")

@@ -7,7 +7,9 @@ allocated here when not given. Workspaces the kernels need are cached per
 shape and thread, so a training loop allocates nothing per step.
 See docs/BACKEND.md for the contract shared with ``numpy_ref``.
 """
+import os
 import threading
+import warnings
 
 import numpy as np
 
@@ -85,6 +87,11 @@ def set_num_threads(n):
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
         raise TypeError(f"set_num_threads: expected an int >= 1, got {n!r}")
     _core.set_num_threads(int(n))
+    if n > 1 and not _core.have_openmp() and not _warned["threads"]:
+        _warned["threads"] = True
+        warnings.warn(f"set_num_threads({n}): this retroprop was built without OpenMP, so "
+                      f"its kernels run on one thread (rebuild with gcc, or clang with "
+                      f"libomp, for more)", RuntimeWarning, stacklevel=3)
 
 
 def get_num_threads():
@@ -106,8 +113,43 @@ def backend_info():
 
 
 def set_simd(name):
-    """Switch the kernels to 'generic' or 'avx2+fma' (for tests and benchmarks)."""
+    """Switch the kernels to 'generic' or 'avx2+fma' (for tests and benchmarks).
+
+    The environment variable ``RETROPROP_SIMD`` (generic, avx2 or avx2+fma)
+    does the same when retroprop is imported. A level the CPU lacks is
+    clamped to the best it has; the level in use is returned.
+    """
     return _core.set_simd(name)
+
+
+def _apply_environment():
+    """RETROPROP_SIMD at import, and a warning when OpenMP was asked for but missing."""
+    requested = os.environ.get("RETROPROP_SIMD", "").strip().lower()
+    if requested:
+        if requested not in SIMD_LEVELS:
+            warnings.warn(f"RETROPROP_SIMD={requested!r} is not one of "
+                          f"{', '.join(SIMD_LEVELS)}; using {_core.simd_levels()[1]}",
+                          RuntimeWarning, stacklevel=2)
+        else:
+            got = _core.set_simd(requested)
+            if got != SIMD_LEVELS[requested]:
+                warnings.warn(f"RETROPROP_SIMD={requested}: this CPU lacks it; using {got}",
+                              RuntimeWarning, stacklevel=2)
+    try:
+        from .._build_config import OPENMP
+    except ImportError:        # built some other way: nothing recorded
+        OPENMP = None
+    if OPENMP == "missing":
+        warnings.warn("retroprop was built without OpenMP (the C compiler had none): the "
+                      "kernels run on one thread. Rebuild with gcc, or clang with libomp; "
+                      "build with -Ccmake.define.RETROPROP_OPENMP=OFF to mean it.",
+                      RuntimeWarning, stacklevel=2)
+
+
+# RETROPROP_SIMD values and the level each one selects.
+SIMD_LEVELS = {"generic": "generic", "avx2": "avx2+fma", "avx2+fma": "avx2+fma"}
+_warned = {"threads": False}
+_apply_environment()
 
 
 # ---------------------------------------------------------------- kernels

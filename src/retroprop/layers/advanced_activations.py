@@ -152,8 +152,8 @@ class PReLU(_ElementwiseLayer):
 
     def get_config(self):
         init = self.alpha_initializer
-        if not isinstance(init, (int, float, str)):
-            init = getattr(init, "__name__", str(init))
+        if not isinstance(init, (int, float)):
+            init = initializers.serialize(init)
         reg = self.alpha_regularizer
         return {"alpha_initializer": init,
                 "alpha_regularizer": None if reg is None else reg.serialize(),

@@ -23,8 +23,8 @@ from .base import BufferCache, Layer, format_shape
 
 
 def _spec_name(spec):
-    """Config value for an initializer given as a name or a function."""
-    return spec if isinstance(spec, str) else getattr(spec, "__name__", repr(spec))
+    """Config value for an initializer: a name, or an Initializer's class and config."""
+    return initializers.serialize(spec)
 
 
 def _is_int(value):

@@ -6,8 +6,8 @@ from .base import BufferCache, Layer
 
 
 def _spec_name(spec):
-    """Config value for an initializer given as a name or a function."""
-    return spec if isinstance(spec, str) else getattr(spec, "__name__", repr(spec))
+    """Config value for an initializer: a name, or an Initializer's class and config."""
+    return initializers.serialize(spec)
 
 
 class Dense(Layer):
