@@ -26,7 +26,8 @@ from .callbacks import Callback
 DATASETS = ("fashion-mnist", "mnist", "digits", "xor", "spirals")
 MODELS = ("logreg", "mlp", "lenet", "cnn")
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad")
-SCHEDULES = ("cosine", "constant", "exponential", "inverse-time", "step")
+SCHEDULES = ("cosine", "constant", "exponential", "inverse-time", "step", "polynomial",
+             "piecewise")
 PLOT_FORMATS = (".png", ".pdf", ".svg")
 
 # Class names of the datasets, for the confusion matrix and the model file.
@@ -167,12 +168,18 @@ def make_schedule(name, lr, total_steps):
         return rp.schedules.InverseTimeDecay(lr, rate=9.0 / steps)
     if name == "step":             # lr, lr / 10, lr / 100: one third of the run each
         return rp.schedules.StepDecay(lr, factor=0.1, step=max(1, -(-steps // 3)))
+    if name == "polynomial":       # quadratic decay to lr / 100 at the end of the run
+        return rp.schedules.PolynomialDecay(lr, decay_steps=steps, end_lr=lr / 100, power=2.0)
+    if name == "piecewise":        # lr, then lr / 10 at 60% and lr / 100 at 90% of the run
+        return rp.schedules.PiecewiseConstantDecay(
+            [max(1, int(0.6 * steps)), max(2, int(0.9 * steps))], [lr, lr / 10, lr / 100])
     raise CLIError(f"unknown schedule {name!r}; choose from {', '.join(SCHEDULES)}")
 
 
 # Which CLI name builds each schedule class (tests check that every class has one).
 SCHEDULE_CLASSES = {"cosine": "CosineDecay", "exponential": "ExponentialDecay",
-                    "inverse-time": "InverseTimeDecay", "step": "StepDecay"}
+                    "inverse-time": "InverseTimeDecay", "step": "StepDecay",
+                    "polynomial": "PolynomialDecay", "piecewise": "PiecewiseConstantDecay"}
 
 DEFAULT_LR = {"sgd": 0.1, "momentum": 0.05, "nesterov": 0.05, "adam": 0.001, "adamw": 0.001,
               "rmsprop": 0.001, "adagrad": 0.01}
