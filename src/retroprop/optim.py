@@ -14,6 +14,8 @@ step), i.e. batches, not epochs.
 """
 import math
 
+import numpy as np
+
 from . import aligned
 from .backend import get_backend, state_with_modules, state_without_modules
 
@@ -26,6 +28,22 @@ def _check_lr_value(lr, what="lr", allow_zero=False):
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"{what} must be a positive finite number, got {lr!r}")
     return value
+
+
+def _check_step_item(item):
+    """A ``(key, param, grad)`` triple whose param and grad are NumPy arrays
+    (TypeError naming the parameter otherwise: the state arrays are made
+    from the param's shape and dtype, and the step writes into it)."""
+    try:
+        key, param, grad = item
+    except (TypeError, ValueError):
+        raise TypeError(f"optimizer step: expected (key, param, grad) triples, got {item!r:.80}") \
+            from None
+    for name, arr in (("param", param), ("grad", grad)):
+        if not isinstance(arr, np.ndarray):
+            raise TypeError(f"optimizer step: the {name} of {key!r} must be a numpy.ndarray, "
+                            f"got {type(arr).__name__}")
+    return key, param, grad
 
 
 class Optimizer:
@@ -117,7 +135,8 @@ class Optimizer:
             else:
                 return last[2:]
         keys, params, grads, state0, state1 = [], [], [], [], []
-        for key, param, grad in items:
+        for item in items:
+            key, param, grad = _check_step_item(item)
             first, second = self.state_for(key, param)
             keys.append(key)
             params.append(param)
