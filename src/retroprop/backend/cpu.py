@@ -7,11 +7,39 @@ allocated here when not given. Workspaces the kernels need are cached per
 shape and thread, so a training loop allocates nothing per step.
 See docs/BACKEND.md for the contract shared with ``numpy_ref``.
 """
+import os
 import threading
 
 import numpy as np
 
-from .. import _core
+
+def _load_core():
+    """Import the extension with a short OpenMP spin-wait unless the user chose one.
+
+    Threads of libgomp (GCC's OpenMP runtime) waiting at a barrier or for the
+    next parallel region spin 300,000 pause instructions (about 20 ms here)
+    before they sleep. On a machine busy with other processes that spin
+    burns the core's share while the partner thread waits for its turn: with
+    a CPU-bound process on each core, two threads trained an MLP 3-6x slower
+    than one. 300 turns (about 20 us) keep back-to-back regions from paying a
+    wake-up while giving the core away soon after (docs/BACKEND.md,
+    "Threads on a busy machine"). libgomp reads the variable once, when the
+    extension loads it; the environment is restored afterwards, so child
+    processes and other libraries see the user's own. OMP_WAIT_POLICY or
+    GOMP_SPINCOUNT set by the user win."""
+    if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
+        from .. import _core
+        return _core, "as set by the user"
+    os.environ["GOMP_SPINCOUNT"] = str(OPENMP_SPIN_COUNT)
+    try:
+        from .. import _core
+    finally:
+        os.environ.pop("GOMP_SPINCOUNT", None)
+    return _core, f"GOMP_SPINCOUNT={OPENMP_SPIN_COUNT}"
+
+
+OPENMP_SPIN_COUNT = 300
+_core, _OPENMP_WAIT = _load_core()
 
 # Activations (docs/BACKEND.md): FUSED ones have their derivative taken from
 # the output and may be applied in the GEMM write-back; the INPUT_DERIVATIVE
@@ -106,6 +134,7 @@ def backend_info():
         "simd_best": best,
         "threads": _core.get_num_threads(),
         "openmp": _core.have_openmp(),
+        "openmp_wait": _OPENMP_WAIT,
         "compiler": _core.compiler(),
         "cuda": False,
         "cuda_note": "built without CUDA (RETROPROP_CUDA=OFF)",
