@@ -26,6 +26,7 @@ cdef extern from "retroprop/runtime.h":
     const char *rp_simd_name(rp_simd_level level)
     int rp_have_openmp()
     const char *rp_compiler()
+    int rp_forked_single_threaded()
 
 cdef extern from "retroprop/act.h":
     ctypedef enum rp_act:
@@ -277,6 +278,12 @@ def set_simd(str name):
 
 def have_openmp():
     return bool(rp_have_openmp())
+
+
+def forked_single_threaded():
+    """Whether this process was forked after multi-threaded kernels: the kernels
+    then run on one thread (runtime.h)."""
+    return bool(rp_forked_single_threaded())
 
 
 def compiler():

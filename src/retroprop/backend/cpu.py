@@ -135,6 +135,7 @@ def backend_info():
         "threads": _core.get_num_threads(),
         "openmp": _core.have_openmp(),
         "openmp_wait": _OPENMP_WAIT,
+        "forked_single_threaded": _core.forked_single_threaded(),
         "compiler": _core.compiler(),
         "cuda": False,
         "cuda_note": "built without CUDA (RETROPROP_CUDA=OFF)",
