@@ -221,8 +221,14 @@ int FN(rp_batchnorm_backward)(long rows, int c, const REAL *x, const REAL *dy,
         const REAL *xr = x + i * c;
         const REAL *dyr = dy + i * c;
         REAL *dxr = dx + i * c;
-        for (int j = 0; j < c; ++j)
-            dxr[j] = k_dy[j] * dyr[j] + k_dev[j] * (xr[j] - mean[j]) + k_0[j];
+        /* In inference x does not enter dx at all (not even as 0 * x, which
+         * a NaN or Inf in x would turn into NaN). */
+        if (batch_stats) {
+            for (int j = 0; j < c; ++j)
+                dxr[j] = k_dy[j] * dyr[j] + k_dev[j] * (xr[j] - mean[j]) + k_0[j];
+        } else {
+            for (int j = 0; j < c; ++j) dxr[j] = k_dy[j] * dyr[j];
+        }
     }
     free(partial);
     return 0;

@@ -232,14 +232,14 @@ cdef double _act_param(rp_act act, object param, object name, int kind=1) except
         raise TypeError(f"{name}: parameter must be a number, got {param!r}") from None
     if not np.isfinite(p):
         raise ValueError(f"{name}: parameter must be finite, got {param!r}")
-    cdef float p32 = <float>p
-    if kind == 0 and (p32 - p32 != 0.0 or (act == RP_ACT_SIGMOID and p32 == 0.0)):
-        raise ValueError(f"{name}: parameter {param!r} does not fit float32 (the kernels of "
-                         f"float32 data compute with it as a float32); use float64")
     if act == RP_ACT_SIGMOID and not p > 0.0:
         raise ValueError(f"sigmoid: slope must be > 0, got {param!r}")
     if (act == RP_ACT_LEAKY_RELU or act == RP_ACT_ELU) and p < 0.0:
         raise ValueError(f"{name}: alpha must be >= 0, got {param!r}")
+    cdef float p32 = <float>p
+    if kind == 0 and (p32 - p32 != 0.0 or (act == RP_ACT_SIGMOID and p32 == 0.0)):
+        raise ValueError(f"{name}: parameter {param!r} does not fit float32 (the kernels of "
+                         f"float32 data compute with it as a float32); use float64")
     return p
 
 
