@@ -357,8 +357,9 @@ def _check_conv_sizes(x_shape, w_shape, padding, oh, ow):
         ("column matrix of one image", oh * ow * w_shape[0] * w_shape[1] * w_shape[2])))
 
 
-# The kernels index with C ints: a geometry whose sizes pass this is refused
-# here, before any workspace is allocated for it (the binding checks again).
+# The kernels index with C ints: a geometry whose sizes exceed this is
+# refused here, before any workspace is allocated for it (the binding
+# checks again).
 _KERNEL_INT_MAX = 2**31 - 1
 
 
@@ -506,8 +507,9 @@ def find_nonfinite(x):
 
 def gather_rows(x, index, out=None):
     """out[r] = x[index[r]] (a batch of rows picked by a shuffled order), into a
-    caller's buffer that can be reused batch after batch. x: C-contiguous, any
-    dtype; index: int64 positions in [0, len(x)) (IndexError otherwise)."""
+    caller's buffer that can be reused batch after batch. x: C-contiguous, of a
+    numeric dtype (rows are copied as bytes: object arrays raise TypeError);
+    index: int64 positions in [0, len(x)) (IndexError otherwise)."""
     if not isinstance(x, np.ndarray):
         raise TypeError(f"gather_rows: x must be a numpy array, got {type(x).__name__}")
     if x.ndim < 1:
