@@ -123,14 +123,16 @@ def _square_sum(n):
 
 
 def test_child_forked_before_any_threaded_kernel_keeps_its_threads():
-    """A fresh process forks before running anything multi-threaded: its child
-    may and does use two threads (the pool is created there)."""
+    """A fresh process forks before running anything multi-threaded (asking the
+    thread count is not running a kernel): its child may and does use two
+    threads (the pool is created there)."""
     code = textwrap.dedent("""
         import os, sys
         import numpy as np
         import retroprop as rp
         from retroprop.backend import cpu
         rp.set_num_threads(2)
+        assert rp.get_num_threads() == 2 and rp.backend_info()["threads"] == 2  # no kernel yet
         pid = os.fork()
         if pid == 0:
             a = np.ones((400, 400), np.float32)

@@ -40,18 +40,23 @@ int rp_forked_single_threaded(void) { return single_threaded_child; }
  * costs nothing and tests can lower it before any kernel runs. */
 static int simd_level_in_use = -1;
 
-int rp_get_num_threads(void)
+int rp_threads_setting(void)
 {
 #ifdef RETROPROP_HAVE_OPENMP
     if (single_threaded_child) return 1;
     const int max = omp_get_max_threads();
-    const int n = max < RP_MAX_THREADS ? max : RP_MAX_THREADS;
-    /* Every kernel sizes its team from here: more than one may open a pool. */
-    if (n > 1 && !threads_used) threads_used = 1;
-    return n;
+    return max < RP_MAX_THREADS ? max : RP_MAX_THREADS;
 #else
     return 1;
 #endif
+}
+
+int rp_get_num_threads(void)
+{
+    const int n = rp_threads_setting();
+    /* Every kernel sizes its team from here: more than one may open a pool. */
+    if (n > 1 && !threads_used) threads_used = 1;
+    return n;
 }
 
 int rp_in_parallel(void)

@@ -18,6 +18,7 @@ cdef extern from "retroprop/runtime.h":
         RP_SIMD_GENERIC
         RP_SIMD_AVX2
     int rp_get_num_threads()
+    int rp_threads_setting()
     void rp_set_num_threads(int n)
     enum: RP_MAX_THREADS
     rp_simd_level rp_simd_best()
@@ -254,7 +255,7 @@ cdef inline void *_ptr_or_null(object arr):
 # ---------------------------------------------------------------- runtime
 
 def get_num_threads():
-    return rp_get_num_threads()
+    return rp_threads_setting()
 
 
 def set_num_threads(int n):
