@@ -103,6 +103,26 @@ def test_maxpool_never_reads_past_the_input(width):
 
 
 @pytest.mark.parametrize("width", WIDTHS)
+def test_maxpool_first_nan_of_a_window_wins(width):
+    """Found by tests/test_fuzz.py: with two NaNs in a window the kernels took
+    the second (a NaN replaced any best, NaN included), against their own
+    rule and NumPy's argmax (the first NaN)."""
+    channels = 3
+    x = np.zeros((1, 2, width, channels), np.float32)
+    x[...] = np.arange(x.size, dtype=np.float32).reshape(x.shape)
+    x[0, :, :, 1] = np.nan           # every cell of channel 1
+    x[0, 1, ::2, 2] = np.nan         # some cells of channel 2
+    for pool, pads in (((2, 2), (0, 0, 0, 1)), ((2, 1), (0, 0, 0, 0)), ((1, 3), (0, 0, 1, 1))):
+        if width + pads[2] + pads[3] < pool[1]:
+            continue
+        y, argmax = same_on_every_path(on_each_path(
+            lambda: tuple(a.copy() for a in cpu.maxpool2d_forward(x, pool, (1, 2), pads))))
+        y_ref, argmax_ref = ref.maxpool2d_forward(x, pool, (1, 2), pads)
+        np.testing.assert_array_equal(y, y_ref)
+        np.testing.assert_array_equal(argmax, argmax_ref)
+
+
+@pytest.mark.parametrize("width", WIDTHS)
 def test_avgpool_and_pool_backward_every_width(width):
     rng = np.random.default_rng(100 + width)
     for height, channels, stride, pads in itertools.product(

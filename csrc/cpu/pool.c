@@ -48,7 +48,8 @@ static int argmax_in_range(const int32_t *argmax, long count, long limit)
  * comparisons and selects cover every channel at once (the scalar channel
  * loop does not vectorise for c < 8). x00 is the top-left cell of pixel
  * ox0's window; windows are stride_w cells apart. Same rule as the scalar
- * loop: a later cell wins only when strictly greater, or NaN. */
+ * loop: a later cell wins only when strictly greater, or NaN while the best
+ * so far is not (so the first NaN wins). */
 __attribute__((target("avx2,fma")))
 static void maxpool_row_2x2_narrow_avx2_f32(const float *ximg, long x00, int w, int c,
                                             int stride_w, int ox0, int ox1, float *y,
@@ -66,8 +67,11 @@ static void maxpool_row_2x2_narrow_avx2_f32(const float *ximg, long x00, int w, 
         __m256i arg = _mm256_add_epi32(_mm256_set1_epi32((int32_t)x00), lanes);
         for (int k = 0; k < 3; ++k) {
             const __m256 v = _mm256_maskload_ps(ximg + cells[k], mask);
-            const __m256 greater = _mm256_or_ps(_mm256_cmp_ps(v, best, _CMP_GT_OQ),
-                                                _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+            /* greater, or a NaN where best is not yet one (the first NaN wins) */
+            const __m256 greater = _mm256_or_ps(
+                _mm256_cmp_ps(v, best, _CMP_GT_OQ),
+                _mm256_andnot_ps(_mm256_cmp_ps(best, best, _CMP_UNORD_Q),
+                                 _mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
             best = _mm256_blendv_ps(best, v, greater);
             const __m256i at = _mm256_add_epi32(_mm256_set1_epi32(cells[k]), lanes);
             arg = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(arg),
@@ -160,7 +164,8 @@ void FN(rp_maxpool2d_forward)(const rp_pool2d_geom *g, const REAL *x, REAL *y, i
             clip_window((long)ox * g->stride_w - g->pad_left, g->pw, g->w, &x_lo, &x_hi);
             /* The first real cell seeds the maximum; later cells replace it
              * only when strictly greater, so ties keep the first position,
-             * or when NaN, so a NaN in the window is the maximum (as in
+             * or when NaN while the best so far is not, so the window's
+             * first NaN is the maximum (as in
              * PyTorch and NumPy's argmax) instead of vanishing.
              * Channel by channel in registers, with selects rather than
              * branches: on real data the comparisons are unpredictable. */
@@ -173,15 +178,15 @@ void FN(rp_maxpool2d_forward)(const rp_pool2d_geom *g, const REAL *x, REAL *y, i
                     REAL best = ximg[first + ch];
                     int32_t arg = first + ch;
                     REAL v = ximg[at01 + ch];
-                    int greater = v > best || v != v;
+                    int greater = v > best || (v != v && best == best);
                     best = greater ? v : best;
                     arg = greater ? at01 + ch : arg;
                     v = ximg[at10 + ch];
-                    greater = v > best || v != v;
+                    greater = v > best || (v != v && best == best);
                     best = greater ? v : best;
                     arg = greater ? at10 + ch : arg;
                     v = ximg[at11 + ch];
-                    greater = v > best || v != v;
+                    greater = v > best || (v != v && best == best);
                     best = greater ? v : best;
                     arg = greater ? at11 + ch : arg;
                     yp[ch] = best;
@@ -196,7 +201,7 @@ void FN(rp_maxpool2d_forward)(const rp_pool2d_geom *g, const REAL *x, REAL *y, i
                     for (int ix = iy == y_lo ? x_lo + 1 : x_lo; ix < x_hi; ++ix) {
                         const int32_t at = (int32_t)(((long)iy * g->w + ix) * c) + ch;
                         const REAL v = ximg[at];
-                        const int greater = v > best || v != v;
+                        const int greater = v > best || (v != v && best == best);
                         best = greater ? v : best;
                         arg = greater ? at : arg;
                     }
