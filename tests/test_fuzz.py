@@ -555,7 +555,8 @@ def fuzz_optimizer_steps(data):
         # (a NaN parameter and its NaN velocity are one element, two values).
         assert (want[0] > 0) == (got[0] > 0), \
             f"{rule}: {got[0]} non-finite elements, reference {want[0]} values"
-        scale = (1 + finite_scale(p)) * (1 + lr) * (1 + finite_scale(g)) ** 2 * 64
+        scale = (1 + finite_scale(p, want[1], *want[2])) * (1 + lr) * \
+            (1 + finite_scale(g)) ** 2 * 64
         # Where a parameter is already NaN/Inf it stays non-finite, but may turn
         # from Inf to NaN (the C step adds weight_decay * param even when
         # weight_decay is 0), and so may its state: the rest is compared.
