@@ -180,8 +180,9 @@ GOOD = idx_bytes(np.arange(24, dtype=np.int16).reshape(2, 3, 4))  # payload 48 b
         (GOOD + b"\x00", "trailing data"),
         (GOOD + b"extra bytes here", "trailing data"),
         # Header promising 4 * (2**32 - 1)**4 bytes: must be a clean error,
-        # not an overflow, a MemoryError or a giant allocation.
-        (b"\x00\x00\x0c\x04" + b"\xff\xff\xff\xff" * 4 + b"abc", "got 3"),
+        # not an overflow, a MemoryError or a giant allocation (refused
+        # against the limit before any payload is read).
+        (b"\x00\x00\x0c\x04" + b"\xff\xff\xff\xff" * 4 + b"abc", "max_bytes"),
     ],
 )
 def test_read_idx_rejects_malformed(tmp_path, data, needle, compress):

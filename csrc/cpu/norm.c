@@ -108,12 +108,17 @@ int FN(rp_batchnorm_stats)(long rows, int c, const REAL *x, REAL *mean, REAL *va
         }
     }
     sum_blocks(partial, blocks, c, var_d);
+    int overflow = 0;
     for (int j = 0; j < c; ++j) {
         mean[j] = (REAL)mean_d[j];
         var[j] = (REAL)(var_d[j] / (double)rows);
+        /* Finite inputs (a finite mean) whose variance does not fit REAL
+         * (float32 values near 1e20): an infinite variance would normalise
+         * every input to beta, silently. */
+        overflow |= isinf(var[j]) && isfinite(mean_d[j]);
     }
     free(partial);
-    return 0;
+    return overflow ? RP_BN_VARIANCE_OVERFLOW : 0;
 }
 
 int FN(rp_batchnorm_apply)(long rows, int c, const REAL *x, const REAL *mean,
@@ -216,8 +221,14 @@ int FN(rp_batchnorm_backward)(long rows, int c, const REAL *x, const REAL *dy,
         const REAL *xr = x + i * c;
         const REAL *dyr = dy + i * c;
         REAL *dxr = dx + i * c;
-        for (int j = 0; j < c; ++j)
-            dxr[j] = k_dy[j] * dyr[j] + k_dev[j] * (xr[j] - mean[j]) + k_0[j];
+        /* In inference x does not enter dx at all (not even as 0 * x, which
+         * a NaN or Inf in x would turn into NaN). */
+        if (batch_stats) {
+            for (int j = 0; j < c; ++j)
+                dxr[j] = k_dy[j] * dyr[j] + k_dev[j] * (xr[j] - mean[j]) + k_0[j];
+        } else {
+            for (int j = 0; j < c; ++j) dxr[j] = k_dy[j] * dyr[j];
+        }
     }
     free(partial);
     return 0;

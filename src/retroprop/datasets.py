@@ -72,7 +72,16 @@ _IDX_DTYPES = {
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
-def read_idx(path):
+#: What read_idx may allocate for a payload unless ``max_bytes`` says
+#: otherwise: MNIST's training images take 47 MB.
+IDX_MAX_BYTES = 1024**3
+# Deflate expands at most ~1032-fold: a gzip file whose header promises more
+# than this many times its own size cannot hold that payload (refused
+# before anything is inflated).
+_DEFLATE_MAX_RATIO = 1100
+
+
+def read_idx(path, max_bytes=IDX_MAX_BYTES):
     """Read an IDX file (raw or gzip-compressed) into a NumPy array.
 
     The IDX format: two zero bytes, a type code byte, a dimension-count byte,
@@ -86,26 +95,33 @@ def read_idx(path):
     Raises ``ValueError`` (naming the file) for anything malformed: a bad
     magic number, an unknown type code, a dimension count outside 1..4, a
     payload shorter or longer than the header promises, or a corrupt gzip
-    stream. A file that cannot be opened raises the usual ``OSError``.
+    stream; and, before anything is inflated or allocated, a payload larger
+    than ``max_bytes`` (IDX_MAX_BYTES, 1 GiB) or than the compressed file
+    could inflate to. The payload is read in chunks straight into the array.
+    A file that cannot be opened raises the usual ``OSError``.
     """
     path = os.fspath(path)
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)) \
+            or max_bytes < 0:
+        raise ValueError(f"read_idx: max_bytes must be an integer >= 0, got {max_bytes!r}")
     # Opening is outside the try below: "no such file" / "permission denied"
     # must stay OSErrors, only problems with the *content* become ValueError.
     with open(path, "rb") as raw:
         compressed = raw.read(2) == _GZIP_MAGIC
         raw.seek(0)
         if not compressed:
-            return _parse_idx(raw, path)
+            return _parse_idx(raw, path, max_bytes, None)
+        file_size = os.fstat(raw.fileno()).st_size
         try:
             with gzip.GzipFile(fileobj=raw, mode="rb") as stream:
-                return _parse_idx(stream, path)
+                return _parse_idx(stream, path, max_bytes, file_size * _DEFLATE_MAX_RATIO)
         except (OSError, EOFError, zlib.error) as exc:
             # gzip reports a truncated stream as EOFError, a bad header or CRC
             # as BadGzipFile (an OSError) and broken deflate data as zlib.error.
             raise ValueError(f"{path}: corrupt gzip stream ({exc})") from exc
 
 
-def _parse_idx(stream, path):
+def _parse_idx(stream, path, max_bytes, inflate_bound):
     """Parse the IDX header and payload from an open binary stream."""
     head = stream.read(4)
     if len(head) < 4:
@@ -135,40 +151,48 @@ def _parse_idx(stream, path):
     # math.prod on Python ints: a corrupt header (say four dimensions of
     # 2**32 - 1) must give a huge number, not a silently wrapped int64.
     expected = math.prod(shape) * dtype.itemsize
+    if expected > max_bytes:
+        raise ValueError(f"{path}: the IDX header declares {expected} bytes of data "
+                         f"(shape {shape}), more than max_bytes={max_bytes}; pass a larger "
+                         f"max_bytes to read_idx if the file is trusted")
+    if inflate_bound is not None and expected > inflate_bound:
+        raise ValueError(f"{path}: the IDX header declares {expected} bytes of data "
+                         f"(shape {shape}), more than its compressed file can hold")
 
-    payload = _read_at_most(stream, expected + 1)
-    if len(payload) != expected:
-        if len(payload) > expected:
-            got = f"more than {expected} (trailing data after the payload)"
-        else:
-            got = f"{len(payload)} (file truncated)"
+    # Straight into the array, a chunk at a time: memory follows the data
+    # actually present, and there is no second copy.
+    payload = np.empty(expected, dtype=np.uint8)
+    got = _read_into(stream, payload)
+    if got != expected or stream.read(1):
+        got = f"{got} (file truncated)" if got != expected else \
+            f"more than {expected} (trailing data after the payload)"
         raise ValueError(
             f"{path}: IDX payload size mismatch for shape {shape} of {dtype.name}: "
             f"expected {expected} bytes, got {got}"
         )
-    # frombuffer over bytes is read-only and big-endian; astype makes one
-    # writable copy in native byte order, which is what callers expect.
-    return np.frombuffer(payload, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
+    items = payload.view(dtype)
+    if dtype.itemsize > 1 and dtype.byteorder != "=" and not dtype.isnative:
+        items.byteswap(inplace=True)
+    return items.view(dtype.newbyteorder("=")).reshape(shape)
 
 
-def _read_at_most(stream, limit, chunk_size=1 << 22):
-    """Read up to ``limit`` bytes, in chunks.
+def _read_into(stream, buffer, chunk_size=1 << 22):
+    """Fill ``buffer`` (a uint8 array) from ``stream`` in chunks; returns the
+    bytes read (fewer at the end of the stream).
 
-    We ask for one byte more than the header promises: enough to tell
-    "trailing data" from "exact" without reading an arbitrarily long tail.
     Chunks matter because ``read(n)`` may allocate ``n`` bytes up front, and
     ``n`` comes from a header that may be corrupt; this way memory use is
     bounded by the data actually present.
     """
-    chunks = []
-    remaining = limit
-    while remaining > 0:
-        chunk = stream.read(min(remaining, chunk_size))
+    filled, total = 0, buffer.size
+    view = memoryview(buffer)
+    while filled < total:
+        chunk = stream.read(min(total - filled, chunk_size))
         if not chunk:
             break
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(chunks)
+        view[filled:filled + len(chunk)] = chunk
+        filled += len(chunk)
+    return filled
 
 
 # ---------------------------------------------------------------------------
