@@ -618,3 +618,10 @@ def batchnorm_backward(x, dy, mean, var, gamma, *, epsilon, training, dgamma=Non
     gamma = _channel_vector(gamma, "gamma", x.dtype, c)
     return _core.batchnorm_backward(x, dy, mean, var, gamma, float(epsilon), bool(training),
                                     dgamma, dbeta, dx)
+
+
+# The elementwise and merge operations of graph models (NumPy in both backends).
+from .graph_ops import (add, add_n, batch_matmul, batch_matmul_backward,  # noqa: E402,F401
+                        binary_backward, binary_forward, broadcast_to, concatenate,
+                        maximum_backward, maximum_forward, product_except, reduce_sum,
+                        split, unary_backward, unary_forward)

@@ -58,3 +58,9 @@ from .norm import BatchNormalization  # noqa: E402
 from .residual import Residual  # noqa: E402
 
 __all__ += ["BatchNormalization", "Residual"]
+
+# Graph models: merging several tensors, reshaping.
+from .merge import Add, Concatenate, Maximum, Multiply, Subtract  # noqa: E402
+from .reshape import Reshape  # noqa: E402
+
+__all__ += ["Add", "Subtract", "Multiply", "Maximum", "Concatenate", "Reshape"]
