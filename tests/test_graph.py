@@ -341,7 +341,7 @@ def test_flatten_first_computes_no_first_layer_input_gradient(monkeypatch):
     x = np.random.default_rng(0).standard_normal((6, 4, 4, 1)).astype(np.float32)
     y = np.arange(6) % 3
     trainer = rp.Trainer(model, "categorical_crossentropy", rp.optim.SGD(0.1), metrics=[])
-    monkeypatch.setattr(trainer, "_program_for", lambda xs: None)   # the node-by-node step
+    monkeypatch.setattr(trainer, "_program_for", lambda xs, ts: None)   # node by node
     trainer.fit(x, y, epochs=1, batch_size=6, verbose=0)
     assert calls == [((8, 3), False), ((16, 8), True)]
     # model.backward asks for the input gradient explicitly: then it is computed

@@ -175,6 +175,8 @@ class Plan:
         for s in self.output_slots:
             self.consumers[s] += 1
         self.values = [None] * self.n_slots
+        self._program = None        # the C form of an inference plan (step.py), or False
+        self._last_inputs = None    # the inputs of a forward run by the program
         self._grads = [None] * self.n_slots
         self._accumulators = [None] * self.n_slots
         self._zeros = {}
@@ -184,8 +186,12 @@ class Plan:
                                           for step in self.steps]))
 
     def output_runners(self):
-        """The layer object (layer or call copy) that computes each output (None
-        for an output that is a model input): the fused losses read its logits."""
+        """What computed each output in the last forward, for the fused losses,
+        which read its ``logits``: the layer (or call copy), the C program's
+        stand-in holding its logits buffer, or None for an output that is a
+        model input."""
+        if self._last_inputs is not None:
+            return self._program.output_holders
         by_slot = {step.out: step.runner for step in self.steps}
         return [by_slot.get(s) for s in self.output_slots]
 
@@ -206,7 +212,32 @@ class Plan:
     def forward(self, xs):
         """Run every node on the input arrays ``xs`` (one per model input, checked
         by the model); returns the list of output arrays (buffers reused by the
-        next call)."""
+        next call). An inference plan runs as a C program (step.py) when the
+        backend has them and some node has a C form."""
+        if not self.training:
+            program = self._inference_program()
+            if program is not None:
+                self._last_inputs = xs
+                return program.forward(xs)
+        self._last_inputs = None
+        return self._forward_nodes(xs)
+
+    def _inference_program(self):
+        program = self._program
+        if program is False:
+            return None
+        if program is None or not program.still_valid():
+            from . import step
+            program = False
+            if step.supported(self.backend):
+                made = step.StepProgram(self)
+                if made.n_records:
+                    program = made
+            self._program = program
+        return program or None
+
+    def _forward_nodes(self, xs):
+        """The forward pass node by node (each layer's own forward)."""
         values = self.values
         for slot, x in zip(self.input_slots, xs):
             values[slot] = x
@@ -270,6 +301,10 @@ class Plan:
         none; for an output index in ``from_logits``, the gradient w.r.t. its
         node's pre-activation, fused with the loss); returns the list of slot
         gradients (None where not computed). Writes every layer's ``grads``."""
+        if self._last_inputs is not None:
+            # The forward ran in C: the layers keep nothing for backward yet.
+            self._forward_nodes(self._last_inputs)
+            self._last_inputs = None
         grads = self._grads
         for i in range(self.n_slots):
             grads[i] = None

@@ -40,6 +40,7 @@ from . import aligned
 from . import losses as losses_module
 from . import metrics as metrics_module
 from . import optim as optim_module
+from . import step as step_module
 from .backend import get_backend
 from .callbacks import Callback, History, ProgressBar, TerminateOnNaN
 
@@ -247,6 +248,16 @@ def _first_nonfinite_index(arr, backend=None):
     return index[0] if len(index) == 1 else index
 
 
+def _target_kind(targets, dtype):
+    """"labels" (int64 class ids), "targets" (rows of the model's dtype) or None."""
+    if type(targets) is np.ndarray and targets.flags.c_contiguous:
+        if targets.dtype == np.int64 and targets.ndim == 1:
+            return "labels"
+        if targets.dtype == dtype and targets.ndim >= 2:
+            return "targets"
+    return None
+
+
 def _check_positive_int(value, argname, minimum=1):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{argname} must be an integer >= {minimum}, got {value!r}")
@@ -378,7 +389,7 @@ class Trainer:
         messages). Returns (loss, per-output losses, metric values per output,
         whether the step also did the ``next_batch`` gather)."""
         model = self.model
-        program = self._program_for(xs)
+        program = self._program_for(xs, targets)
         lock = model._lock
         acquired = lock.acquire_write()
         try:
@@ -411,12 +422,39 @@ class Trainer:
             self._raise_refused_step(params, bad_key, epoch, batch, epochs, n_batches)
         return total, values, metric_values, False
 
-    def _program_for(self, xs):
-        """The step program for this batch (C backend, step.py), or None."""
-        return None
+    def _program_for(self, xs, targets):
+        """The step program for this batch (C backend, step.py), made once per
+        batch size and kept while valid; None when the backend has none."""
+        model = self.model
+        if not step_module.supported(model.backend):
+            return None
+        n = xs[0].shape[0]
+        kinds = tuple(_target_kind(t, model.dtype) for t in targets)
+        key = (n, kinds)
+        program = self._programs.get(key)
+        if program is not None and program.optimizer is self.optimizer and \
+                program.objective is self.objective and program.still_valid():
+            return program
+        if len(self._programs) >= 4:          # batch sizes come and go
+            self._programs.clear()
+        plan = model._plan(n, True)
+        program = step_module.StepProgram(plan, self.objective, self.optimizer, self.metric_fns,
+                                          kinds)
+        program.prepare(list(model.named_parameters()))
+        self._programs[key] = program
+        self._forget_step_bounds()
+        return program
 
     def _program_step(self, program, xs, targets, epoch, batch, epochs, n_batches, next_batch):
-        raise NotImplementedError
+        """The step as a step program: the same kernels, the same checks."""
+        mode = "check_apply" if self.check_finite else "apply"
+        status, total, bad_key, parts, metric_values = program.step(
+            xs, targets, mode, next_batch, self._step_bounds)
+        if status == 1:
+            self._raise_nonfinite_loss(total, epoch, batch, epochs, n_batches)
+        if status == 2:
+            self._raise_refused_step(program._items, bad_key, epoch, batch, epochs, n_batches)
+        return total, parts, metric_values, next_batch is not None
 
     @staticmethod
     def _raise_nonfinite_loss(total, epoch, batch, epochs, n_batches):

@@ -1,0 +1,282 @@
+/* Step programs (retroprop/plan.h): the records of a planned step, run in
+ * order, each the kernel call the layer-by-layer computation makes. */
+#include <math.h>
+#include <stdint.h>
+#include "retroprop/act.h"
+#include "retroprop/conv.h"
+#include "retroprop/dense.h"
+#include "retroprop/loss.h"
+#include "retroprop/optim.h"
+#include "retroprop/plan.h"
+#include "retroprop/pool.h"
+#include "retroprop/rows.h"
+#include "retroprop/runtime.h"
+#include "loss_internal.h"
+#ifdef RETROPROP_HAVE_OPENMP
+#include <omp.h>
+#endif
+
+/* NumPy's bit generator interface (numpy/random/bitgen.h, stable since
+ * NumPy 1.17): the Dropout layer's generator, drawn from exactly as
+ * Generator.random draws, one next_double per element in C order. */
+typedef struct {
+    void *state;
+    uint64_t (*next_uint64)(void *state);
+    uint32_t (*next_uint32)(void *state);
+    double (*next_double)(void *state);
+    uint64_t (*next_raw)(void *state);
+} rp_numpy_bitgen;
+
+/* Below this many elements an elementwise record runs on one thread. */
+#define RP_PLAN_PARALLEL_MIN 32768
+
+/* The index of the first largest value of row[0..c) (the first NaN, if
+ * any, as numpy.argmax). */
+#define DEFINE_ARGMAX(SUFFIX, REAL)                                                           \
+    static long argmax_##SUFFIX(const REAL *row, long c)                                      \
+    {                                                                                         \
+        long best = 0;                                                                        \
+        if (row[0] != row[0]) return 0;                                                       \
+        for (long j = 1; j < c; ++j) {                                                        \
+            if (row[j] != row[j]) return j;                                                   \
+            if (row[j] > row[best]) best = j;                                                 \
+        }                                                                                     \
+        return best;                                                                          \
+    }
+
+DEFINE_ARGMAX(f32, float)
+DEFINE_ARGMAX(f64, double)
+
+/* The records of [i, i + count) run on the calling thread while the rest of
+ * the team copies the gather's rows (the next batch, copied mostly while a
+ * core would otherwise wait for the small top layer).
+ * Used only when the gather would run on several threads (a batch of 64
+ * KiB or more) and the records would run on one anyway (the caller's
+ * check); the records' kernels see themselves inside a parallel region and
+ * run on the calling thread, which changes no result. */
+typedef int (*run_fn)(const rp_record *, int, int, void *const *, rp_program_state *, int);
+
+static int run_overlapped(run_fn run, const rp_record *records, int i, int count,
+                          void *const *ptrs, rp_program_state *st)
+{
+    const rp_rows_gather *job = st->gather;
+    int next = i + count;
+#ifdef RETROPROP_HAVE_OPENMP
+    const int nt = job && !st->gathered && job->count > 0
+                       ? rp_gather_threads(job->row_bytes, job->count) : 1;
+    if (nt > 1) {
+        long next_row = 0;
+#pragma omp parallel num_threads(nt)
+        {
+            if (omp_get_thread_num() == 0) next = run(records, i, i + count, ptrs, st, 0);
+            rp_gather_rows_claimed(job, &next_row);
+        }
+        st->gathered = 1;
+        return next;
+    }
+#endif
+    return run(records, i, i + count, ptrs, st, 0);
+}
+
+#define P(idx) ((idx) < 0 ? NULL : ptrs[(idx)])
+
+#define DEFINE_RUN(SUFFIX, REAL)                                                               \
+    DEFINE_PENALTY(SUFFIX, REAL)                                                               \
+    int rp_program_run_##SUFFIX(const rp_record *records, int begin, int end,                  \
+                                void *const *ptrs, rp_program_state *st, int finish)           \
+    {                                                                                          \
+        int i = begin;                                                                         \
+        while (i < end && st->status == RP_PROGRAM_OK) {                                       \
+            const rp_record *r = &records[i];                                                  \
+            const int *a = r->a;                                                               \
+            switch (r->kind) {                                                                 \
+            case RP_REC_DENSE_FWD:                                                             \
+                rp_dense_forward_##SUFFIX((int)r->n, (int)r->m, (int)r->k, (const REAL *)P(a[0]), \
+                                          (const REAL *)P(a[1]), (const REAL *)P(a[2]),        \
+                                          (rp_act)r->act, r->p0, (REAL *)P(a[3]));              \
+                break;                                                                         \
+            case RP_REC_DENSE_SOFTMAX_FWD:                                                     \
+                rp_dense_forward_softmax_##SUFFIX((int)r->n, (int)r->m, (int)r->k,             \
+                                                  (const REAL *)P(a[0]), (const REAL *)P(a[1]), \
+                                                  (const REAL *)P(a[2]), (REAL *)P(a[3]),      \
+                                                  (REAL *)P(a[4]));                            \
+                break;                                                                         \
+            case RP_REC_DENSE_BWD:                                                             \
+                rp_dense_backward_##SUFFIX((int)r->n, (int)r->m, (int)r->k, (const REAL *)P(a[0]), \
+                                           (const REAL *)P(a[1]), (const REAL *)P(a[2]),       \
+                                           (const REAL *)P(a[3]), (rp_act)r->act, r->p0,       \
+                                           (REAL *)P(a[4]), (REAL *)P(a[5]), (REAL *)P(a[6]),  \
+                                           (REAL *)P(a[7]));                                   \
+                break;                                                                         \
+            case RP_REC_SOFTMAX_XENT: {                                                        \
+                REAL *grad = (REAL *)P(a[3]);                                                  \
+                const double value = rp_softmax_xent_##SUFFIX(                                 \
+                    (int)r->n, (int)r->k, (const REAL *)P(a[0]), (const int64_t *)P(a[1]),     \
+                    (const REAL *)P(a[2]), grad);                                              \
+                if (r->p0 != 1.0) {                                                            \
+                    const REAL w = (REAL)r->p0;                                                \
+                    const long count = r->n * r->k;                                            \
+                    for (long j = 0; j < count; ++j) grad[j] *= w;                             \
+                }                                                                              \
+                st->loss += r->p0 * value;                                                     \
+                if (st->losses) st->losses[r->m] = value;                                      \
+                break;                                                                         \
+            }                                                                                  \
+            case RP_REC_ACT_FWD:                                                               \
+                rp_act_forward_##SUFFIX((rp_act)r->act, r->p0, (size_t)r->n,                   \
+                                        (const REAL *)P(a[0]), (REAL *)P(a[1]));               \
+                break;                                                                         \
+            case RP_REC_ACT_BWD:                                                               \
+                rp_act_backward_##SUFFIX((rp_act)r->act, r->p0, (size_t)r->n,                  \
+                                         (const REAL *)P(a[0]), (const REAL *)P(a[1]),         \
+                                         (const REAL *)P(a[2]), (REAL *)P(a[3]));              \
+                break;                                                                         \
+            case RP_REC_DROPOUT_FWD: {                                                         \
+                const REAL *x = (const REAL *)P(a[0]);                                         \
+                REAL *y = (REAL *)P(a[1]), *mask = (REAL *)P(a[2]);                            \
+                const rp_numpy_bitgen *gen = (const rp_numpy_bitgen *)P(a[3]);                 \
+                const REAL scale = (REAL)r->p1;                                                \
+                for (long j = 0; j < r->n; ++j) {                                              \
+                    mask[j] = gen->next_double(gen->state) >= r->p0 ? scale : (REAL)0;         \
+                    y[j] = x[j] * mask[j];                                                     \
+                }                                                                              \
+                break;                                                                         \
+            }                                                                                  \
+            case RP_REC_MUL: {                                                                 \
+                const REAL *x = (const REAL *)P(a[0]), *m = (const REAL *)P(a[1]);             \
+                REAL *y = (REAL *)P(a[2]);                                                     \
+                const long n = r->n;                                                           \
+                _Pragma("omp parallel for if (n >= RP_PLAN_PARALLEL_MIN && !rp_in_parallel())") \
+                for (long j = 0; j < n; ++j) y[j] = x[j] * m[j];                               \
+                break;                                                                         \
+            }                                                                                  \
+            case RP_REC_ADD: {                                                                 \
+                const REAL *x0 = (const REAL *)P(a[0]), *x1 = (const REAL *)P(a[1]);           \
+                REAL *y = (REAL *)P(a[2]);                                                     \
+                const long n = r->n;                                                           \
+                _Pragma("omp parallel for if (n >= RP_PLAN_PARALLEL_MIN && !rp_in_parallel())") \
+                for (long j = 0; j < n; ++j) y[j] = x0[j] + x1[j];                             \
+                break;                                                                         \
+            }                                                                                  \
+            case RP_REC_COPY: {                                                                \
+                const REAL *x = (const REAL *)P(a[0]);                                         \
+                REAL *y = (REAL *)P(a[1]);                                                     \
+                for (long j = 0; j < r->n; ++j) y[j] = x[j];                                   \
+                break;                                                                         \
+            }                                                                                  \
+            case RP_REC_COLS_IN: {                                                             \
+                const REAL *x = (const REAL *)P(a[0]);                                         \
+                REAL *y = (REAL *)P(a[1]);                                                     \
+                for (long row = 0; row < r->n; ++row)                                          \
+                    for (long j = 0; j < r->m; ++j) y[row * r->s + r->k + j] = x[row * r->m + j]; \
+                break;                                                                         \
+            }                                                                                  \
+            case RP_REC_COLS_OUT: {                                                            \
+                const REAL *x = (const REAL *)P(a[0]);                                         \
+                REAL *y = (REAL *)P(a[1]);                                                     \
+                for (long row = 0; row < r->n; ++row)                                          \
+                    for (long j = 0; j < r->m; ++j) y[row * r->m + j] = x[row * r->s + r->k + j]; \
+                break;                                                                         \
+            }                                                                                  \
+            case RP_REC_CONV_FWD:                                                              \
+                rp_conv2d_forward_##SUFFIX(&r->conv, (const REAL *)P(a[0]), (const REAL *)P(a[1]), \
+                                           (const REAL *)P(a[2]), (rp_act)r->act, r->chunk,    \
+                                           (REAL *)P(a[3]), (REAL *)P(a[4]));                  \
+                break;                                                                         \
+            case RP_REC_CONV_BWD:                                                              \
+                rp_conv2d_backward_##SUFFIX(&r->conv, (const REAL *)P(a[0]),                   \
+                                            (const REAL *)P(a[1]), (const REAL *)P(a[2]),      \
+                                            (const REAL *)P(a[3]), (rp_act)r->act, r->chunk,   \
+                                            (REAL *)P(a[4]), (REAL *)P(a[5]), (REAL *)P(a[6]), \
+                                            (REAL *)P(a[7]), (REAL *)P(a[8]));                 \
+                break;                                                                         \
+            case RP_REC_MAXPOOL_FWD:                                                           \
+                rp_maxpool2d_forward_##SUFFIX(&r->pool, (const REAL *)P(a[0]), (REAL *)P(a[1]), \
+                                              (int32_t *)P(a[2]));                             \
+                break;                                                                         \
+            case RP_REC_MAXPOOL_BWD:                                                           \
+                /* the positions are the forward's own: always in range */                     \
+                (void)rp_maxpool2d_backward_##SUFFIX(&r->pool, (const int32_t *)P(a[0]),       \
+                                                     (const REAL *)P(a[1]), (REAL *)P(a[2]));  \
+                break;                                                                         \
+            case RP_REC_AVGPOOL_FWD:                                                           \
+                rp_avgpool2d_forward_##SUFFIX(&r->pool, (const REAL *)P(a[0]), (REAL *)P(a[1])); \
+                break;                                                                         \
+            case RP_REC_AVGPOOL_BWD:                                                           \
+                rp_avgpool2d_backward_##SUFFIX(&r->pool, (const REAL *)P(a[0]), (REAL *)P(a[1])); \
+                break;                                                                         \
+            case RP_REC_PENALTY:                                                               \
+                st->loss += penalty_##SUFFIX(r->n, (const REAL *)P(a[0]), (REAL *)P(a[1]),     \
+                                             r->p0, r->p1);                                    \
+                break;                                                                         \
+            case RP_REC_CHECK_LOSS:                                                            \
+                if (!isfinite(st->loss)) st->status = RP_PROGRAM_LOSS_NONFINITE;               \
+                break;                                                                         \
+            case RP_REC_OPTIMIZER:                                                             \
+                if (st->bounds && st->mode == RP_OPT_CHECK_APPLY) {                            \
+                    st->first_bad = rp_optimizer_step_tracked_##SUFFIX(                        \
+                        &st->opt, st->tensors, st->n_tensors, st->bounds, NULL);               \
+                } else {                                                                       \
+                    if (st->bounds) st->bounds->valid = 0;                                     \
+                    st->first_bad = rp_optimizer_step_##SUFFIX(&st->opt, st->tensors,          \
+                                                               st->n_tensors, st->mode, NULL); \
+                }                                                                              \
+                if (st->first_bad >= 0) st->status = RP_PROGRAM_STEP_REFUSED;                  \
+                break;                                                                         \
+            case RP_REC_ACCURACY: {                                                            \
+                const REAL *y = (const REAL *)P(a[0]);                                         \
+                const int64_t *labels = (const int64_t *)P(a[1]);                              \
+                const REAL *targets = (const REAL *)P(a[2]);                                   \
+                long correct = 0;                                                              \
+                for (long row = 0; row < r->n; ++row) {                                        \
+                    const long want = labels ? (long)labels[row]                               \
+                                             : argmax_##SUFFIX(targets + row * r->k, r->k);    \
+                    correct += argmax_##SUFFIX(y + row * r->k, r->k) == want;                  \
+                }                                                                              \
+                if (st->correct) st->correct[r->m] = correct;                                  \
+                break;                                                                         \
+            }                                                                                  \
+            case RP_REC_OVERLAP_GATHER: {                                                      \
+                const int count = i + 1 + r->n <= end ? (int)r->n : end - i - 1;               \
+                i = run_overlapped(rp_program_run_##SUFFIX, records, i + 1, count, ptrs, st);  \
+                continue;                                                                      \
+            }                                                                                  \
+            }                                                                                  \
+            ++i;                                                                               \
+        }                                                                                      \
+        if (finish && st->gather && !st->gathered) {                                           \
+            const rp_rows_gather *job = st->gather;                                            \
+            rp_gather_rows(job->row_bytes, job->n_rows, job->x, job->count, job->index,        \
+                           job->out);                                                          \
+            st->gathered = 1;                                                                  \
+        }                                                                                      \
+        return i;                                                                              \
+    }
+
+/* l1 sum|w| + l2 sum w^2 (in double), and g += l1 sign(w) + 2 l2 w in the
+ * element type, term by term as regularizers.L1L2.gradient computes it
+ * (zeros, + l1 sign(w) when l1, + (2 l2) w when l2; NaN's sign is NaN). */
+#define DEFINE_PENALTY(SUFFIX, REAL)                                                           \
+    static double penalty_##SUFFIX(long n, const REAL *w, REAL *g, double l1, double l2)       \
+    {                                                                                          \
+        double abs_sum = 0.0, sq_sum = 0.0;                                                    \
+        const REAL c1 = (REAL)l1, c2 = (REAL)(2.0 * l2);                                       \
+        for (long j = 0; j < n; ++j) {                                                         \
+            const REAL v = w[j];                                                               \
+            REAL add = (REAL)0;                                                                \
+            if (l1 != 0.0) {                                                                   \
+                const REAL sign = v != v ? v : (REAL)((v > 0) - (v < 0));                       \
+                abs_sum += (double)(v < 0 ? -v : v);                                           \
+                add += c1 * sign;                                                              \
+            }                                                                                  \
+            if (l2 != 0.0) {                                                                   \
+                sq_sum += (double)(v * v);                                                     \
+                add += c2 * v;                                                                 \
+            }                                                                                  \
+            if (g) g[j] += add;                                                                \
+        }                                                                                      \
+        return l1 * abs_sum + l2 * sq_sum;                                                     \
+    }
+
+DEFINE_RUN(f32, float)
+DEFINE_RUN(f64, double)
