@@ -1318,7 +1318,9 @@ cdef class Program:
     cdef readonly int n_table
     cdef object table           # the kept objects, by index
     cdef object per_call        # [(index, spec)] of the arrays given to each run
+    cdef object per_call_bytes  # their sizes in bytes
     cdef object current         # the per-call arrays of the current run (kept alive)
+    cdef object opt_lists       # the optimizer's lists the tensors were filled from
     cdef object views           # [(index, base index)]: entries that alias another
     cdef bint optimizer_set
     cdef object kept            # every fixed ndarray (their bounds: overlap checks)
@@ -1375,6 +1377,10 @@ cdef class Program:
             else:
                 raise TypeError(f"table[{i}]: expected an array, a Generator or a per-call "
                                 f"spec, got {entry!r}")
+        itemsize = 4 if self.kind == 0 else 8
+        self.per_call_bytes = [spec[1] * 8 if spec[0] == "labels"
+                               else int(np.prod(spec[1], dtype=np.int64)) * itemsize
+                               for _, spec in self.per_call]
         for i, base in self.views:
             entry = self.table[i]
             if not (isinstance(base, int) and 0 <= base < i) or \
@@ -1705,6 +1711,17 @@ cdef class Program:
         self.state.opt = _opt_config(rule, lr, weight_decay, momentum, nesterov, beta1, beta2,
                                      c1, c2, decoupled, rho, eps)
         self.state.mode = _opt_mode(mode)
+        self.state.bounds = _opt_bounds(bounds, "Program")
+        # A training loop passes the optimizer's same lists step after step
+        # (Optimizer._step_lists): their arrays were checked then.
+        last = self.opt_lists
+        if last is not None and last[0] is params and last[1] is grads and last[2] is state0 \
+                and last[3] is state1 and last[4] == rule and last[5] == (momentum != 0.0) \
+                and last[6] == len(params):
+            self.state.tensors = self.tensors
+            self.optimizer_set = True
+            return 0
+        self.opt_lists = None
         cdef Py_ssize_t count = len(params)
         _fits_int("number of parameters", count)
         cdef rp_opt_tensor *grown
@@ -1720,7 +1737,7 @@ cdef class Program:
             raise TypeError("params: the optimizer's parameters must have the program's dtype")
         self.state.tensors = self.tensors
         self.state.n_tensors = <int>count
-        self.state.bounds = _opt_bounds(bounds, "Program")
+        self.opt_lists = (params, grads, state0, state1, rule, momentum != 0.0, count)
         self.optimizer_set = True
         return 0
 
@@ -1751,10 +1768,8 @@ cdef class Program:
             if _overlap_bytes(out0, out1, <char *>_ptr(arr), cnp.PyArray_NBYTES(<cnp.ndarray>arr)):
                 raise ValueError("Program: next_batch's out overlaps an array of the program")
         cdef size_t nbytes
-        for index, spec in self.per_call:
+        for (index, spec), nbytes in zip(self.per_call, self.per_call_bytes):
             p = <char *>self.ptrs[index]
-            nbytes = <size_t>(spec[1] * 8 if spec[0] == "labels"
-                              else int(np.prod(spec[1], dtype=np.int64)) * itemsize)
             if p != NULL and _overlap_bytes(out0, out1, p, nbytes):
                 raise ValueError("Program: next_batch's out overlaps an input of the step")
         for j in range(self.state.n_tensors):
@@ -1768,6 +1783,20 @@ cdef class Program:
                     raise ValueError("Program: next_batch's out overlaps a parameter, "
                                      "gradient or optimizer state")
         return 0
+
+    def step(self, list inputs, str rule, list params, list grads, list state0, list state1,
+             str mode, double lr, tuple hyper, object next_batch=None, object bounds=None):
+        """A whole step of a program of one stretch: reset, set_inputs,
+        set_optimizer (``hyper``: weight_decay, momentum, nesterov, beta1, beta2,
+        c1, c2, decoupled, rho, eps), set_gather and run every record; returns
+        (status, loss, first_bad, gathered)."""
+        self.reset()
+        self.set_inputs(inputs)
+        self.set_optimizer(rule, params, grads, state0, state1, mode, lr, *hyper, bounds=bounds)
+        if next_batch is not None:
+            self.set_gather(next_batch)
+        status, loss, first_bad = self.run(0, self.n_records, True)
+        return status, loss, first_bad, bool(self.state.gathered)
 
     def run(self, int begin, int end, bint finish=False):
         """Run records [begin, end) with the GIL released; returns (status,

@@ -37,7 +37,9 @@ _PLANS_PER_MODE = 4
 class TrainingLock:
     """Readers (inference on private plans) and one writer (a training step).
 
-    Several readers run at once; a writer waits for them and excludes them. The thread of a running
+    Several readers run at once; a writer waits for them and excludes them,
+    and new readers wait while a writer waits (a stream of predicts cannot
+    starve a fit). The thread of a running
     ``fit`` is recorded in ``trainer_thread``: a second ``fit`` from another
     thread is refused, and inference from the fit's own thread (a callback)
     reads without waiting, its steps being done.
@@ -47,6 +49,7 @@ class TrainingLock:
         self._cond = threading.Condition(threading.Lock())
         self._readers = 0
         self._writer = None        # the thread writing, or None
+        self._writers_waiting = 0
         self.trainer_thread = None
 
     def begin_fit(self, model_name):
@@ -72,8 +75,12 @@ class TrainingLock:
         with self._cond:
             if self._writer == me:
                 return False
-            while self._readers or self._writer is not None:
-                self._cond.wait()
+            self._writers_waiting += 1
+            try:
+                while self._readers or self._writer is not None:
+                    self._cond.wait()
+            finally:
+                self._writers_waiting -= 1
             self._writer = me
         return True
 
@@ -91,7 +98,7 @@ class TrainingLock:
         with self._cond:
             if self._writer == me:
                 return False
-            while self._writer is not None:
+            while self._writer is not None or self._writers_waiting:
                 self._cond.wait()
             self._readers += 1
         return True

@@ -55,7 +55,9 @@ def _no_regularization():
 def call_copy(layer, workspace):
     """A copy of ``layer`` for another call of it: the same parameter and state
     arrays and random generator, its own buffers, caches and gradient arrays,
-    ``workspace`` as scratch memory, and no regularization gradient."""
+    ``workspace`` as scratch memory, and no regularization gradient. (A layer
+    holding something that cannot be deep-copied gets a shallow copy with its
+    own buffer caches and gradients; its other attributes are then shared.)"""
     memo = {}
 
     def share(obj):
@@ -71,7 +73,16 @@ def call_copy(layer, workspace):
         for child in obj.sublayers():
             share(child)
     share(layer)
-    clone = copy.deepcopy(layer, memo)
+    try:
+        clone = copy.deepcopy(layer, memo)
+    except (TypeError, copy.Error):
+        # An attribute that cannot be copied (a lock, an open file): a
+        # shallow copy, with its own buffer caches and gradient arrays.
+        clone = copy.copy(layer)
+        for key, value in vars(layer).items():
+            if isinstance(value, BufferCache):
+                setattr(clone, key, BufferCache())
+        clone.grads = {name: np.zeros_like(g) for name, g in layer.grads.items()}
     clone.add_regularization_gradients = _no_regularization
     clone.workspace = workspace
     return clone

@@ -93,30 +93,31 @@ def watch(layer, training):
     d = layer.__dict__
     keys = _WATCHED_TRAINING if training else _WATCHED_INFERENCE
     activation = d.get("activation")
-    arrays = tuple(layer.params.values())
-    if training:
-        arrays += tuple(layer.grads.values())
-    return (layer, keys, tuple(d.get(k) for k in keys), activation,
-            getattr(activation, "param", None), arrays, training)
+    return (d, tuple((k, d.get(k)) for k in keys), activation,
+            getattr(activation, "param", None), layer.params, tuple(layer.params.values()),
+            layer.grads if training else None,
+            tuple(layer.grads.values()) if training else None)
 
 
 def unchanged(watched):
     """True while a layer is as :func:`watch` saw it."""
-    layer, keys, values, activation, param, arrays, training = watched
-    d = layer.__dict__
-    for key, value in zip(keys, values):
+    d, attributes, activation, param, params, param_arrays, grads, grad_arrays = watched
+    for key, value in attributes:
         if d.get(key) is not value:
             return False
     if activation is not None and activation.param != param:
         return False
-    now = tuple(layer.params.values())
-    if training:
-        now += tuple(layer.grads.values())
-    if len(now) != len(arrays):
+    if d.get("params") is not params or len(params) != len(param_arrays):
         return False
-    for a, b in zip(now, arrays):
+    for a, b in zip(params.values(), param_arrays):
         if a is not b:
             return False
+    if grads is not None:
+        if d.get("grads") is not grads or len(grads) != len(grad_arrays):
+            return False
+        for a, b in zip(grads.values(), grad_arrays):
+            if a is not b:
+                return False
     return True
 
 
@@ -1046,16 +1047,33 @@ class StepProgram:
         written)."""
         program = self.program
         opt = self.optimizer
-        program.reset()
         self._targets = targets
-        self._set_inputs(xs, targets)
         keys, params, grads, state0, state1 = opt._step_lists(self._items)
-        self.backend.program_set_optimizer(program, opt.rule, params, grads, state0, state1,
-                                           lr=opt.current_lr(), mode=mode, bounds=bounds,
-                                           **opt.step_hyperparameters())
-        if next_batch is not None:
-            program.set_gather(next_batch)
-        status, total, bad = self._run_segments()
+        backend = self.backend
+        if self._only is not None:          # the whole step in one call
+            if self._target_outputs:
+                inputs = list(xs)
+                for k in self._target_outputs:
+                    inputs.append(targets[k])
+            else:
+                inputs = list(xs)
+            status, total, bad, gathered = backend.program_step(
+                program, inputs, opt.rule, params, grads, state0, state1, lr=opt.current_lr(),
+                mode=mode, hyper=backend.program_hyperparameters(opt.rule,
+                                                                 **opt.step_hyperparameters()),
+                next_batch=next_batch, bounds=bounds)
+            values = self.values
+            for slot, x in zip(self.plan.input_slots, xs):
+                values[slot] = x
+        else:
+            program.reset()
+            self._set_inputs(xs, targets)
+            backend.program_set_optimizer(program, opt.rule, params, grads, state0, state1,
+                                          lr=opt.current_lr(), mode=mode, bounds=bounds,
+                                          **opt.step_hyperparameters())
+            if next_batch is not None:
+                program.set_gather(next_batch)
+            status, total, bad = self._run_segments()
         if next_batch is not None and not program.gathered:
             data, index, out = next_batch
             self.backend.gather_rows(data, index, out)

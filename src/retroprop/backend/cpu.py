@@ -515,6 +515,28 @@ def program(dtype, table, records, n_outputs=1):
 RECORD_KINDS = _core.RECORD_KINDS
 
 
+def program_hyperparameters(rule, momentum=0.0, nesterov=False, weight_decay=0.0, beta_1=0.9,
+                            beta_2=0.999, epsilon=1e-7, step=1, decoupled=False, rho=0.9):
+    """An optimizer's ``step_hyperparameters()`` as the tuple ``Program.step`` takes."""
+    h = _core_hyperparameters(rule, momentum, nesterov, weight_decay, beta_1, beta_2, epsilon,
+                              step, decoupled, rho)
+    return (h["weight_decay"], h["momentum"], h["nesterov"], h["beta1"], h["beta2"], h["c1"],
+            h["c2"], h["decoupled"], h["rho"], h["eps"])
+
+
+def program_step(program, inputs, rule, params, grads, state0, state1, *, lr, mode, hyper,
+                 next_batch=None, bounds=None):
+    """A whole step of a one-stretch program in one call: the per-call arrays
+    ``inputs``, the optimizer's lists and ``hyper`` (program_hyperparameters),
+    the gather ``next_batch`` (x, index, out) or None. Returns (status, loss,
+    refused index or -1, whether the gather was done)."""
+    if next_batch is not None:
+        data, index, out = next_batch
+        next_batch = (data, np.ascontiguousarray(index, dtype=np.int64), out)
+    return program.step(inputs, rule, params, grads, state0, state1, mode, float(lr), hyper,
+                        next_batch, bounds)
+
+
 def program_set_optimizer(program, rule, params, grads, state0, state1, *, lr,
                           mode="check_apply", momentum=0.0, nesterov=False, weight_decay=0.0,
                           beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=1, decoupled=False,
