@@ -1719,6 +1719,7 @@ cdef class Program:
                 and last[3] is state1 and last[4] == rule and last[5] == (momentum != 0.0) \
                 and last[6] == len(params):
             self.state.tensors = self.tensors
+            self.state.n_tensors = <int>last[6]
             self.optimizer_set = True
             return 0
         self.opt_lists = None
