@@ -557,3 +557,32 @@ def test_watch_sees_what_a_program_baked_in():
         layer.grads.clear()
         layer.grads.update(grads)
         assert step_module.unchanged(watched)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid", "elu"])
+def test_an_activation_layer_after_dense_or_conv_is_fused_into_it(activation):
+    """Dense(linear) + Activation(a) and Conv2D + Activation(a), the output read
+    by nothing else: one record with the fused activation; the training matches
+    the same model written with activation=a on the layer."""
+    def make(fused_by_hand):
+        act = activation if fused_by_hand else None
+        layers = [L.Conv2D(3, 3, activation=act)] + ([] if fused_by_hand else
+                                                     [L.Activation(activation)])
+        layers += [L.Flatten(), L.Dense(8, activation=act)] + ([] if fused_by_hand else
+                                                              [L.Activation(activation)])
+        layers += [L.Dense(4), L.Activation("softmax")]
+        return rp.Sequential(layers, input_shape=(5, 5, 2), seed=3)
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((40, 5, 5, 2)).astype(np.float32), rng.integers(0, 4, 40)
+    results = []
+    for by_hand in (True, False):
+        model = make(by_hand)
+        trainer = rp.Trainer(model, "categorical_crossentropy", rp.optim.SGD(0.1), metrics=[])
+        trainer.fit(x, y, epochs=2, batch_size=20, verbose=0, seed=1)
+        program = trainer._programs[(20, ("labels",))]
+        kinds = [r["kind"] for r in program.records]
+        assert "act_fwd" not in kinds and kinds.count("dense_softmax_fwd") == 1
+        assert [r["act"] for r in program.records if r["kind"] == "conv_fwd"] == [activation]
+        results.append(model.get_weights())
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
