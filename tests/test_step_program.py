@@ -586,3 +586,30 @@ def test_an_activation_layer_after_dense_or_conv_is_fused_into_it(activation):
         results.append(model.get_weights())
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("bit_generator", ["pcg64", "mt19937"])
+def test_dropout_masks_are_the_layers_own_draws(threads, bit_generator):
+    """The dropout record draws the layer's generator as Generator.random does:
+    PCG64 inline (split over threads past 32768 elements by jumping ahead),
+    another bit generator through its next_double; the training is the
+    node-by-node one, and the generator ends in the same state."""
+    rng = np.random.default_rng(7)
+    x, y = rng.standard_normal((300, 40)).astype(np.float32), rng.integers(0, 5, 300)
+
+    def make():
+        model = rp.Sequential([Dense(300, activation="relu"), Dropout(0.3, seed=4),
+                               Dense(5, activation="softmax")], input_shape=(40,), seed=2)
+        if bit_generator == "mt19937":
+            model.layers[1]._rng = np.random.Generator(np.random.MT19937(4))
+        return model
+    before = cpu.get_num_threads()
+    try:
+        cpu.set_num_threads(threads)
+        results = _train_both(make, OPTIMIZERS[1], x, y, epochs=2, batch=128)
+    finally:
+        cpu.set_num_threads(before)
+    _assert_same_training(results)
+    (m1, _, _), (m2, _, _) = results
+    np.testing.assert_array_equal(m1.layers[1]._rng.random(5), m2.layers[1]._rng.random(5))

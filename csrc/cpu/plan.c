@@ -30,6 +30,64 @@ typedef struct {
 /* Below this many elements an elementwise record runs on one thread. */
 #define RP_PLAN_PARALLEL_MIN 32768
 
+/* NumPy's PCG64 (numpy/random/src/pcg64/pcg64.h, XSL-RR output, the default
+ * 128-bit multiplier), for the Dropout masks of a PCG64 generator: the same
+ * stream as its next_double, a few times faster inline, and split over
+ * threads by jumping ahead. The binding checks this layout against NumPy's
+ * own draws before a program uses it (rp_pcg64_uniform). */
+#if defined(__SIZEOF_INT128__)
+typedef unsigned __int128 rp_u128;
+typedef struct {
+    rp_u128 state;
+    rp_u128 inc;
+} rp_pcg64_random;
+typedef struct {
+    rp_pcg64_random *pcg;   /* pcg64_state: the generator's state ... */
+    int has_uint32;         /* ... and its buffered 32-bit half (not used here) */
+    uint32_t uinteger;
+} rp_pcg64_state;
+
+#define RP_PCG64_MULT (((rp_u128)2549297995355413924ULL << 64) | 4865540595714422341ULL)
+
+static inline double pcg64_next_double(rp_u128 *state, rp_u128 inc)
+{
+    *state = *state * RP_PCG64_MULT + inc;
+    const uint64_t x = (uint64_t)(*state >> 64) ^ (uint64_t)*state;
+    const unsigned rot = (unsigned)(*state >> 122);
+    const uint64_t out = (x >> rot) | (x << ((64 - rot) & 63));
+    return (double)(out >> 11) * (1.0 / 9007199254740992.0);
+}
+
+/* The state after `delta` more draws (PCG's jump-ahead, O(log delta)). */
+static rp_u128 pcg64_advance(rp_u128 state, rp_u128 inc, uint64_t delta)
+{
+    rp_u128 mult = RP_PCG64_MULT, plus = inc, acc_mult = 1, acc_plus = 0;
+    while (delta > 0) {
+        if (delta & 1) {
+            acc_mult *= mult;
+            acc_plus = acc_plus * mult + plus;
+        }
+        plus = (mult + 1) * plus;
+        mult *= mult;
+        delta >>= 1;
+    }
+    return acc_mult * state + acc_plus;
+}
+
+void rp_pcg64_uniform(void *pcg64_state, long n, double *out)
+{
+    rp_pcg64_random *g = ((rp_pcg64_state *)pcg64_state)->pcg;
+    for (long j = 0; j < n; ++j) out[j] = pcg64_next_double(&g->state, g->inc);
+}
+#define RP_HAVE_PCG64 1
+#else
+void rp_pcg64_uniform(void *pcg64_state, long n, double *out)
+{
+    (void)pcg64_state;
+    for (long j = 0; j < n; ++j) out[j] = -1.0;   /* never equal: the binding falls back */
+}
+#endif
+
 /* The index of the first largest value of row[0..c) (the first NaN, if
  * any, as numpy.argmax). */
 #define DEFINE_ARGMAX(SUFFIX, REAL)                                                           \
@@ -82,6 +140,7 @@ static int run_overlapped(run_fn run, const rp_record *records, int i, int count
 
 #define DEFINE_RUN(SUFFIX, REAL)                                                               \
     DEFINE_PENALTY(SUFFIX, REAL)                                                               \
+    DEFINE_DROPOUT(SUFFIX, REAL)                                                               \
     int rp_program_run_##SUFFIX(const rp_record *records, int begin, int end,                  \
                                 void *const *ptrs, rp_program_state *st, int finish)           \
     {                                                                                          \
@@ -131,17 +190,10 @@ static int run_overlapped(run_fn run, const rp_record *records, int i, int count
                                          (const REAL *)P(a[0]), (const REAL *)P(a[1]),         \
                                          (const REAL *)P(a[2]), (REAL *)P(a[3]));              \
                 break;                                                                         \
-            case RP_REC_DROPOUT_FWD: {                                                         \
-                const REAL *x = (const REAL *)P(a[0]);                                         \
-                REAL *y = (REAL *)P(a[1]), *mask = (REAL *)P(a[2]);                            \
-                const rp_numpy_bitgen *gen = (const rp_numpy_bitgen *)P(a[3]);                 \
-                const REAL scale = (REAL)r->p1;                                                \
-                for (long j = 0; j < r->n; ++j) {                                              \
-                    mask[j] = gen->next_double(gen->state) >= r->p0 ? scale : (REAL)0;         \
-                    y[j] = x[j] * mask[j];                                                     \
-                }                                                                              \
+            case RP_REC_DROPOUT_FWD:                                                           \
+                dropout_##SUFFIX(r, (const REAL *)P(a[0]), (REAL *)P(a[1]), (REAL *)P(a[2]),   \
+                                 P(a[3]));                                                     \
                 break;                                                                         \
-            }                                                                                  \
             case RP_REC_MUL: {                                                                 \
                 const REAL *x = (const REAL *)P(a[0]), *m = (const REAL *)P(a[1]);             \
                 REAL *y = (REAL *)P(a[2]);                                                     \
@@ -276,6 +328,54 @@ static int run_overlapped(run_fn run, const rp_record *records, int i, int count
             if (g) g[j] += add;                                                                \
         }                                                                                      \
         return l1 * abs_sum + l2 * sq_sum;                                                     \
+    }
+
+/* mask = u >= rate ? scale : 0 and y = x * mask, u drawn per element in C
+ * order: with k == 1 from a PCG64 state inline (its stream split over
+ * threads by jumping ahead, then the state left n draws on), else from the
+ * bit generator's next_double. */
+#ifdef RP_HAVE_PCG64
+#define DROPOUT_PCG64(REAL)                                                                    \
+    if (r->k == 1) {                                                                           \
+        rp_pcg64_random *g = ((rp_pcg64_state *)gen)->pcg;                                     \
+        const rp_u128 start = g->state, inc = g->inc;                                          \
+        const long n = r->n;                                                                   \
+        const int nt = n >= RP_PLAN_PARALLEL_MIN && !rp_in_parallel() ? rp_get_num_threads() : 1; \
+        _Pragma("omp parallel num_threads(nt) if (nt > 1)")                                    \
+        {                                                                                      \
+            int t = 0, team = 1;                                                               \
+            DROPOUT_TEAM(t, team);                                                             \
+            const long lo = n * t / team, hi = n * (t + 1) / team;                             \
+            rp_u128 state = pcg64_advance(start, inc, (uint64_t)lo);                           \
+            for (long j = lo; j < hi; ++j) {                                                   \
+                mask[j] = pcg64_next_double(&state, inc) >= rate ? scale : (REAL)0;            \
+                y[j] = x[j] * mask[j];                                                         \
+            }                                                                                  \
+        }                                                                                      \
+        g->state = pcg64_advance(start, inc, (uint64_t)n);                                     \
+        return;                                                                                \
+    }
+#else
+#define DROPOUT_PCG64(REAL)
+#endif
+#ifdef RETROPROP_HAVE_OPENMP
+#define DROPOUT_TEAM(t, team) (t = omp_get_thread_num(), team = omp_get_num_threads())
+#else
+#define DROPOUT_TEAM(t, team) ((void)0)
+#endif
+
+#define DEFINE_DROPOUT(SUFFIX, REAL)                                                           \
+    static void dropout_##SUFFIX(const rp_record *r, const REAL *x, REAL *y, REAL *mask,       \
+                                 void *gen)                                                    \
+    {                                                                                          \
+        const REAL scale = (REAL)r->p1;                                                        \
+        const double rate = r->p0;                                                             \
+        DROPOUT_PCG64(REAL)                                                                    \
+        const rp_numpy_bitgen *bitgen = (const rp_numpy_bitgen *)gen;                          \
+        for (long j = 0; j < r->n; ++j) {                                                      \
+            mask[j] = bitgen->next_double(bitgen->state) >= rate ? scale : (REAL)0;            \
+            y[j] = x[j] * mask[j];                                                             \
+        }                                                                                      \
     }
 
 DEFINE_RUN(f32, float)

@@ -1274,6 +1274,7 @@ cdef extern from "retroprop/plan.h":
         rp_opt_bounds *bounds
         const rp_rows_gather *gather
         int gathered
+    void rp_pcg64_uniform(void *pcg64_state, long n, double *out) nogil
     int rp_program_run_f32(const rp_record *records, int begin, int end, void **ptrs,
                            rp_program_state *state, int finish) nogil
     int rp_program_run_f64(const rp_record *records, int begin, int end, void **ptrs,
@@ -1287,6 +1288,29 @@ RECORD_KINDS = ("dense_fwd", "dense_softmax_fwd", "dense_bwd", "softmax_xent", "
                 "overlap_gather")
 _RECORD_KIND = {name: i for i, name in enumerate(RECORD_KINDS)}
 _I64 = np.dtype(np.int64)
+_PCG64_LAYOUT = []      # [True/False] once checked
+
+
+def _pcg64_layout_ok():
+    """Whether NumPy's PCG64 state has the layout plan.c reads inline: our
+    draws from a scratch generator must equal NumPy's own."""
+    if not _PCG64_LAYOUT:
+        ok = False
+        try:
+            bits = np.random.PCG64(20240613)
+            expected = np.random.Generator(np.random.PCG64(20240613)).random(17)
+            got = np.empty(17)
+            rp_pcg64_uniform(<void *><size_t>bits.ctypes.state_address, 17,
+                             <double *>cnp.PyArray_DATA(<cnp.ndarray>got))
+            ok = bool(np.array_equal(got, expected))
+            # and the state moved on as NumPy's would
+            after = np.random.Generator(np.random.PCG64(20240613))
+            after.random(17)
+            ok = ok and bits.state == after.bit_generator.state
+        except Exception:
+            ok = False
+        _PCG64_LAYOUT.append(ok)
+    return _PCG64_LAYOUT[0]
 
 
 class _ShapeOnly:
@@ -1321,6 +1345,7 @@ cdef class Program:
     cdef object per_call_bytes  # their sizes in bytes
     cdef object current         # the per-call arrays of the current run (kept alive)
     cdef object opt_lists       # the optimizer's lists the tensors were filled from
+    cdef object pcg64           # table indices of PCG64 generators read inline
     cdef object views           # [(index, base index)]: entries that alias another
     cdef bint optimizer_set
     cdef object kept            # every fixed ndarray (their bounds: overlap checks)
@@ -1350,6 +1375,7 @@ cdef class Program:
         self.per_call = []
         self.views = []
         self.kept = []
+        self.pcg64 = set()
         self.n_outputs = n_outputs
         self.losses = np.zeros(max(n_outputs, 1))
         self.correct = np.zeros(max(n_outputs, 1), dtype=np.dtype("l"))
@@ -1366,10 +1392,14 @@ cdef class Program:
                 self.ptrs[i] = _ptr(entry)
                 self.kept.append(entry)
             elif isinstance(entry, np.random.Generator):
-                capsule = entry.bit_generator.capsule
-                if not PyCapsule_IsValid(capsule, b"BitGenerator"):
-                    raise TypeError(f"table[{i}]: the generator has no BitGenerator capsule")
-                self.ptrs[i] = PyCapsule_GetPointer(capsule, b"BitGenerator")
+                if type(entry.bit_generator) is np.random.PCG64 and _pcg64_layout_ok():
+                    self.ptrs[i] = <void *><size_t>entry.bit_generator.ctypes.state_address
+                    self.pcg64.add(i)
+                else:
+                    capsule = entry.bit_generator.capsule
+                    if not PyCapsule_IsValid(capsule, b"BitGenerator"):
+                        raise TypeError(f"table[{i}]: the generator has no BitGenerator capsule")
+                    self.ptrs[i] = PyCapsule_GetPointer(capsule, b"BitGenerator")
             elif isinstance(entry, tuple) and entry and entry[0] in ("input", "labels", "targets"):
                 self.per_call.append((i, entry))
             elif isinstance(entry, tuple) and len(entry) == 3 and entry[0] == "view":
@@ -1568,6 +1598,7 @@ cdef class Program:
             if len(a) < 4 or not isinstance(self.table[a[3]], np.random.Generator):
                 raise TypeError("record dropout_fwd: the fourth array must be a Generator")
             r.a[3] = a[3]
+            r.k = 1 if a[3] in self.pcg64 else 0
             if not 0.0 <= r.p0 < 1.0:
                 raise ValueError(f"record dropout_fwd: rate must be in [0, 1), got {r.p0}")
         elif kind_name in ("mul", "add"):

@@ -41,9 +41,11 @@ typedef enum {
                                  * loss += w L, losses[m] = L */
     RP_REC_ACT_FWD,             /* a: x, y. n elements; act, p0: y = act(x) */
     RP_REC_ACT_BWD,             /* a: x, y, dy, dx (x or y optional); n, act, p0 */
-    RP_REC_DROPOUT_FWD,         /* a: x, y, mask, rng (a numpy bitgen_t). n elements; p0 rate,
-                                 * p1 scale: u = next_double(rng) per element in order,
-                                 * mask = u >= rate ? scale : 0, y = x * mask */
+    RP_REC_DROPOUT_FWD,         /* a: x, y, mask, rng. n elements; p0 rate, p1 scale: u drawn
+                                 * per element in order, mask = u >= rate ? scale : 0,
+                                 * y = x * mask. rng: with k 0 a numpy bitgen_t (u =
+                                 * next_double), with k 1 a numpy PCG64's pcg64_state (the
+                                 * same stream, inline and over threads) */
     RP_REC_MUL,                 /* a: x, m, y. n: y = x * m */
     RP_REC_ADD,                 /* a: x0, x1, y. n: y = x0 + x1 (y may be x0 or x1) */
     RP_REC_COPY,                /* a: x, y. n: y = x */
@@ -116,6 +118,10 @@ int rp_program_run_f32(const rp_record *records, int begin, int end, void *const
                        rp_program_state *state, int finish);
 int rp_program_run_f64(const rp_record *records, int begin, int end, void *const *ptrs,
                        rp_program_state *state, int finish);
+
+/* n draws of NumPy's PCG64 next_double from its pcg64_state (the layout the
+ * dropout record assumes; the binding compares them with NumPy's). */
+void rp_pcg64_uniform(void *pcg64_state, long n, double *out);
 
 #ifdef __cplusplus
 }
