@@ -307,25 +307,52 @@ static int run_overlapped(run_fn run, const rp_record *records, int i, int count
 
 /* l1 sum|w| + l2 sum w^2 (in double), and g += l1 sign(w) + 2 l2 w in the
  * element type, term by term as regularizers.L1L2.gradient computes it
- * (zeros, + l1 sign(w) when l1, + (2 l2) w when l2; NaN's sign is NaN). */
+ * (zeros, + l1 sign(w) when l1, + (2 l2) w when l2; NaN's sign is NaN). The
+ * sums are taken over at most RP_PENALTY_BLOCKS fixed blocks, added in
+ * order, so the value does not depend on the thread count. */
+#define RP_PENALTY_BLOCKS 64
+#define RP_PENALTY_BLOCK_MIN 8192
+
 #define DEFINE_PENALTY(SUFFIX, REAL)                                                           \
-    static double penalty_##SUFFIX(long n, const REAL *w, REAL *g, double l1, double l2)       \
+    static void penalty_block_##SUFFIX(long lo, long hi, const REAL *w, REAL *g, double l1,     \
+                                       double l2, double *abs_sum, double *sq_sum)             \
     {                                                                                          \
-        double abs_sum = 0.0, sq_sum = 0.0;                                                    \
+        double a = 0.0, q = 0.0;                                                               \
         const REAL c1 = (REAL)l1, c2 = (REAL)(2.0 * l2);                                       \
-        for (long j = 0; j < n; ++j) {                                                         \
+        for (long j = lo; j < hi; ++j) {                                                       \
             const REAL v = w[j];                                                               \
             REAL add = (REAL)0;                                                                \
             if (l1 != 0.0) {                                                                   \
                 const REAL sign = v != v ? v : (REAL)((v > 0) - (v < 0));                       \
-                abs_sum += (double)(v < 0 ? -v : v);                                           \
+                a += (double)(v < 0 ? -v : v);                                                 \
                 add += c1 * sign;                                                              \
             }                                                                                  \
             if (l2 != 0.0) {                                                                   \
-                sq_sum += (double)(v * v);                                                     \
+                q += (double)(v * v);                                                          \
                 add += c2 * v;                                                                 \
             }                                                                                  \
             if (g) g[j] += add;                                                                \
+        }                                                                                      \
+        *abs_sum = a;                                                                          \
+        *sq_sum = q;                                                                           \
+    }                                                                                          \
+                                                                                               \
+    static double penalty_##SUFFIX(long n, const REAL *w, REAL *g, double l1, double l2)       \
+    {                                                                                          \
+        double abs_sums[RP_PENALTY_BLOCKS], sq_sums[RP_PENALTY_BLOCKS];                        \
+        long block = (n + RP_PENALTY_BLOCKS - 1) / RP_PENALTY_BLOCKS;                          \
+        if (block < RP_PENALTY_BLOCK_MIN) block = RP_PENALTY_BLOCK_MIN;                        \
+        const long blocks = n > 0 ? (n + block - 1) / block : 0;                               \
+        const int nt = blocks > 1 && !rp_in_parallel() ? rp_get_num_threads() : 1;             \
+        _Pragma("omp parallel for schedule(static) num_threads(nt) if (nt > 1)")               \
+        for (long b = 0; b < blocks; ++b) {                                                    \
+            const long lo = b * block, hi = lo + block < n ? lo + block : n;                   \
+            penalty_block_##SUFFIX(lo, hi, w, g, l1, l2, &abs_sums[b], &sq_sums[b]);           \
+        }                                                                                      \
+        double abs_sum = 0.0, sq_sum = 0.0;                                                    \
+        for (long b = 0; b < blocks; ++b) {                                                    \
+            abs_sum += abs_sums[b];                                                            \
+            sq_sum += sq_sums[b];                                                              \
         }                                                                                      \
         return l1 * abs_sum + l2 * sq_sum;                                                     \
     }
