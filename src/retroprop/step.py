@@ -160,6 +160,8 @@ class StepProgram:
         self.per_output_values = [0.0] * len(plan.output_slots)
         self._c_losses = []                   # output indices whose loss is a C record
         self._c_accuracy = []                 # (output index, metric position)
+        self._info = {}                       # id(step) -> what its forward records made
+        self._copy_to = {}                    # runtime gradient key -> the array records read
         self._build()
         self.program = self.backend.program(self.dtype, self.table, self.records,
                                             max(1, len(plan.output_slots)))
@@ -258,6 +260,9 @@ class StepProgram:
             if layer.activation.name == "softmax" and training and \
                     not self._softmax_top(step):
                 continue
+            if training and layer.activation.name != "softmax" and \
+                    step.out in plan.output_slots:
+                continue   # its loss reads the logits the fused kernel would not keep
             self.fused_activation[id(source)] = step
             self.mode[id(step)] = "fused_into"
         # A softmax Dense is lowered in training only as the fused loss's top.
@@ -373,7 +378,7 @@ class StepProgram:
             if self.mode[id(step)] == "fused_into":
                 source = producer[step.ins[0]]
             if self.mode[id(source)] == "c":
-                index = getattr(self, "_info", {}).get(id(source), {}).get("logits")
+                index = self._info.get(id(source), {}).get("logits")
                 holders.append(_Logits(None if index is None else self.table[index]))
             else:
                 holders.append(step.runner)
@@ -440,9 +445,7 @@ class StepProgram:
         out_shape = (n,) + tuple(layer.output_shape)
         if fused is not None:
             self._sig(fused.runner)
-        info = {}
-        self._info = getattr(self, "_info", {})
-        self._info[id(step)] = info
+        info = self._info[id(step)] = {}
         if kind is Dense:
             w = layer.params["W"]
             b = layer.params.get("b") if layer.use_bias else None
@@ -735,7 +738,7 @@ class StepProgram:
 
     def _deliver(self, key, array):
         """A runtime contribution arrived: copy it where records will read it."""
-        fixed = self._copy_to.get(key) if hasattr(self, "_copy_to") else None
+        fixed = self._copy_to.get(key)
         if fixed is not None:
             np.copyto(fixed, array)
 
@@ -743,8 +746,6 @@ class StepProgram:
         """The table index of slot's gradient for records, summing its
         contributions with add records (runtime ones are copied first)."""
         contributions = self._contrib[slot]
-        if not hasattr(self, "_copy_to"):
-            self._copy_to = {}
         indices = []
         for c in contributions:
             if c[0] == "fixed":
@@ -951,7 +952,6 @@ class StepProgram:
         """A node whose backward runs in Python (the layer's own)."""
         grad = self._grad_runtime(step.out)
         runtime = self._runtime
-        fixed = {}
         for slot, needed in zip(step.ins, need):
             if needed:
                 key = ("dx", id(step), slot)
@@ -969,7 +969,6 @@ class StepProgram:
                     runtime[key] = dx
                     holder._deliver(key, dx)
         self._python(run)
-        del fixed
 
     def _shared_sums(self):
         """A shared layer's weight gradients: its calls' gradients added into
