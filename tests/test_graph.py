@@ -524,3 +524,21 @@ def test_grad_with_respect_to_weights_and_layers():
     np.testing.assert_allclose(dw, np.repeat(xv.sum(0)[:, None], 2, axis=1))
     np.testing.assert_allclose(by_layer["b"], [4.0, 4.0])
     assert model.predict(xv).shape == (4,)
+
+
+def test_callbacks_accept_a_graph_model(tmp_path):
+    model, shared = _graph_model(dtype="float32", seed=4)
+    x, y = _data(n=40)
+    x = [a.astype(np.float32) for a in x]
+    monitor = rp.callbacks.GradientMonitor(x, y, bins=5)
+    checkpoint = rp.callbacks.ModelCheckpoint(str(tmp_path / "g-{epoch}.rpz"))
+    stop = rp.callbacks.EarlyStopping(monitor="loss", patience=1, restore_best_weights=True)
+    trainer = rp.Trainer(model, "categorical_crossentropy", rp.optim.SGD(0.05),
+                         callbacks=[monitor, checkpoint, stop])
+    trainer.fit(x, y, epochs=3, batch_size=8, verbose=0)
+    assert [s["name"] for s in monitor.history[0]] == [layer.name for layer in model.layers]
+    first = monitor.history[0][0]
+    assert first["name"] == "shared" and first["grad_std"] > 0
+    loaded = rp.load_model(checkpoint.saved[-1])
+    assert loaded.input_names == ["a", "b"]
+    assert loaded.predict(x).shape == (40, 3)

@@ -471,17 +471,29 @@ def gradient_statistics(model, loss, x, y, bins=None):
     from .trainer import backpropagate, forward_loss
 
     loss = losses_module.get(loss)
-    x = model.prepare_input(x)
+    xs = model.prepare_inputs(x)
+    # Every node's output, node by node (a graph's layers in topological
+    # order; a layer called several times: its first call).
+    plan = model._plan(xs[0].shape[0], False)
+    plan._forward_nodes(xs)
+    first_output = {}
+    for step in plan.steps:
+        first_output.setdefault(id(step.layer), plan.values[step.out])
     stats = []
-    h = x
     for layer in model.layers:
         # Statistics right away: layers return reused buffers.
-        h = layer.forward(h, training=False)
+        h = first_output[id(layer)]
         entry = {"name": layer.name, "act_mean": float(np.mean(h)), "act_std": float(np.std(h))}
         if bins is not None:
             entry["act_hist"] = _histogram(h, bins)
         stats.append(entry)
+    outputs = [plan.values[s] for s in plan.output_slots]
+    if len(outputs) != 1:
+        raise ValueError(f"gradient_statistics: model {model.name!r} has {len(outputs)} "
+                         f"outputs; it takes one loss for one output")
+    h = outputs[0]
     targets = loss.prepare_targets(y, h.shape, h.dtype)
+    x = xs[0] if len(xs) == 1 else xs
     _, _, seed = forward_loss(model, loss, x, targets, training=False, with_grad=True)
     backpropagate(model, loss, seed, input_grad=False)
     for layer, entry in zip(model.layers, stats):
