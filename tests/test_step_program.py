@@ -613,3 +613,28 @@ def test_dropout_masks_are_the_layers_own_draws(threads, bit_generator):
     _assert_same_training(results)
     (m1, _, _), (m2, _, _) = results
     np.testing.assert_array_equal(m1.layers[1]._rng.random(5), m2.layers[1]._rng.random(5))
+
+
+def test_a_model_of_two_inputs_gathers_both_next_batches_during_the_step(monkeypatch):
+    calls = []
+    real = cpu.gather_rows
+
+    def counting(x, index, out=None):
+        calls.append(len(index))
+        return real(x, index, out)
+    monkeypatch.setattr(cpu, "gather_rows", counting)
+    rng = np.random.default_rng(8)
+    xa, xb = rng.standard_normal((100, 300)).astype(np.float32), \
+        rng.standard_normal((100, 200)).astype(np.float32)
+    y = rng.integers(0, 3, 100)
+
+    def make():
+        a, b = rp.Input((300,)), rp.Input((200,))
+        h = L.Dense(16, activation="relu")(L.Concatenate()([a, b]))
+        return rp.Model([a, b], L.Dense(3, activation="softmax")(h), seed=1)
+    results = _train_both(make, OPTIMIZERS[1], [xa, xb], y, epochs=2, batch=60)
+    _assert_same_training(results)
+    # program: each input's first batch of each epoch by itself; node by node: every batch
+    assert calls[:4] == [60, 60, 60, 60] and len(calls) == 4 + 2 * 2 * 2
+    program = results[0][1]._programs[(60, ("labels",))]
+    assert "overlap_gather" in [r["kind"] for r in program.records]

@@ -117,22 +117,27 @@ typedef int (*run_fn)(const rp_record *, int, int, void *const *, rp_program_sta
 static int run_overlapped(run_fn run, const rp_record *records, int i, int count,
                           void *const *ptrs, rp_program_state *st)
 {
-    const rp_rows_gather *job = st->gather;
+    const rp_rows_gather *jobs = st->gather;
+    const int n_jobs = st->gathered ? 0 : st->n_gather;
     int next = i + count;
 #ifdef RETROPROP_HAVE_OPENMP
-    const int nt = job && !st->gathered && job->count > 0
-                       ? rp_gather_threads(job->row_bytes, job->count) : 1;
+    int nt = 1;
+    for (int j = 0; j < n_jobs; ++j) {
+        const int t = jobs[j].count > 0 ? rp_gather_threads(jobs[j].row_bytes, jobs[j].count) : 1;
+        if (t > nt) nt = t;
+    }
     if (nt > 1) {
-        long next_row = 0;
+        long next_rows[RP_PROGRAM_MAX_GATHERS] = {0};
 #pragma omp parallel num_threads(nt)
         {
             if (omp_get_thread_num() == 0) next = run(records, i, i + count, ptrs, st, 0);
-            rp_gather_rows_claimed(job, &next_row);
+            for (int j = 0; j < n_jobs; ++j) rp_gather_rows_claimed(&jobs[j], &next_rows[j]);
         }
         st->gathered = 1;
         return next;
     }
 #endif
+    (void)n_jobs;
     return run(records, i, i + count, ptrs, st, 0);
 }
 
@@ -297,9 +302,11 @@ static int run_overlapped(run_fn run, const rp_record *records, int i, int count
             ++i;                                                                               \
         }                                                                                      \
         if (finish && st->gather && !st->gathered) {                                           \
-            const rp_rows_gather *job = st->gather;                                            \
-            rp_gather_rows(job->row_bytes, job->n_rows, job->x, job->count, job->index,        \
-                           job->out);                                                          \
+            for (int j = 0; j < st->n_gather; ++j) {                                           \
+                const rp_rows_gather *job = &st->gather[j];                                    \
+                rp_gather_rows(job->row_bytes, job->n_rows, job->x, job->count, job->index,    \
+                               job->out);                                                      \
+            }                                                                                  \
             st->gathered = 1;                                                                  \
         }                                                                                      \
         return i;                                                                              \

@@ -1252,6 +1252,7 @@ from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_IsValid
 
 cdef extern from "retroprop/plan.h":
     enum: RP_RECORD_ARRAYS
+    enum: RP_PROGRAM_MAX_GATHERS
     ctypedef struct rp_record:
         int kind
         int act
@@ -1273,6 +1274,7 @@ cdef extern from "retroprop/plan.h":
         rp_opt_mode mode
         rp_opt_bounds *bounds
         const rp_rows_gather *gather
+        int n_gather
         int gathered
     void rp_pcg64_uniform(void *pcg64_state, long n, double *out) nogil
     int rp_program_run_f32(const rp_record *records, int begin, int end, void **ptrs,
@@ -1352,7 +1354,8 @@ cdef class Program:
     cdef rp_program_state state
     cdef rp_opt_tensor *tensors
     cdef Py_ssize_t tensor_capacity
-    cdef rp_rows_gather gather
+    cdef rp_rows_gather gathers[RP_PROGRAM_MAX_GATHERS]
+    cdef int n_gathers
     cdef readonly object losses, correct
     cdef readonly int n_outputs
 
@@ -1703,6 +1706,7 @@ cdef class Program:
         self.state.n_tensors = 0
         self.state.bounds = NULL
         self.state.gather = NULL
+        self.state.n_gather = 0
         self.state.gathered = 0
         self.state.mode = RP_OPT_CHECK_APPLY
         self.optimizer_set = False
@@ -1773,24 +1777,48 @@ cdef class Program:
         self.optimizer_set = True
         return 0
 
-    def set_gather(self, tuple next_batch):
-        """Rows to copy during the run: (x, index, out) as gather_rows; out may
-        not overlap any array of the program, the inputs or the optimizer's."""
+    def set_gather(self, object next_batch):
+        """Rows to copy during the run: (x, index, out) as gather_rows, or a list
+        of them (one per model input); no out may overlap any array of the
+        program, its inputs, the optimizer's arrays, or another job's x or out."""
+        self.state.gather = NULL
+        self.state.n_gather = 0
         if next_batch is None:
-            self.state.gather = NULL
             return 0
-        if len(next_batch) != 3:
-            raise TypeError("Program: next_batch must be (x, index, out)")
-        _gather_job("Program: next_batch", next_batch[0], next_batch[1], next_batch[2],
-                    &self.gather)
-        self._check_not_overlapping()
-        self.state.gather = &self.gather
+        jobs = [next_batch] if isinstance(next_batch, tuple) else list(next_batch)
+        if not 1 <= len(jobs) <= RP_PROGRAM_MAX_GATHERS:
+            raise ValueError(f"Program: 1 to {RP_PROGRAM_MAX_GATHERS} gathers, got {len(jobs)}")
+        cdef int j, other
+        cdef char *out0
+        cdef char *out1
+        for j, job in enumerate(jobs):
+            if not isinstance(job, tuple) or len(job) != 3:
+                raise TypeError("Program: next_batch must be (x, index, out), or a list of them")
+            _gather_job("Program: next_batch", job[0], job[1], job[2], &self.gathers[j])
+        self.n_gathers = len(jobs)
+        for j in range(self.n_gathers):
+            self._check_not_overlapping(&self.gathers[j])
+            out0 = <char *>self.gathers[j].out
+            out1 = out0 + self.gathers[j].count * self.gathers[j].row_bytes
+            for other in range(self.n_gathers):
+                if other != j and (
+                        _overlap_bytes(out0, out1, <char *>self.gathers[other].out,
+                                       self.gathers[other].count * self.gathers[other].row_bytes)
+                        or _overlap_bytes(out0, out1, <char *>self.gathers[other].x,
+                                          self.gathers[other].n_rows
+                                          * self.gathers[other].row_bytes)):
+                    raise ValueError("Program: next_batch's outs overlap each other or another "
+                                     "job's x")
+        self.state.gather = self.gathers
+        self.state.n_gather = self.n_gathers
         self.state.gathered = 0
         return 0
 
-    cdef int _check_not_overlapping(self) except -1:
-        cdef char *out0 = <char *>self.gather.out
-        cdef char *out1 = out0 + self.gather.count * self.gather.row_bytes
+    cdef int _check_not_overlapping(self, rp_rows_gather *gather) except -1:
+        """A next-batch buffer written during a run must not be read or written
+        by it."""
+        cdef char *out0 = <char *>gather.out
+        cdef char *out1 = out0 + gather.count * gather.row_bytes
         cdef size_t itemsize = 4 if self.kind == 0 else 8
         cdef int j, t
         cdef char *starts[4]

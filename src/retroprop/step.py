@@ -681,7 +681,7 @@ class StepProgram:
         beside the next batch's gather (one output, its fused C loss, the
         last node, small enough for one thread), or None."""
         plan = self.plan
-        if len(plan.output_slots) != 1 or len(self.model._inputs) != 1 or not plan.steps:
+        if len(plan.output_slots) != 1 or not plan.steps:
             return None
         last = plan.steps[-1]
         if last.out != plan.output_slots[0] or self.mode[id(last)] != "c" or \
@@ -1074,8 +1074,9 @@ class StepProgram:
                 program.set_gather(next_batch)
             status, total, bad = self._run_segments()
         if next_batch is not None and not program.gathered:
-            data, index, out = next_batch
-            self.backend.gather_rows(data, index, out)
+            for data, index, out in (next_batch if isinstance(next_batch, list)
+                                     else [next_batch]):
+                self.backend.gather_rows(data, index, out)
         bad_key = None
         if status == 2:
             bad_key = keys[bad]

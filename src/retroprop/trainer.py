@@ -647,10 +647,14 @@ class Trainer:
                                 if not gathered:
                                     for a, out in zip(xs, xb):
                                         backend.gather_rows(a, idx, out)
-                                if hi < n and len(xs) == 1:
+                                if hi < n:
                                     next_hi = min(hi + batch_size, n)
-                                    next_batch = (xs[0], order[hi:next_hi],
-                                                  batch_buffers[0][(b + 1) % 2][:next_hi - hi])
+                                    next_index = order[hi:next_hi]
+                                    next_batch = [(a, next_index,
+                                                   buffers[(b + 1) % 2][:next_hi - hi])
+                                                  for a, buffers in zip(xs, batch_buffers)]
+                                    if len(next_batch) == 1:
+                                        next_batch = next_batch[0]
                             else:
                                 xb = [a[idx] for a in xs]
                             tb = [t[idx] for t in targets]

@@ -71,11 +71,12 @@ typedef enum {
                                  * (or the first largest target) */
     RP_REC_OVERLAP_GATHER       /* n: the next n records (at most to the end of the run) run
                                  * on the calling thread while the others copy the state's
-                                 * gather, when that gather would run on several threads and
-                                 * the records on one anyway */
+                                 * gather jobs, when that gather would run on several threads
+                                 * and the records on one anyway */
 } rp_record_kind;
 
 #define RP_RECORD_ARRAYS 10
+#define RP_PROGRAM_MAX_GATHERS 16
 
 typedef struct {
     int kind;                   /* rp_record_kind */
@@ -106,7 +107,9 @@ typedef struct {
     int n_tensors;
     rp_opt_mode mode;
     rp_opt_bounds *bounds;           /* with RP_OPT_CHECK_APPLY: the tracked step; or NULL */
-    const rp_rows_gather *gather;    /* rows to copy during the run (the next batch), or NULL */
+    const rp_rows_gather *gather;    /* rows to copy during the run (the next batch: one job
+                                      * per model input), n_gather jobs, or NULL */
+    int n_gather;
     int gathered;                    /* set once the gather is done */
 } rp_program_state;
 

@@ -528,11 +528,13 @@ def program_step(program, inputs, rule, params, grads, state0, state1, *, lr, mo
                  next_batch=None, bounds=None):
     """A whole step of a one-stretch program in one call: the per-call arrays
     ``inputs``, the optimizer's lists and ``hyper`` (program_hyperparameters),
-    the gather ``next_batch`` (x, index, out) or None. Returns (status, loss,
+    the gather ``next_batch`` (x, index, out), a list of them (one per input),
+    or None. Returns (status, loss,
     refused index or -1, whether the gather was done)."""
     if next_batch is not None:
-        data, index, out = next_batch
-        next_batch = (data, np.ascontiguousarray(index, dtype=np.int64), out)
+        jobs = [next_batch] if isinstance(next_batch, tuple) else next_batch
+        next_batch = [(data, np.ascontiguousarray(index, dtype=np.int64), out)
+                      for data, index, out in jobs]
     return program.step(inputs, rule, params, grads, state0, state1, mode, float(lr), hyper,
                         next_batch, bounds)
 
