@@ -55,7 +55,7 @@ static inline double pcg64_next_double(rp_u128 *state, rp_u128 inc)
     const uint64_t x = (uint64_t)(*state >> 64) ^ (uint64_t)*state;
     const unsigned rot = (unsigned)(*state >> 122);
     const uint64_t out = (x >> rot) | (x << ((64 - rot) & 63));
-    return (double)(out >> 11) * (1.0 / 9007199254740992.0);
+    return (double)(int64_t)(out >> 11) * (1.0 / 9007199254740992.0);
 }
 
 /* The state after `delta` more draws (PCG's jump-ahead, O(log delta)). */
@@ -321,19 +321,50 @@ static int run_overlapped(run_fn run, const rp_record *records, int i, int count
 #define RP_PENALTY_BLOCK_MIN 8192
 
 #define DEFINE_PENALTY(SUFFIX, REAL)                                                           \
+    /* the common case, L2 alone: four independent sums so that the loop is   \
+     * not one long chain of dependent additions */                           \
+    static void penalty_l2_block_##SUFFIX(long lo, long hi, const REAL *w, REAL *g, double l2,  \
+                                          double *sq_sum)                                      \
+    {                                                                                          \
+        double q0 = 0.0, q1 = 0.0, q2 = 0.0, q3 = 0.0;                                         \
+        const REAL c2 = (REAL)(2.0 * l2);                                                      \
+        long j = lo;                                                                           \
+        for (; j + 4 <= hi; j += 4) {                                                          \
+            const REAL v0 = w[j], v1 = w[j + 1], v2 = w[j + 2], v3 = w[j + 3];                 \
+            q0 += (double)(v0 * v0);                                                           \
+            q1 += (double)(v1 * v1);                                                           \
+            q2 += (double)(v2 * v2);                                                           \
+            q3 += (double)(v3 * v3);                                                           \
+            if (g) {                                                                           \
+                g[j] += (REAL)0 + c2 * v0;                                                     \
+                g[j + 1] += (REAL)0 + c2 * v1;                                                 \
+                g[j + 2] += (REAL)0 + c2 * v2;                                                 \
+                g[j + 3] += (REAL)0 + c2 * v3;                                                 \
+            }                                                                                  \
+        }                                                                                      \
+        for (; j < hi; ++j) {                                                                  \
+            q0 += (double)(w[j] * w[j]);                                                       \
+            if (g) g[j] += (REAL)0 + c2 * w[j];                                                \
+        }                                                                                      \
+        *sq_sum = (q0 + q1) + (q2 + q3);                                                       \
+    }                                                                                          \
+                                                                                               \
     static void penalty_block_##SUFFIX(long lo, long hi, const REAL *w, REAL *g, double l1,     \
                                        double l2, double *abs_sum, double *sq_sum)             \
     {                                                                                          \
+        if (l1 == 0.0) {                                                                       \
+            *abs_sum = 0.0;                                                                    \
+            penalty_l2_block_##SUFFIX(lo, hi, w, g, l2, sq_sum);                               \
+            return;                                                                            \
+        }                                                                                      \
         double a = 0.0, q = 0.0;                                                               \
         const REAL c1 = (REAL)l1, c2 = (REAL)(2.0 * l2);                                       \
         for (long j = lo; j < hi; ++j) {                                                       \
             const REAL v = w[j];                                                               \
             REAL add = (REAL)0;                                                                \
-            if (l1 != 0.0) {                                                                   \
-                const REAL sign = v != v ? v : (REAL)((v > 0) - (v < 0));                       \
-                a += (double)(v < 0 ? -v : v);                                                 \
-                add += c1 * sign;                                                              \
-            }                                                                                  \
+            const REAL sign = v != v ? v : (REAL)((v > 0) - (v < 0));                           \
+            a += (double)(v < 0 ? -v : v);                                                     \
+            add += c1 * sign;                                                                  \
             if (l2 != 0.0) {                                                                   \
                 q += (double)(v * v);                                                          \
                 add += c2 * v;                                                                 \
@@ -369,28 +400,94 @@ static int run_overlapped(run_fn run, const rp_record *records, int i, int count
  * threads by jumping ahead, then the state left n draws on), else from the
  * bit generator's next_double. */
 #ifdef RP_HAVE_PCG64
-#define DROPOUT_PCG64(REAL)                                                                    \
+/* Each thread's share is drawn as RP_PCG64_LANES interleaved streams (each
+ * jumped ahead to its own stretch of the share): the LCG's 128-bit multiply
+ * is a long chain of dependent instructions, and independent chains run
+ * side by side. Every element still gets the draw of its position. */
+/* Whether the draw of a state (XSL-RR output u = (out >> 11) / 2^53, as
+ * next_double returns it) is >= rate: as integers, out >> 11 >= threshold
+ * with threshold = ceil(rate 2^53) (exact: u is a multiple of 2^-53 below
+ * 1), a compare the compiler does without a branch. */
+static inline int pcg64_keeps(rp_u128 state, uint64_t threshold)
+{
+    const uint64_t x = (uint64_t)(state >> 64) ^ (uint64_t)state;
+    const unsigned rot = (unsigned)(state >> 122);
+    const uint64_t out = (x >> rot) | (x << ((64 - rot) & 63));
+    return (out >> 11) >= threshold;
+}
+
+/* Elements [lo, hi) (one thread's share), element j taking the draw that
+ * leaves the generator j + 1 draws after `start`. Four interleaved chains:
+ * chain l draws positions lo + l, lo + l + 4, ..., each stepping four draws
+ * at once (s M^4 + inc (1 + M + M^2 + M^3)), so four independent 128-bit
+ * multiplies run side by side; the mask is selected without a branch (a
+ * drop rate's draws are unpredictable). Arguments by value: the states stay
+ * in registers. */
+#define DEFINE_DROPOUT_SHARE(SUFFIX, REAL)                                                     \
+    static void dropout_share_##SUFFIX(long lo, long hi, rp_u128 start, rp_u128 inc,          \
+                                       double rate, REAL scale, const REAL *restrict x,        \
+                                       REAL *restrict y, REAL *restrict mask)                  \
+    {                                                                                          \
+        const uint64_t threshold = (uint64_t)ceil(rate * 9007199254740992.0);                 \
+        const rp_u128 m2 = RP_PCG64_MULT * RP_PCG64_MULT, c2 = inc * (RP_PCG64_MULT + 1);      \
+        const rp_u128 m4 = m2 * m2, c4 = c2 * m2 + c2;                                         \
+        rp_u128 s[4];                                                                          \
+        s[0] = pcg64_advance(start, inc, (uint64_t)lo) * RP_PCG64_MULT + inc;                  \
+        for (int l = 1; l < 4; ++l) s[l] = s[l - 1] * RP_PCG64_MULT + inc;                     \
+        rp_u128 s0 = s[0], s1 = s[1], s2 = s[2], s3 = s[3];                                    \
+        long j = lo;                                                                           \
+        for (; j + 4 <= hi; j += 4) {                                                          \
+            const REAL k0 = (REAL)pcg64_keeps(s0, threshold) * scale;                      \
+            const REAL k1 = (REAL)pcg64_keeps(s1, threshold) * scale;                      \
+            const REAL k2 = (REAL)pcg64_keeps(s2, threshold) * scale;                      \
+            const REAL k3 = (REAL)pcg64_keeps(s3, threshold) * scale;                      \
+            mask[j] = k0;                                                                      \
+            y[j] = x[j] * k0;                                                                  \
+            mask[j + 1] = k1;                                                                  \
+            y[j + 1] = x[j + 1] * k1;                                                          \
+            mask[j + 2] = k2;                                                                  \
+            y[j + 2] = x[j + 2] * k2;                                                          \
+            mask[j + 3] = k3;                                                                  \
+            y[j + 3] = x[j + 3] * k3;                                                          \
+            s0 = s0 * m4 + c4;                                                                 \
+            s1 = s1 * m4 + c4;                                                                 \
+            s2 = s2 * m4 + c4;                                                                 \
+            s3 = s3 * m4 + c4;                                                                 \
+        }                                                                                      \
+        s[0] = s0;                                                                             \
+        s[1] = s1;                                                                             \
+        s[2] = s2;                                                                             \
+        for (int l = 0; j < hi; ++j, ++l) {                                                    \
+            const REAL keep = (REAL)pcg64_keeps(s[l], threshold) * scale;                      \
+            mask[j] = keep;                                                                    \
+            y[j] = x[j] * keep;                                                                \
+        }                                                                                      \
+    }
+DEFINE_DROPOUT_SHARE(f32, float)
+DEFINE_DROPOUT_SHARE(f64, double)
+
+#define DROPOUT_PCG64(SUFFIX, REAL)                                                            \
     if (r->k == 1) {                                                                           \
         rp_pcg64_random *g = ((rp_pcg64_state *)gen)->pcg;                                     \
         const rp_u128 start = g->state, inc = g->inc;                                          \
         const long n = r->n;                                                                   \
         const int nt = n >= RP_PLAN_PARALLEL_MIN && !rp_in_parallel() ? rp_get_num_threads() : 1; \
-        _Pragma("omp parallel num_threads(nt) if (nt > 1)")                                    \
-        {                                                                                      \
-            int t = 0, team = 1;                                                               \
-            DROPOUT_TEAM(t, team);                                                             \
-            const long lo = n * t / team, hi = n * (t + 1) / team;                             \
-            rp_u128 state = pcg64_advance(start, inc, (uint64_t)lo);                           \
-            for (long j = lo; j < hi; ++j) {                                                   \
-                mask[j] = pcg64_next_double(&state, inc) >= rate ? scale : (REAL)0;            \
-                y[j] = x[j] * mask[j];                                                         \
+        if (nt > 1) {                                                                          \
+            _Pragma("omp parallel num_threads(nt)")                                            \
+            {                                                                                  \
+                int t = 0, team = 1;                                                           \
+                DROPOUT_TEAM(t, team);                                                         \
+                dropout_share_##SUFFIX(n * t / team, n * (t + 1) / team, start, inc, rate,     \
+                                       scale, x, y, mask);                                     \
             }                                                                                  \
+        } else {                                                                               \
+            dropout_share_##SUFFIX(0, n, start, inc, rate, scale, x, y, mask);                 \
         }                                                                                      \
         g->state = pcg64_advance(start, inc, (uint64_t)n);                                     \
         return;                                                                                \
     }
 #else
-#define DROPOUT_PCG64(REAL)
+#define DROPOUT_PCG64(SUFFIX, REAL)
 #endif
 #ifdef RETROPROP_HAVE_OPENMP
 #define DROPOUT_TEAM(t, team) (t = omp_get_thread_num(), team = omp_get_num_threads())
@@ -404,7 +501,7 @@ static int run_overlapped(run_fn run, const rp_record *records, int i, int count
     {                                                                                          \
         const REAL scale = (REAL)r->p1;                                                        \
         const double rate = r->p0;                                                             \
-        DROPOUT_PCG64(REAL)                                                                    \
+        DROPOUT_PCG64(SUFFIX, REAL)                                                            \
         const rp_numpy_bitgen *bitgen = (const rp_numpy_bitgen *)gen;                          \
         for (long j = 0; j < r->n; ++j) {                                                      \
             mask[j] = bitgen->next_double(bitgen->state) >= rate ? scale : (REAL)0;            \
