@@ -1858,6 +1858,14 @@ cdef class Program:
         status, loss, first_bad = self.run(0, self.n_records, True)
         return status, loss, first_bad, bool(self.state.gathered)
 
+    def forward(self, list inputs):
+        """reset, set_inputs and run every record (an inference program of one
+        stretch); returns the status."""
+        self.reset()
+        self.set_inputs(inputs)
+        status, _, _ = self.run(0, self.n_records, False)
+        return status
+
     def run(self, int begin, int end, bint finish=False):
         """Run records [begin, end) with the GIL released; returns (status,
         loss so far, the optimizer's refused index or -1)."""

@@ -226,7 +226,11 @@ class Plan:
         next call). An inference plan runs as a C program (step.py) when the
         backend has them and some node has a C form."""
         if not self.training:
-            program = self._inference_program()
+            program = self._program
+            # (the model checked this plan's validity just now: only the
+            # layers the program lowered remain to be checked)
+            if not program or not program.layers_unchanged():
+                program = self._inference_program()
             if program is not None:
                 self._last_inputs = xs
                 return program.forward(xs)

@@ -175,6 +175,7 @@ class StepProgram:
         c_segments = [i for i, segment in enumerate(self.segments) if segment[0] == "c"]
         self._last_c = c_segments[-1] if c_segments else -1
         self._only = self.segments[0] if len(self.segments) == 1 and c_segments else None
+        self._outputs = [self.values[s] for s in plan.output_slots]
 
     # -- tables and records ---------------------------------------------------------
 
@@ -994,6 +995,10 @@ class StepProgram:
             return False
         if self.training and self._trainable_key != self.plan._trainable_key():
             return False
+        return self.layers_unchanged()
+
+    def layers_unchanged(self):
+        """True while every layer the program lowered is as it was then."""
         for watched in self._watched:
             if not unchanged(watched):
                 return False
@@ -1034,6 +1039,9 @@ class StepProgram:
     def forward(self, xs):
         """The forward pass of an inference program: the list of outputs."""
         program = self.program
+        if self._only is not None:          # one call
+            program.forward(xs)
+            return self._outputs
         program.reset()
         self._set_inputs(xs)
         self._run_segments()
