@@ -35,7 +35,7 @@ def sequence_model():
 
 
 def dense_model():
-    # Dense + softmax only: forward and training take the one-call plans.
+    # Dense + softmax only: training and inference run as one-call step programs.
     return rp.Sequential([Dense(16, activation="relu"), Dense(3, activation="softmax")],
                          input_shape=(5,), seed=0)
 
@@ -55,7 +55,7 @@ def trained(name, steps=3):
     x, y = data(shape)
     trainer = rp.Trainer(model, "categorical_crossentropy", rp.optim.Adam(lr=0.01), metrics=[])
     trainer.fit(x, y, epochs=steps, batch_size=8, verbose=0, seed=0)
-    model.forward(x)   # builds the one-call forward plan where the model has one
+    model.forward(x)   # makes the inference plan (a C program)
     return model, trainer, x, y
 
 
