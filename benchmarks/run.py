@@ -1,14 +1,27 @@
 """retroprop against its peers, on the same workloads, in the same run.
 
     python benchmarks/run.py [--threads 2] [--repeats 3] [--quick] [--json out.json]
-                             [--only micro,mlp,lenet,contention] [--stat median|min] [--warmup 0.5]
+                             [--only micro,mlp,mlp1,mlp_dropout,mlp_l2,lenet,graph,contention]
+                             [--stat median|min] [--warmup 0.5]
+
+Every retroprop model is built as README.md documents it, the way a user
+would write it: images of shape (N, 28, 28, 1), ``Flatten`` first,
+``metrics=["accuracy"]`` (the MLP is ``retroprop train --model mlp``'s).
 
 Workloads: raw GEMM (512^3, 1024^3), fused dense + ReLU forward and backward
-at square and MLP shapes, single-sample MLP inference, Conv2D + ReLU forward
-and backward on three layer shapes (the first without dx, as a first layer), one epoch of MLP 784-256-128-10 training
-at batch 32 and 128 and of LeNet-5 at batch 64 (with peak RSS). Opt-in, --only contention:
-a 4096-sample MLP epoch at 1 and at all cores' threads while a CPU-bound process
-runs on every core (started and stopped here), for retroprop and PyTorch.
+at square and MLP shapes, single-sample inference of the README MLP,
+Conv2D + ReLU forward and backward on three layer shapes (the first without
+dx, as a first layer), one epoch of training (with peak RSS) of: the README
+MLP 784-256-128-10 at batch 32 and 128 (and at batch 128 on one thread:
+mlp1), the same MLP with Dropout(0.2) after each hidden layer and with an L2
+penalty on every kernel (batch 128; PyTorch applies the L2 as weight decay
+on the kernels), LeNet-5 at batch 64, and a graph model (two inputs, the
+image's top and bottom halves, joined by Concatenate, a Dense layer, two
+Dense branches merged with Add) beside the same layers written as a chain
+(Dense 256-256-10 on the whole image), both at batch 128.
+Opt-in, --only contention: a 4096-sample MLP epoch at 1 and at all cores'
+threads while a CPU-bound process runs on every core (started and stopped
+here), for retroprop and PyTorch.
 Peers: PyTorch on the CPU (when importable), NumPy (OpenBLAS matmul; a plain
 NumPy backprop loop for the MLP) and scikit-learn's MLPClassifier (when
 importable). Every framework gets the same thread count. Micro workloads run
@@ -138,45 +151,94 @@ def warm_up(train_on_first, batch, n_rows):
         train_on_first(min(batch * 16, n_rows))
 
 
-def child_mlp_epoch(framework, batch, threads, n_train):
-    """Train MLP 784-256-128-10 (ReLU, softmax CE, SGD momentum 0.9) for one epoch."""
+def readme_mlp(rp, variant="plain"):
+    """The README's MLP (``retroprop train --model mlp``, cli.build_model) as a
+    user writes it: images (N, 28, 28, 1), Flatten first; with variant
+    "dropout" a Dropout(0.2) after each hidden layer, with "l2" an L2(1e-4)
+    penalty on every kernel."""
+    L = rp.layers
+    reg = rp.regularizers.L2(1e-4) if variant == "l2" else None
+    layers = [L.Flatten(), L.Dense(256, activation="relu", kernel_regularizer=reg)]
+    if variant == "dropout":
+        layers.append(L.Dropout(0.2, seed=1))
+    layers.append(L.Dense(128, activation="relu", kernel_regularizer=reg))
+    if variant == "dropout":
+        layers.append(L.Dropout(0.2, seed=2))
+    layers.append(L.Dense(10, activation="softmax", kernel_regularizer=reg))
+    return rp.Sequential(layers, input_shape=(28, 28, 1), seed=0)
+
+
+def torch_mlp(torch, variant="plain"):
+    nn = torch.nn
+    layers = [nn.Flatten(), nn.Linear(784, 256), nn.ReLU()]
+    if variant == "dropout":
+        layers.append(nn.Dropout(0.2))
+    layers += [nn.Linear(256, 128), nn.ReLU()]
+    if variant == "dropout":
+        layers.append(nn.Dropout(0.2))
+    layers.append(nn.Linear(128, 10))
+    return nn.Sequential(*layers)
+
+
+def retroprop_epoch(rp, model, x, y, batch):
+    """warm_up then one timed epoch of the README's training call."""
+    trainer = rp.Trainer(model, "categorical_crossentropy", rp.optim.SGD(lr=0.01, momentum=0.9),
+                         metrics=["accuracy"])
+    warm_up(lambda n: trainer.fit(x[:n] if not isinstance(x, list) else [a[:n] for a in x],
+                                  y[:n], epochs=1, batch_size=batch, verbose=0), batch, len(y))
+    t0 = time.perf_counter()
+    trainer.fit(x, y, epochs=1, batch_size=batch, verbose=0, shuffle=True)
+    return time.perf_counter() - t0
+
+
+def torch_epoch(torch, model, xt, yt, batch, weight_decay_kernels=0.0):
+    """warm_up then one timed epoch of the usual PyTorch loop (SGD momentum
+    0.9, cross-entropy on logits); xt a tensor or a tuple of tensors."""
+    import numpy as np
+    if weight_decay_kernels:
+        kernels = [p for n, p in model.named_parameters() if n.endswith("weight")]
+        others = [p for n, p in model.named_parameters() if not n.endswith("weight")]
+        opt = torch.optim.SGD([{"params": kernels, "weight_decay": weight_decay_kernels},
+                               {"params": others}], lr=0.01, momentum=0.9)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    lossf = torch.nn.CrossEntropyLoss()
+    inputs = xt if isinstance(xt, tuple) else (xt,)
+
+    def epoch(n):
+        perm = torch.randperm(n)
+        for s in range(0, n, batch):
+            idx = perm[s:s + batch]
+            opt.zero_grad()
+            loss = lossf(model(*(t[idx] for t in inputs)), yt[idx])
+            loss.backward()
+            opt.step()
+    model.train()
+    warm_up(epoch, batch, len(yt))
+    t0 = time.perf_counter()
+    epoch(len(yt))
+    del np
+    return time.perf_counter() - t0
+
+
+def child_mlp_epoch(framework, batch, threads, n_train, variant="plain"):
+    """Train the README MLP 784-256-128-10 (ReLU, softmax CE, SGD momentum 0.9)
+    for one epoch; ``variant``: "plain", "dropout" or "l2" (see readme_mlp)."""
     import numpy as np
     x, y = fashion_subset(n_train)
-    x = x.reshape(len(x), -1)
     if framework == "retroprop":
         import retroprop as rp
         rp.set_num_threads(threads)
-        L = rp.layers
-        model = rp.Sequential([L.Dense(256, activation="relu"), L.Dense(128, activation="relu"),
-                               L.Dense(10, activation="softmax")], input_shape=(784,), seed=0)
-        trainer = rp.Trainer(model, "categorical_crossentropy", rp.optim.SGD(lr=0.01, momentum=0.9),
-                             metrics=[])
-        warm_up(lambda n: trainer.fit(x[:n], y[:n], epochs=1, batch_size=batch, verbose=0), batch, len(x))
-        t0 = time.perf_counter()
-        trainer.fit(x, y, epochs=1, batch_size=batch, verbose=0, shuffle=True)
-        return time.perf_counter() - t0
+        return retroprop_epoch(rp, readme_mlp(rp, variant), x, y, batch)
+    x = x.reshape(len(x), -1)
     if framework == "torch":
         import torch
         torch.set_num_threads(threads)
         torch.manual_seed(0)
-        model = torch.nn.Sequential(torch.nn.Linear(784, 256), torch.nn.ReLU(), torch.nn.Linear(256, 128),
-                                    torch.nn.ReLU(), torch.nn.Linear(128, 10))
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        lossf = torch.nn.CrossEntropyLoss()
+        model = torch_mlp(torch, variant)
         xt, yt = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
-
-        def epoch(n):
-            perm = torch.randperm(n)
-            for s in range(0, n, batch):
-                idx = perm[s:s + batch]
-                opt.zero_grad()
-                loss = lossf(model(xt[idx]), yt[idx])
-                loss.backward()
-                opt.step()
-        warm_up(epoch, batch, len(x))
-        t0 = time.perf_counter()
-        epoch(len(x))
-        return time.perf_counter() - t0
+        return torch_epoch(torch, model, xt, yt, batch,
+                           weight_decay_kernels=2e-4 if variant == "l2" else 0.0)
     if framework == "numpy":
         rng = np.random.default_rng(0)
         sizes = [784, 256, 128, 10]
@@ -241,7 +303,7 @@ def child_lenet_epoch(framework, batch, threads, n_train):
                                L.Dense(120, activation="relu"), L.Dense(84, activation="relu"),
                                L.Dense(10, activation="softmax")], input_shape=(28, 28, 1), seed=0)
         trainer = rp.Trainer(model, "categorical_crossentropy", rp.optim.SGD(lr=0.02, momentum=0.9),
-                             metrics=[])
+                             metrics=["accuracy"])
         warm_up(lambda n: trainer.fit(x[:n], y[:n], epochs=1, batch_size=batch, verbose=0), batch, len(x))
         t0 = time.perf_counter()
         trainer.fit(x, y, epochs=1, batch_size=batch, verbose=0)
@@ -274,7 +336,65 @@ def child_lenet_epoch(framework, batch, threads, n_train):
     raise ValueError(framework)
 
 
-CHILDREN = {"mlp": child_mlp_epoch, "lenet": child_lenet_epoch}
+def child_graph_epoch(framework, batch, threads, n_train, variant="graph"):
+    """The graph model (variant "graph": inputs top and bottom halves of the
+    image, Concatenate, Dense 256, two Dense 128 branches, Add, Dense 10) or
+    the same layers as a chain (variant "chain": Flatten, Dense 256, 256, 10),
+    one epoch."""
+    import numpy as np
+    x, y = fashion_subset(n_train)
+    top, bottom = np.ascontiguousarray(x[:, :14]), np.ascontiguousarray(x[:, 14:])
+    if framework == "retroprop":
+        import retroprop as rp
+        rp.set_num_threads(threads)
+        L = rp.layers
+        if variant == "graph":
+            a, b = rp.Input((14, 28, 1), name="top"), rp.Input((14, 28, 1), name="bottom")
+            joined = L.Concatenate()([L.Flatten()(a), L.Flatten()(b)])
+            h = L.Dense(256, activation="relu")(joined)
+            s = L.Add()([L.Dense(128, activation="relu")(h), L.Dense(128, activation="relu")(h)])
+            model = rp.Model([a, b], L.Dense(10, activation="softmax")(s), seed=0)
+            return retroprop_epoch(rp, model, [top, bottom], y, batch)
+        model = rp.Sequential([L.Flatten(), L.Dense(256, activation="relu"),
+                               L.Dense(256, activation="relu"),
+                               L.Dense(10, activation="softmax")], input_shape=(28, 28, 1), seed=0)
+        return retroprop_epoch(rp, model, x, y, batch)
+    if framework == "torch":
+        import torch
+        nn = torch.nn
+        torch.set_num_threads(threads)
+        torch.manual_seed(0)
+
+        class Graph(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.h = nn.Linear(784, 256)
+                self.b1, self.b2 = nn.Linear(256, 128), nn.Linear(256, 128)
+                self.out = nn.Linear(128, 10)
+
+            def forward(self, a, b):
+                h = torch.relu(self.h(torch.cat([a.flatten(1), b.flatten(1)], dim=1)))
+                return self.out(torch.relu(self.b1(h)) + torch.relu(self.b2(h)))
+        yt = torch.from_numpy(y.astype(np.int64))
+        if variant == "graph":
+            return torch_epoch(torch, Graph(), (torch.from_numpy(top), torch.from_numpy(bottom)),
+                               yt, batch)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256),
+                              nn.ReLU(), nn.Linear(256, 10))
+        return torch_epoch(torch, model, torch.from_numpy(x), yt, batch)
+    raise ValueError(framework)
+
+
+# workload -> (child, variant, threads (None: --threads), batch, peers)
+TRAINING = {
+    "mlp": (child_mlp_epoch, "plain", None, (32, 128), ("torch", "numpy", "sklearn")),
+    "mlp1": (child_mlp_epoch, "plain", 1, (128,), ("torch",)),
+    "mlp_dropout": (child_mlp_epoch, "dropout", None, (128,), ("torch",)),
+    "mlp_l2": (child_mlp_epoch, "l2", None, (128,), ("torch",)),
+    "lenet": (child_lenet_epoch, None, None, (64,), ("torch",)),
+    "graph": (child_graph_epoch, "graph", None, (128,), ("torch",)),
+    "chain": (child_graph_epoch, "chain", None, (128,), ("torch",)),
+}
 
 
 def run_child(workload, framework, batch, threads, n_train):
@@ -288,7 +408,9 @@ def run_child(workload, framework, batch, threads, n_train):
 
 
 def child_main(args):
-    seconds = CHILDREN[args.child](args.framework, args.batch, args.threads, args.n_train)
+    child, variant, _, _, _ = TRAINING[args.child]
+    extra = () if variant is None else (variant,)
+    seconds = child(args.framework, args.batch, args.threads, args.n_train, *extra)
     rss_mib = peak_rss_mib()
     print(json.dumps({"seconds": seconds, "peak_rss_mib": rss_mib}))
 
@@ -425,18 +547,17 @@ def micro_conv(threads, frameworks, rounds=3):
 
 
 def micro_latency(threads, frameworks, rounds=3):
-    """Single-sample inference of the 784-256-128-10 MLP."""
+    """Single-sample inference of the README MLP (an image (1, 28, 28, 1),
+    Flatten first), with ``model.forward``."""
     import numpy as np
     import retroprop as rp
-    L = rp.layers
-    model = rp.Sequential([L.Dense(256, activation="relu"), L.Dense(128, activation="relu"),
-                           L.Dense(10, activation="softmax")], input_shape=(784,), seed=0)
-    x = np.random.default_rng(0).random((1, 784), dtype=np.float32)
+    model = readme_mlp(rp)
+    x = np.random.default_rng(0).random((1, 28, 28, 1), dtype=np.float32)
     fns = {"retroprop": lambda: model.forward(x)}
     Ws = [p for _, _, p, _ in model.parameters()]
 
     def np_forward():
-        h = np.maximum(x @ Ws[0] + Ws[1], 0)
+        h = np.maximum(x.reshape(1, -1) @ Ws[0] + Ws[1], 0)
         h = np.maximum(h @ Ws[2] + Ws[3], 0)
         z = h @ Ws[4] + Ws[5]
         e = np.exp(z - z.max())
@@ -444,9 +565,8 @@ def micro_latency(threads, frameworks, rounds=3):
     fns["numpy"] = np_forward
     if "torch" in frameworks:
         import torch
-        net = torch.nn.Sequential(torch.nn.Linear(784, 256), torch.nn.ReLU(), torch.nn.Linear(256, 128),
-                                  torch.nn.ReLU(), torch.nn.Linear(128, 10), torch.nn.Softmax(dim=1)).eval()
-        tx = torch.from_numpy(x)
+        net = torch.nn.Sequential(torch_mlp(torch), torch.nn.Softmax(dim=1)).eval()
+        tx = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
 
         def t_forward():
             with torch.inference_mode():
@@ -456,7 +576,8 @@ def micro_latency(threads, frameworks, rounds=3):
     for _ in range(rounds):
         for f, fn in fns.items():
             times[f].append(time_call(fn))
-    return [{"workload": "MLP single-sample inference", "times": {f: summarise(t) for f, t in times.items()}}]
+    return [{"workload": "README MLP single-sample inference",
+             "times": {f: summarise(t) for f, t in times.items()}}]
 
 
 # ----------------------------------------------------------------------------- contention
@@ -537,7 +658,8 @@ def main():
                    help="seconds each training child trains before its timed epoch, after four "
                         "batches (default: 0.5; 0 = the four batches only)")
     p.add_argument("--only", default=None,
-                   help="comma-separated workloads to run: micro, mlp, lenet (default: all)")
+                   help="comma-separated workloads to run: micro, " + ", ".join(TRAINING)
+                        + " (default: all)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--framework", default=None, help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, default=32, help=argparse.SUPPRESS)
@@ -581,9 +703,9 @@ def main():
     print(f"# {machine}")
 
     only = None if args.only is None else set(args.only.split(","))
-    if only is not None and not only <= {"micro", "mlp", "lenet", "contention"}:
-        p.error(f"--only: unknown workload in {args.only!r} "
-                f"(choose from micro, mlp, lenet, contention)")
+    if only is not None and not only <= {"micro", "contention"} | set(TRAINING):
+        p.error(f"--only: unknown workload in {args.only!r} (choose from micro, "
+                f"{', '.join(TRAINING)}, contention)")
 
     shapes = [(256, 256, 256), (1024, 1024, 1024), (32, 784, 256), (128, 784, 256), (128, 256, 128)]
     if not args.quick:
@@ -599,25 +721,31 @@ def main():
             rows += micro_conv(args.threads, frameworks, rounds)
 
     n_train = 12000 if args.quick else 60000
-    training = [("mlp", 32), ("mlp", 128)]
-    if hasattr(rp.layers, "Conv2D"):
-        training.append(("lenet", 64))
-    training = [(w, b) for w, b in training if only is None or w in only]
-    for workload, batch in training:
-        peers = [f for f in frameworks if workload == "mlp" or f != "numpy"]
-        if workload == "mlp" and have_sklearn:
-            peers.append("sklearn")
+    training = []
+    for workload, (_, _, threads, batches, peers) in TRAINING.items():
+        if only is not None and workload not in only:
+            continue
+        if workload == "lenet" and not hasattr(rp.layers, "Conv2D"):
+            continue
+        for batch in batches:
+            training.append((workload, batch, threads or args.threads, peers))
+    for workload, batch, threads, wanted in training:
+        peers = ["retroprop"] + [f for f in wanted if f in frameworks
+                                 or (f == "sklearn" and have_sklearn)]
         times = {f: [] for f in peers}
         rss = {f: [] for f in peers}
         for _ in range(args.repeats):
             for f in peers:
-                r = run_child(workload, f, batch, args.threads, n_train)
+                r = run_child(workload, f, batch, threads, n_train)
                 if "error" in r:
                     print(f"# {workload} {f}: {r['error']}")
                     continue
                 times[f].append(r["seconds"])
                 rss[f].append(r["peak_rss_mib"])
-        rows.append({"workload": f"{workload} epoch ({n_train} samples) batch {batch}",
+        label = f"{workload} epoch ({n_train} samples) batch {batch}"
+        if threads != args.threads:
+            label += f", {threads} thread" + ("s" if threads > 1 else "")
+        rows.append({"workload": label,
                      "times": {f: summarise(t) for f, t in times.items() if t},
                      "peak_rss_mib": {f: max(v) for f, v in rss.items() if v}})
 
@@ -657,6 +785,11 @@ def main():
         if "peak_rss_mib" in r:
             print(f"peak RSS, {r['workload']}: " +
                   ", ".join(f"{f} {v:.0f} MiB" for f, v in r["peak_rss_mib"].items()))
+    graph = [r for r in rows if r["workload"].startswith("graph epoch")]
+    chain = [r for r in rows if r["workload"].startswith("chain epoch")]
+    if graph and chain and "retroprop" in graph[0]["times"] and "retroprop" in chain[0]["times"]:
+        ratio = graph[0]["times"]["retroprop"] / chain[0]["times"]["retroprop"]
+        print(f"retroprop graph model / the same layers as a chain, per sample: {ratio:.2f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine, "statistic": STAT["name"], "results": rows}, f, indent=1)

@@ -35,7 +35,7 @@ def test_copy_is_aligned_contiguous_and_independent():
 
 
 def test_the_library_allocates_its_arrays_aligned():
-    """Parameters, gradients, optimizer state, the one-call step's buffers and
+    """Parameters, gradients, optimizer state, the step programs' buffers and
     the Trainer's batch buffers: what the kernels read and write every step."""
     L = rp.layers
     # Big enough for malloc to map them itself, 16 bytes past a page boundary.
@@ -49,13 +49,14 @@ def test_the_library_allocates_its_arrays_aligned():
 
     class Spy(rp.callbacks.Callback):
         def on_batch_end(self, batch, logs=None):
-            seen.append(model.layers[0]._x)     # the batch the step trained on
+            program = next(iter(trainer._programs.values()))
+            seen.append(program.values[0])      # the batch the step trained on
     trainer.callbacks.append(Spy())
     trainer.fit(x, y, epochs=1, batch_size=64, verbose=0)
     arrays = [a for layer in model.layers for a in (*layer.params.values(), *layer.grads.values())]
     arrays += list(trainer.optimizer.state_arrays().values())
-    for plan in trainer._stack_plans.values():
-        arrays += plan.outputs + [plan.logits]
+    for program in trainer._programs.values():
+        arrays += [a for a in program.table if isinstance(a, np.ndarray) and a.base is None]
     arrays += seen
     assert len(arrays) > 10
     assert all(_is_aligned(a) for a in arrays)

@@ -114,7 +114,7 @@ def _mlp(seed=0):
 
 def test_clipping_applies_on_the_one_call_training_step():
     """A Dense/softmax/cross-entropy model trains in one backend call per step
-    (stack_step.py); its gradients must still be clipped before the update."""
+    (a step program); its gradients must still be clipped before the update."""
     x, y = _exploding_data()
     lr, c = 0.05, 0.5
     model = _mlp()

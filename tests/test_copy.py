@@ -35,7 +35,7 @@ def sequence_model():
 
 
 def dense_model():
-    # Dense + softmax only: forward and training take the one-call plans.
+    # Dense + softmax only: training and inference run as one-call step programs.
     return rp.Sequential([Dense(16, activation="relu"), Dense(3, activation="softmax")],
                          input_shape=(5,), seed=0)
 
@@ -55,7 +55,7 @@ def trained(name, steps=3):
     x, y = data(shape)
     trainer = rp.Trainer(model, "categorical_crossentropy", rp.optim.Adam(lr=0.01), metrics=[])
     trainer.fit(x, y, epochs=steps, batch_size=8, verbose=0, seed=0)
-    model.forward(x)   # builds the one-call forward plan where the model has one
+    model.forward(x)   # makes the inference plan (a C program)
     return model, trainer, x, y
 
 
@@ -94,17 +94,16 @@ def test_training_a_copy_leaves_the_original_alone(name):
     assert any(not np.array_equal(a, b) for a, b in zip(before, all_arrays(model)))
 
 
-@pytest.mark.skipif(not hasattr(rp.backend.get_backend(), "dense_stack_forward"),
-                    reason="the NumPy reference backend (RETROPROP_BACKEND=numpy) has no "
-                           "one-call forward")
-def test_the_forward_plan_is_not_copied():
+def test_the_plans_are_not_copied():
+    """A model's plans (plan.py) point into its own arrays: a copy starts
+    without them and makes its own, from its own weights."""
     model, _, x, _ = trained("dense")
-    assert model._forward_plans, "the dense model should have a one-call forward plan"
+    model.forward(x)
+    assert model._plans, "the model should have a plan after a forward"
     clone = copy.deepcopy(model)
-    assert clone._forward_plans == {}
+    assert clone._plans == {} and clone._last_plan is None
     clone.layers[0].params["W"][...] = 0.0   # the copy's plan must read the copy's weights
     expected = copy.deepcopy(clone)
-    expected._forward_plans = {}
     np.testing.assert_array_equal(clone.forward(x), expected.forward(x))
     assert not np.array_equal(clone.forward(x), model.forward(x))
 

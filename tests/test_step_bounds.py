@@ -120,7 +120,7 @@ def test_bad_bounds_array_is_refused():
 # ---------------------------------------------------------------- the Trainer
 
 def _mlp_and_data(seed=0):
-    """A Dense-only softmax MLP (its steps run in one call) and data whose
+    """A Dense softmax MLP (its steps run as one-call step programs) and data whose
     first feature is always 0, so the first row of W1 changes no output."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((96, 8)).astype(np.float32)
@@ -209,12 +209,12 @@ def test_fit_with_bounds_matches_fit_checking_every_step(monkeypatch):
         trainer = rp.Trainer(model, "categorical_crossentropy",
                              rp.optim.SGD(lr=0.05, momentum=0.9, nesterov=True))
         if forget_every_step:
-            plan_step = rp.stack_step.DenseStackPlan.step
+            program_step = rp.step.StepProgram.step
 
-            def checked_step(self, xb, targets, mode, next_batch=None, bounds=None):
+            def checked_step(self, xs, targets, mode, next_batch=None, bounds=None):
                 bounds[0] = 0.0
-                return plan_step(self, xb, targets, mode, next_batch, bounds)
-            monkeypatch.setattr(rp.stack_step.DenseStackPlan, "step", checked_step)
+                return program_step(self, xs, targets, mode, next_batch, bounds)
+            monkeypatch.setattr(rp.step.StepProgram, "step", checked_step)
         trainer.fit(x, y, epochs=3, batch_size=16, verbose=0)
         results.append([p.copy() for _, p, _ in model.named_parameters()])
     for a, b in zip(*results):

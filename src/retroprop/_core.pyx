@@ -1340,292 +1340,650 @@ def gather_rows(x, index, out):
     return out
 
 
-# ================================================================ dense stack step
+# ================================================================ step programs
+# A planned step as an array of records (retroprop/plan.h), checked once here
+# and then run in one call per stretch of records, the GIL released.
 
-cdef extern from "retroprop/dense_stack.h":
-    ctypedef struct rp_dense_stack_layer:
-        int n_in, n_out
-        const void *w
-        const void *b
-        void *dw
-        void *db
-        rp_act act
-        double act_param
-        void *y
-        void *dz
-        void *dx
-    ctypedef enum rp_stack_status:
-        RP_STACK_APPLIED
-        RP_STACK_LOSS_NONFINITE
-        RP_STACK_STEP_REFUSED
-    void rp_dense_stack_forward_f32(int batch, int n_layers, const rp_dense_stack_layer *layers,
-                                    const float *x, float *logits) nogil
-    void rp_dense_stack_forward_f64(int batch, int n_layers, const rp_dense_stack_layer *layers,
-                                    const double *x, double *logits) nogil
-    rp_stack_status rp_dense_stack_step_f32(int batch, int n_layers,
-                                            const rp_dense_stack_layer *layers, const float *x,
-                                            const int64_t *labels, const float *targets,
-                                            float *logits, const rp_opt_config *opt,
-                                            const rp_opt_tensor *tensors, int n_tensors,
-                                            rp_opt_mode mode, const rp_rows_gather *next_batch,
-                                            rp_opt_bounds *bounds, double *loss,
-                                            long *first_bad) nogil
-    rp_stack_status rp_dense_stack_step_f64(int batch, int n_layers,
-                                            const rp_dense_stack_layer *layers, const double *x,
-                                            const int64_t *labels, const double *targets,
-                                            double *logits, const rp_opt_config *opt,
-                                            const rp_opt_tensor *tensors, int n_tensors,
-                                            rp_opt_mode mode, const rp_rows_gather *next_batch,
-                                            rp_opt_bounds *bounds, double *loss,
-                                            long *first_bad) nogil
+from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_IsValid
+
+cdef extern from "retroprop/plan.h":
+    enum: RP_RECORD_ARRAYS
+    enum: RP_PROGRAM_MAX_GATHERS
+    ctypedef struct rp_record:
+        int kind
+        int act
+        double p0, p1
+        long n, m, k, s
+        int chunk
+        int a[RP_RECORD_ARRAYS]
+        rp_conv2d_geom conv
+        rp_pool2d_geom pool
+    ctypedef struct rp_program_state:
+        double loss
+        double *losses
+        long *correct
+        int status
+        long first_bad
+        rp_opt_config opt
+        const rp_opt_tensor *tensors
+        int n_tensors
+        rp_opt_mode mode
+        rp_opt_bounds *bounds
+        const rp_rows_gather *gather
+        int n_gather
+        int gathered
+    void rp_pcg64_uniform(void *pcg64_state, long n, double *out) nogil
+    int rp_program_run_f32(const rp_record *records, int begin, int end, void **ptrs,
+                           rp_program_state *state, int finish) nogil
+    int rp_program_run_f64(const rp_record *records, int begin, int end, void **ptrs,
+                           rp_program_state *state, int finish) nogil
+
+# Record kinds, by name (the order of rp_record_kind).
+RECORD_KINDS = ("dense_fwd", "dense_softmax_fwd", "dense_bwd", "softmax_xent", "act_fwd",
+                "act_bwd", "dropout_fwd", "mul", "add", "copy", "cols_in", "cols_out",
+                "conv_fwd", "conv_bwd", "maxpool_fwd", "maxpool_bwd", "avgpool_fwd",
+                "avgpool_bwd", "penalty", "check_loss", "optimizer", "accuracy",
+                "overlap_gather")
+_RECORD_KIND = {name: i for i, name in enumerate(RECORD_KINDS)}
+_I64 = np.dtype(np.int64)
+_PCG64_LAYOUT = []      # [True/False] once checked
 
 
-cdef class DenseStack:
-    """The arrays of a dense stack at one batch size, checked once: per layer
-    W, b (or None), the activation (name, parameter; the last one may be
-    "softmax", which needs ``logits``) and the output buffer y; for training
-    also dW, db (or None), dz and dx (None for the first layer). It keeps a
-    reference to every array, so the pointers it holds stay valid; each call
-    checks again that no array was reshaped in place."""
-    cdef object arrays          # every array, with the shape it must keep
-    cdef cnp.ndarray layer_buffer
-    cdef rp_dense_stack_layer *layers
-    cdef readonly int n_layers, batch, kind, n_in, n_out
-    cdef readonly bint trainable, softmax_top
-    cdef object logits, output
-    cdef rp_opt_tensor *tensors     # the optimizer's tensors, refilled every step
+def _pcg64_layout_ok():
+    """Whether NumPy's PCG64 state has the layout plan.c reads inline: our
+    draws from a scratch generator must equal NumPy's own."""
+    if not _PCG64_LAYOUT:
+        ok = False
+        try:
+            bits = np.random.PCG64(20240613)
+            expected = np.random.Generator(np.random.PCG64(20240613)).random(17)
+            got = np.empty(17)
+            rp_pcg64_uniform(<void *><size_t>bits.ctypes.state_address, 17,
+                             <double *>cnp.PyArray_DATA(<cnp.ndarray>got))
+            ok = bool(np.array_equal(got, expected))
+            # and the state moved on as NumPy's would
+            after = np.random.Generator(np.random.PCG64(20240613))
+            after.random(17)
+            ok = ok and bits.state == after.bit_generator.state
+        except Exception:
+            ok = False
+        _PCG64_LAYOUT.append(ok)
+    return _PCG64_LAYOUT[0]
+
+
+class _ShapeOnly:
+    """What _conv_geom / _pool_geom read of an array (ndim, shape, size), for
+    an array given only at run time."""
+
+    def __init__(self, shape):
+        self.shape = tuple(shape)
+        self.ndim = len(self.shape)
+        self.size = int(np.prod(self.shape, dtype=np.int64))
+
+
+cdef class Program:
+    """The records of a planned step and their arrays, checked once.
+
+    ``table``: the program's arrays; an entry is an ndarray (kept alive and
+    read or written by the records), a numpy Generator (a dropout layer's:
+    its bit generator is drawn from in C), ``("input", shape)`` /
+    ``("labels", n, classes)`` / ``("targets", shape)``: an array given to
+    each run (``set_inputs``), checked then, or ``("view", index, shape)``:
+    the memory of another entry seen with another shape of the same size. ``records``: dicts with "kind"
+    (RECORD_KINDS), "a" (table indices, None for an absent optional array)
+    and the kind's fields ("n", "m", "k", "s", "act", "p0", "p1", "conv",
+    "pool", "chunk"). Every array is checked against the sizes its record
+    gives, so the C code can trust them."""
+    cdef rp_record *records
+    cdef readonly int n_records, kind
+    cdef void **ptrs
+    cdef readonly int n_table
+    cdef object table           # the kept objects, by index
+    cdef object per_call        # [(index, spec)] of the arrays given to each run
+    cdef object per_call_bytes  # their sizes in bytes
+    cdef object current         # the per-call arrays of the current run (kept alive)
+    cdef object opt_lists       # the optimizer's lists the tensors were filled from
+    cdef object pcg64           # table indices of PCG64 generators read inline
+    cdef object views           # [(index, base index)]: entries that alias another
+    cdef bint optimizer_set
+    cdef object kept            # every fixed ndarray (their bounds: overlap checks)
+    cdef rp_program_state state
+    cdef rp_opt_tensor *tensors
     cdef Py_ssize_t tensor_capacity
-    cdef char **bounds              # [start, end) of each array's bytes, in pairs
-    cdef Py_ssize_t n_bounds
+    cdef rp_rows_gather gathers[RP_PROGRAM_MAX_GATHERS]
+    cdef int n_gathers
+    cdef readonly object losses, correct
+    cdef readonly int n_outputs
 
     def __dealloc__(self):
+        free(self.records)
+        free(self.ptrs)
         free(self.tensors)
-        free(self.bounds)
 
-    def __init__(self, list weights, list biases, list activations, list act_params,
-                 list outputs, logits, dweights=None, dbiases=None, dzs=None, dxs=None):
-        cdef Py_ssize_t count = len(weights), l
-        if count < 1 or not (len(biases) == len(activations) == len(act_params) == len(outputs)
-                             == count):
-            raise ValueError("DenseStack: one entry per layer in every list, at least one layer")
-        training = (dweights, dbiases, dzs, dxs)
-        if any(t is None for t in training) and any(t is not None for t in training):
-            raise ValueError("DenseStack: dweights, dbiases, dzs and dxs all, or none")
-        self.trainable = dweights is not None
-        if self.trainable:
-            dweights, dbiases, dzs, dxs = list(dweights), list(dbiases), list(dzs), list(dxs)
-            if not len(dweights) == len(dbiases) == len(dzs) == len(dxs) == count:
-                raise ValueError("DenseStack: one entry per layer in every list")
-        _fits_int("layers", count)
-        self.kind = _real_kind(weights[0], "weights[0]")
-        if _ndim(outputs[0]) != 2:
-            raise ValueError(f"outputs[0]: expected a 2-D array, got shape {outputs[0].shape}")
-        _fits_int("batch", _dim(outputs[0], 0))
-        self.batch = <int>_dim(outputs[0], 0)
-        self.softmax_top = activations[count - 1] == "softmax"
-        self.layer_buffer = np.zeros(count * sizeof(rp_dense_stack_layer), dtype=np.uint8)
-        self.layers = <rp_dense_stack_layer *>cnp.PyArray_DATA(self.layer_buffer)
-        self.n_layers = <int>count
-        self.arrays = []
-        cdef rp_dense_stack_layer *L
-        for l in range(count):
-            w, b = weights[l], biases[l]
-            where = f"[{l}]"
-            _same_kind(w, "weights" + where, self.kind)
-            if _ndim(w) != 2:
-                raise ValueError(f"weights{where}: expected a 2-D array, got shape {w.shape}")
-            n_in, n_out = _dim(w, 0), _dim(w, 1)
-            _fits_int("n_in", n_in)
-            _fits_int("n_out", n_out)
-            if l > 0 and n_in != self.layers[l - 1].n_out:
-                raise ValueError(f"weights{where}: {n_in} inputs, but layer {l - 1} has "
-                                 f"{self.layers[l - 1].n_out} outputs")
-            if b is not None:
-                _same_kind(b, "biases" + where, self.kind)
-                _shape1(b, "biases" + where, n_out)
-            _same_kind(outputs[l], "outputs" + where, self.kind, 1)
-            _shape2(outputs[l], "outputs" + where, self.batch, n_out)
-            L = &self.layers[l]
-            L.n_in = <int>n_in
-            L.n_out = <int>n_out
-            L.w = _ptr(w)
-            L.b = _ptr_or_null(b)
-            L.y = _ptr(outputs[l])
-            if l == count - 1 and self.softmax_top:
-                L.act = RP_ACT_LINEAR     # the softmax (fused with the loss in a step)
-                L.act_param = 0.0
-            else:
-                L.act = _act_code(activations[l])
-                L.act_param = _act_param(L.act, act_params[l], activations[l])
-            kept = [w, b, outputs[l]]
-            if self.trainable:
-                dw, db = dweights[l], dbiases[l]
-                _same_kind(dw, "dweights" + where, self.kind, 1)
-                _shape2(dw, "dweights" + where, n_in, n_out)
-                if (b is None) != (db is None):
-                    raise ValueError(f"biases{where} and dbiases{where}: both arrays or both None")
-                if db is not None:
-                    _same_kind(db, "dbiases" + where, self.kind, 1)
-                    _shape1(db, "dbiases" + where, n_out)
-                _same_kind(dzs[l], "dzs" + where, self.kind, 1)
-                _shape2(dzs[l], "dzs" + where, self.batch, n_out)
-                if (l == 0) != (dxs[l] is None):
-                    raise ValueError(f"dxs{where}: None for the first layer only")
-                if l > 0:
-                    _same_kind(dxs[l], "dxs" + where, self.kind, 1)
-                    _shape2(dxs[l], "dxs" + where, self.batch, n_in)
-                L.dw = _ptr(dw)
-                L.db = _ptr_or_null(db)
-                L.dz = _ptr(dzs[l])
-                L.dx = _ptr_or_null(dxs[l])
-                kept += [dw, db, dzs[l], dxs[l]]
-            for arr in kept:
-                if arr is not None:
-                    self.arrays.append((arr, arr.shape))
-        self.n_in = self.layers[0].n_in
-        self.n_out = self.layers[count - 1].n_out
-        if self.softmax_top:
-            _same_kind(logits, "logits", self.kind, 1)
-            _shape2(logits, "logits", self.batch, self.n_out)
-            self.arrays.append((logits, logits.shape))
-        elif logits is not None:
-            raise ValueError("logits: only for a stack whose last activation is softmax")
-        self.logits = logits
-        self.output = outputs[count - 1]
-        self.n_bounds = len(self.arrays)
-        self.bounds = <char **>malloc(2 * self.n_bounds * sizeof(char *))
-        if self.bounds == NULL:
-            raise MemoryError("DenseStack: no memory for the arrays' bounds")
-        for l, (arr, _) in enumerate(self.arrays):
-            self.bounds[2 * l] = <char *>_ptr(arr)
-            self.bounds[2 * l + 1] = self.bounds[2 * l] + cnp.PyArray_NBYTES(<cnp.ndarray>arr)
-
-    cdef int _check_call(self, x) except -1:
-        for arr, shape in self.arrays:
-            if arr.shape != shape:
-                raise ValueError(f"DenseStack: an array was reshaped in place to {arr.shape} "
-                                 f"(was {shape}); build a new DenseStack")
-        _same_kind(x, "x", self.kind)
-        _shape2(x, "x", self.batch, self.n_in)
-        return 0
-
-    cdef int _check_not_overlapping(self, const rp_rows_gather *gather, x,
-                                    int n_tensors) except -1:
-        """A next-batch buffer written during a step must not be read or
-        written by it (tensors: this step's, filled)."""
-        cdef char *out0 = <char *>gather.out
-        cdef char *out1 = out0 + gather.count * gather.row_bytes
-        cdef size_t itemsize = 4 if self.kind == 0 else 8
+    def __init__(self, str dtype, list table, list records, int n_outputs=1):
+        if dtype not in ("float32", "float64"):
+            raise ValueError(f"Program: dtype must be float32 or float64, got {dtype!r}")
+        self.kind = 0 if dtype == "float32" else 1
+        self.n_table = len(table)
+        _fits_int("table", self.n_table)
+        self.ptrs = <void **>malloc(max(self.n_table, 1) * sizeof(void *))
+        self.records = <rp_record *>malloc(max(len(records), 1) * sizeof(rp_record))
+        if self.ptrs == NULL or self.records == NULL:
+            raise MemoryError("Program: no memory for the records")
+        self.table = list(table)
+        self.per_call = []
+        self.views = []
+        self.kept = []
+        self.pcg64 = set()
+        self.n_outputs = n_outputs
+        self.losses = np.zeros(max(n_outputs, 1))
+        self.correct = np.zeros(max(n_outputs, 1), dtype=np.dtype("l"))
         cdef Py_ssize_t i
+        cdef object capsule
+        for i, entry in enumerate(table):
+            self.ptrs[i] = NULL
+            if isinstance(entry, np.ndarray):
+                if entry.dtype == _I64 or entry.dtype == _I32:
+                    if not entry.flags.c_contiguous:
+                        raise TypeError(f"table[{i}]: expected a C-contiguous array")
+                else:
+                    _same_kind(entry, f"table[{i}]", self.kind)
+                self.ptrs[i] = _ptr(entry)
+                self.kept.append(entry)
+            elif isinstance(entry, np.random.Generator):
+                if type(entry.bit_generator) is np.random.PCG64 and _pcg64_layout_ok():
+                    self.ptrs[i] = <void *><size_t>entry.bit_generator.ctypes.state_address
+                    self.pcg64.add(i)
+                else:
+                    capsule = entry.bit_generator.capsule
+                    if not PyCapsule_IsValid(capsule, b"BitGenerator"):
+                        raise TypeError(f"table[{i}]: the generator has no BitGenerator capsule")
+                    self.ptrs[i] = PyCapsule_GetPointer(capsule, b"BitGenerator")
+            elif isinstance(entry, tuple) and entry and entry[0] in ("input", "labels", "targets"):
+                self.per_call.append((i, entry))
+            elif isinstance(entry, tuple) and len(entry) == 3 and entry[0] == "view":
+                self.views.append((i, entry[1]))
+            else:
+                raise TypeError(f"table[{i}]: expected an array, a Generator or a per-call "
+                                f"spec, got {entry!r}")
+        itemsize = 4 if self.kind == 0 else 8
+        self.per_call_bytes = [spec[1] * 8 if spec[0] == "labels"
+                               else int(np.prod(spec[1], dtype=np.int64)) * itemsize
+                               for _, spec in self.per_call]
+        for i, base in self.views:
+            entry = self.table[i]
+            if not (isinstance(base, int) and 0 <= base < i) or \
+                    isinstance(self.table[base], np.random.Generator) or \
+                    (isinstance(self.table[base], tuple) and self.table[base][0] == "labels"):
+                raise ValueError(f"table[{i}]: a view must alias an earlier float array entry")
+            if int(np.prod(entry[2], dtype=np.int64)) != \
+                    int(np.prod(self._shape_of(base), dtype=np.int64)):
+                raise ValueError(f"table[{i}]: a view of shape {tuple(entry[2])} does not have "
+                                 f"the size of entry {base} {self._shape_of(base)}")
+            self.ptrs[i] = self.ptrs[base]
+        self.n_records = len(records)
+        _fits_int("records", self.n_records)
+        for i, spec in enumerate(records):
+            self._fill(&self.records[i], spec, i)
+        for i in range(self.n_records):
+            if self.records[i].kind == _RECORD_KIND["overlap_gather"]:
+                count = self.records[i].n
+                if i + 1 + count > self.n_records or any(
+                        self.records[j].kind in (_RECORD_KIND["overlap_gather"],
+                                                 _RECORD_KIND["optimizer"])
+                        for j in range(i + 1, i + 1 + count)):
+                    raise ValueError(f"record {i}: an overlap_gather must cover the next "
+                                     f"{count} records, none an overlap or the optimizer")
+        self.state.losses = <double *>_ptr(self.losses)
+        self.state.correct = <long *>_ptr(self.correct)
+        self.tensors = NULL
+        self.tensor_capacity = 0
+        self.reset()
+
+    # -- checking records ---------------------------------------------------------
+
+    cdef object _shape_of(self, int index):
+        """The shape of table entry index (a per-call entry's declared shape)."""
+        entry = self.table[index]
+        if isinstance(entry, np.ndarray):
+            return entry.shape
+        if isinstance(entry, tuple):
+            if entry[0] == "labels":
+                return (entry[1],)
+            if entry[0] == "view":
+                return tuple(entry[2])
+            return tuple(entry[1])
+        raise TypeError(f"table[{index}] is not an array")
+
+    cdef object _base(self, int index):
+        """The entry a view aliases (the entry itself otherwise)."""
+        entry = self.table[index]
+        while isinstance(entry, tuple) and entry[0] == "view":
+            entry = self.table[entry[1]]
+        return entry
+
+    cdef int _index(self, object spec, int pos, str what, bint optional=False) except -2:
+        a = spec["a"]
+        value = a[pos] if pos < len(a) else None
+        if value is None:
+            if not optional:
+                raise ValueError(f"record {spec['kind']}: {what} is required")
+            return -1
+        if not 0 <= value < self.n_table:
+            raise ValueError(f"record {spec['kind']}: {what} index {value} outside the table")
+        entry = self._base(value)
+        if isinstance(entry, np.random.Generator):
+            raise TypeError(f"record {spec['kind']}: {what} is a generator, not an array")
+        if isinstance(entry, tuple) and entry[0] == "labels" and what != "labels":
+            raise TypeError(f"record {spec['kind']}: {what} cannot be labels")
+        if isinstance(entry, np.ndarray) and (entry.dtype == _I64 or entry.dtype == _I32) \
+                and what not in ("labels", "argmax"):
+            raise TypeError(f"record {spec['kind']}: {what} must be a float array")
+        return value
+
+    cdef int _real(self, object spec, int pos, str what, object shape, bint optional=False,
+                   bint writable=False) except -2:
+        """Index of a float array of the given shape (None: any shape of
+        the size given as an int)."""
+        cdef int index = self._index(spec, pos, what, optional)
+        if index < 0:
+            return index
+        actual = self._shape_of(index)
+        if isinstance(shape, int):
+            if int(np.prod(actual, dtype=np.int64)) != shape:
+                raise ValueError(f"record {spec['kind']}: {what} must have {shape} elements, "
+                                 f"got shape {actual}")
+        elif tuple(actual) != tuple(shape):
+            raise ValueError(f"record {spec['kind']}: {what} must have shape {tuple(shape)}, "
+                             f"got {tuple(actual)}")
+        entry = self._base(index)
+        if isinstance(entry, tuple) and entry[0] == "labels":
+            raise TypeError(f"record {spec['kind']}: {what} must be a float array")
+        if writable and isinstance(entry, np.ndarray) and not entry.flags.writeable:
+            raise ValueError(f"record {spec['kind']}: {what} is read-only")
+        if writable and isinstance(entry, tuple):
+            raise ValueError(f"record {spec['kind']}: {what} is written, so it cannot be a "
+                             f"per-call array")
+        return index
+
+    cdef int _fill(self, rp_record *r, object spec, Py_ssize_t where) except -1:
+        kind_name = spec.get("kind")
+        if kind_name not in _RECORD_KIND:
+            raise ValueError(f"record {where}: unknown kind {kind_name!r}")
+        r.kind = _RECORD_KIND[kind_name]
+        cdef long n = spec.get("n", 0), m = spec.get("m", 0), k = spec.get("k", 0)
+        cdef long s = spec.get("s", 0)
+        if n < 0 or m < 0 or k < 0 or s < 0:
+            raise ValueError(f"record {kind_name}: sizes must be >= 0")
+        for name, v in (("n", n), ("m", m), ("k", k)):
+            if kind_name in ("dense_fwd", "dense_softmax_fwd", "dense_bwd", "softmax_xent",
+                             "accuracy"):
+                _fits_int(name, v)
+        r.n, r.m, r.k, r.s = n, m, k, s
+        r.act = 0
+        r.p0 = float(spec.get("p0") or 0.0)
+        r.p1 = float(spec.get("p1") or 0.0)
+        if kind_name == "softmax_xent" and spec.get("p0") is None:
+            r.p0 = 1.0          # the loss's weight
+        r.chunk = 0
         cdef int j
-        if out1 == out0:
-            return 0
-        if _overlap_bytes(out0, out1, <char *>_ptr(x), cnp.PyArray_NBYTES(<cnp.ndarray>x)):
-            raise ValueError("DenseStack.step: next_batch's out overlaps x")
-        for i in range(self.n_bounds):
-            if _overlap_bytes(out0, out1, self.bounds[2 * i],
-                              <size_t>(self.bounds[2 * i + 1] - self.bounds[2 * i])):
-                raise ValueError("DenseStack.step: next_batch's out overlaps an array of the stack")
-        cdef char *starts[4]
-        for j in range(n_tensors):
-            starts[0] = <char *>self.tensors[j].param
-            starts[1] = <char *>self.tensors[j].grad
-            starts[2] = <char *>self.tensors[j].state0
-            starts[3] = <char *>self.tensors[j].state1
-            for i in range(4):
-                if starts[i] != NULL and _overlap_bytes(out0, out1, starts[i],
-                                                        self.tensors[j].n * itemsize):
-                    raise ValueError("DenseStack.step: next_batch's out overlaps a parameter, "
-                                     "gradient or optimizer state")
+        for j in range(RP_RECORD_ARRAYS):
+            r.a[j] = -1
+        a = list(spec.get("a", []))
+        if len(a) > RP_RECORD_ARRAYS:
+            raise ValueError(f"record {kind_name}: at most {RP_RECORD_ARRAYS} arrays")
+        if kind_name in ("dense_fwd", "dense_bwd", "act_fwd", "act_bwd", "conv_fwd", "conv_bwd"):
+            act_name = spec.get("act", "linear")
+            r.act = _elementwise_code(act_name) if kind_name.startswith("act") \
+                else _act_code(act_name)
+            r.p0 = _act_param(<rp_act>r.act, spec.get("p0"), act_name)
+        if kind_name == "dense_fwd":
+            r.a[0] = self._real(spec, 0, "x", (n, m))
+            r.a[1] = self._real(spec, 1, "w", (m, k))
+            r.a[2] = self._real(spec, 2, "b", (k,), True)
+            r.a[3] = self._real(spec, 3, "y", (n, k), False, True)
+        elif kind_name == "dense_softmax_fwd":
+            r.a[0] = self._real(spec, 0, "x", (n, m))
+            r.a[1] = self._real(spec, 1, "w", (m, k))
+            r.a[2] = self._real(spec, 2, "b", (k,), True)
+            r.a[3] = self._real(spec, 3, "logits", (n, k), False, True)
+            r.a[4] = self._real(spec, 4, "y", (n, k), False, True)
+        elif kind_name == "dense_bwd":
+            r.a[0] = self._real(spec, 0, "x", (n, m))
+            r.a[1] = self._real(spec, 1, "w", (m, k))
+            r.a[2] = self._real(spec, 2, "y", (n, k))
+            r.a[3] = self._real(spec, 3, "dy", (n, k))
+            r.a[4] = self._real(spec, 4, "dz", (n, k), False, True)
+            r.a[5] = self._real(spec, 5, "dw", (m, k), False, True)
+            r.a[6] = self._real(spec, 6, "db", (k,), True, True)
+            r.a[7] = self._real(spec, 7, "dx", (n, m), True, True)
+        elif kind_name == "softmax_xent" or kind_name == "accuracy":
+            if n < 1 or k < 1:
+                raise ValueError(f"record {kind_name}: needs n >= 1 rows and k >= 1 classes")
+            if not 0 <= m < self.losses.shape[0]:
+                raise ValueError(f"record {kind_name}: output index {m} out of range")
+            r.a[0] = self._real(spec, 0, "z" if kind_name == "softmax_xent" else "y", (n, k))
+            labels = a[1] if len(a) > 1 else None
+            targets = a[2] if len(a) > 2 else None
+            if (labels is None) == (targets is None):
+                raise ValueError(f"record {kind_name}: exactly one of labels and targets")
+            if labels is not None:
+                r.a[1] = self._index(spec, 1, "labels")
+                entry = self.table[r.a[1]]
+                if not (isinstance(entry, tuple) and entry[0] == "labels"
+                        and entry[1] == n and entry[2] == k):
+                    raise ValueError(f"record {kind_name}: labels must be a per-call "
+                                     f"('labels', {n}, {k}) entry")
+            else:
+                r.a[2] = self._real(spec, 2, "targets", (n, k))
+            if kind_name == "softmax_xent":
+                r.a[3] = self._real(spec, 3, "grad", (n, k), False, True)
+        elif kind_name == "act_fwd":
+            r.a[0] = self._real(spec, 0, "x", n)
+            r.a[1] = self._real(spec, 1, "y", n, False, True)
+        elif kind_name == "act_bwd":
+            r.a[0] = self._real(spec, 0, "x", n, True)
+            r.a[1] = self._real(spec, 1, "y", n, True)
+            needs_x = rp_act_derivative_needs_input(<rp_act>r.act)
+            if (needs_x and r.a[0] < 0) or (not needs_x and r.a[1] < 0):
+                raise ValueError(f"record act_bwd: {spec.get('act')} needs "
+                                 f"{'x' if needs_x else 'y'}")
+            r.a[2] = self._real(spec, 2, "dy", n)
+            r.a[3] = self._real(spec, 3, "dx", n, False, True)
+        elif kind_name == "dropout_fwd":
+            r.a[0] = self._real(spec, 0, "x", n)
+            r.a[1] = self._real(spec, 1, "y", n, False, True)
+            r.a[2] = self._real(spec, 2, "mask", n, False, True)
+            if len(a) < 4 or not isinstance(self.table[a[3]], np.random.Generator):
+                raise TypeError("record dropout_fwd: the fourth array must be a Generator")
+            r.a[3] = a[3]
+            r.k = 1 if a[3] in self.pcg64 else 0
+            if not 0.0 <= r.p0 < 1.0:
+                raise ValueError(f"record dropout_fwd: rate must be in [0, 1), got {r.p0}")
+        elif kind_name in ("mul", "add"):
+            r.a[0] = self._real(spec, 0, "x0", n)
+            r.a[1] = self._real(spec, 1, "x1", n)
+            r.a[2] = self._real(spec, 2, "y", n, False, True)
+        elif kind_name == "copy":
+            r.a[0] = self._real(spec, 0, "x", n)
+            r.a[1] = self._real(spec, 1, "y", n, False, True)
+        elif kind_name in ("cols_in", "cols_out"):
+            if k + m > s:
+                raise ValueError(f"record {kind_name}: columns [{k}, {k + m}) exceed rows of {s}")
+            narrow, wide = n * m, n * s
+            r.a[0] = self._real(spec, 0, "x", narrow if kind_name == "cols_in" else wide)
+            r.a[1] = self._real(spec, 1, "y", wide if kind_name == "cols_in" else narrow,
+                                False, True)
+        elif kind_name in ("conv_fwd", "conv_bwd"):
+            x_shape, w_shape, stride, dilation, padding = spec["conv"]
+            _conv_geom(_ShapeOnly(x_shape), _ShapeOnly(w_shape), stride, dilation, padding,
+                       &r.conv)
+            out_shape = (r.conv.n, r.conv.oh, r.conv.ow, r.conv.filters)
+            r.chunk = int(spec.get("chunk", 0))
+            pointwise = rp_conv2d_is_pointwise(&r.conv)
+            per_image = <Py_ssize_t>r.conv.oh * r.conv.ow * r.conv.kh * r.conv.kw * r.conv.c
+            if pointwise:
+                r.chunk = 0
+            elif not 1 <= r.chunk <= r.conv.n:
+                raise ValueError(f"record {kind_name}: chunk must be in [1, {r.conv.n}]")
+            col_size = 0 if pointwise else r.chunk * per_image
+            if kind_name == "conv_fwd":
+                r.a[0] = self._real(spec, 0, "x", tuple(x_shape))
+                r.a[1] = self._real(spec, 1, "w", tuple(w_shape))
+                r.a[2] = self._real(spec, 2, "b", (r.conv.filters,), True)
+                r.a[3] = self._col(spec, 3, col_size)
+                r.a[4] = self._real(spec, 4, "y", out_shape, False, True)
+            else:
+                r.a[0] = self._real(spec, 0, "x", tuple(x_shape))
+                r.a[1] = self._real(spec, 1, "w", tuple(w_shape))
+                r.a[2] = self._real(spec, 2, "y", out_shape)
+                r.a[3] = self._real(spec, 3, "dy", out_shape)
+                r.a[4] = self._col(spec, 4, col_size)
+                r.a[5] = self._real(spec, 5, "dz", out_shape, False, True)
+                r.a[6] = self._real(spec, 6, "dw", tuple(w_shape), False, True)
+                r.a[7] = self._real(spec, 7, "db", (r.conv.filters,), True, True)
+                r.a[8] = self._real(spec, 8, "dx", tuple(x_shape), True, True)
+        elif kind_name in ("maxpool_fwd", "maxpool_bwd", "avgpool_fwd", "avgpool_bwd"):
+            x_shape, pool, stride, padding = spec["pool"]
+            _pool_geom(tuple(int(v) for v in x_shape), pool, stride, padding, &r.pool)
+            out_shape = (r.pool.n, r.pool.oh, r.pool.ow, r.pool.c)
+            x_shape = tuple(int(v) for v in x_shape)
+            if kind_name == "maxpool_fwd":
+                r.a[0] = self._real(spec, 0, "x", x_shape)
+                r.a[1] = self._real(spec, 1, "y", out_shape, False, True)
+                r.a[2] = self._argmax(spec, 2, out_shape)
+            elif kind_name == "maxpool_bwd":
+                r.a[0] = self._argmax(spec, 0, out_shape)
+                r.a[1] = self._real(spec, 1, "dy", out_shape)
+                r.a[2] = self._real(spec, 2, "dx", x_shape, False, True)
+            elif kind_name == "avgpool_fwd":
+                r.a[0] = self._real(spec, 0, "x", x_shape)
+                r.a[1] = self._real(spec, 1, "y", out_shape, False, True)
+            else:
+                r.a[0] = self._real(spec, 0, "dy", out_shape)
+                r.a[1] = self._real(spec, 1, "dx", x_shape, False, True)
+        elif kind_name == "penalty":
+            r.a[0] = self._real(spec, 0, "w", n)
+            r.a[1] = self._real(spec, 1, "g", n, True, True)
+            if not (np.isfinite(r.p0) and np.isfinite(r.p1) and r.p0 >= 0 and r.p1 >= 0):
+                raise ValueError("record penalty: l1 and l2 must be finite and >= 0")
+        elif kind_name == "overlap_gather":
+            _fits_int("n", n)
         return 0
 
-    def forward(self, x):
-        """The forward pass from x (batch, n_in) into every layer's output
-        buffer; returns the last one."""
-        self._check_call(x)
-        cdef void *px = _ptr(x)
-        cdef void *pz = _ptr_or_null(self.logits)
-        with nogil:
-            if self.kind == 0:
-                rp_dense_stack_forward_f32(self.batch, self.n_layers, self.layers, <float *>px,
-                                           <float *>pz)
-            else:
-                rp_dense_stack_forward_f64(self.batch, self.n_layers, self.layers, <double *>px,
-                                           <double *>pz)
-        return self.output
+    cdef int _col(self, object spec, int pos, Py_ssize_t size) except -2:
+        """The im2col workspace: a 1-D float array of at least size elements (or none)."""
+        if size == 0:
+            return -1
+        cdef int index = self._index(spec, pos, "col")
+        entry = self._base(index)
+        if not isinstance(entry, np.ndarray) or entry.ndim != 1 or entry.size < size \
+                or not entry.flags.writeable:
+            raise ValueError(f"record {spec['kind']}: col must be a writable 1-D array of at "
+                             f"least {size} elements")
+        return index
 
-    def step(self, x, labels, targets, str rule, list params, list grads, list state0,
-             list state1, str mode, double lr, double weight_decay=0.0, double momentum=0.0,
-             bint nesterov=False, double beta1=0.0, double beta2=0.0, double c1=1.0,
-             double c2=1.0, bint decoupled=False, double rho=0.0, double eps=0.0,
-             tuple next_batch=None, object bounds=None):
-        """Forward, softmax cross-entropy against labels (int64 class ids) or
-        targets (rows), backward and the optimizer step (as optimizer_step).
-        Returns (status, loss, first_bad): status 0 applied, 1 the loss is
-        not finite (nothing after the forward ran), 2 the optimizer's check
-        refused the step (first_bad: the parameter's index). next_batch, an
-        (x, index, out) gather as gather_rows, is done during the step
-        (whatever the status); out may not overlap any array of the step.
-        bounds: None or a writable C-contiguous float64 array of 3, the
-        optimizer's rp_opt_bounds (valid, largest |param|, largest |state|)
-        kept from step to step (dense_stack.h)."""
-        cdef rp_opt_config cfg = _opt_config(rule, lr, weight_decay, momentum, nesterov, beta1,
-                                             beta2, c1, c2, decoupled, rho, eps)
-        cdef rp_opt_mode cmode = _opt_mode(mode)
-        if not (self.trainable and self.softmax_top):
-            raise ValueError("DenseStack.step: needs the training arrays and a softmax last layer")
-        self._check_call(x)
-        cdef const int64_t *label_ptr = NULL
-        if (labels is None) == (targets is None):
-            raise ValueError("DenseStack.step: pass exactly one of labels and targets")
-        if labels is not None:
-            _check_labels(labels, self.batch, self.n_out)
-            label_ptr = <const int64_t *>_ptr(labels)
-        else:
-            _same_kind(targets, "targets", self.kind)
-            _shape2(targets, "targets", self.batch, self.n_out)
+    cdef int _argmax(self, object spec, int pos, tuple shape) except -2:
+        cdef int index = self._index(spec, pos, "argmax")
+        entry = self.table[index]
+        if not isinstance(entry, np.ndarray) or entry.dtype != _I32 or entry.shape != shape:
+            raise ValueError(f"record {spec['kind']}: argmax must be an int32 array of shape "
+                             f"{shape}")
+        return index
+
+    # -- running ------------------------------------------------------------------
+
+    def reset(self):
+        """Start a step: no loss, no status, no optimizer, no gather."""
+        self.state.loss = 0.0
+        self.state.status = 0
+        self.state.first_bad = -1
+        self.state.tensors = NULL
+        self.state.n_tensors = 0
+        self.state.bounds = NULL
+        self.state.gather = NULL
+        self.state.n_gather = 0
+        self.state.gathered = 0
+        self.state.mode = RP_OPT_CHECK_APPLY
+        self.optimizer_set = False
+
+    def add_loss(self, double value):
+        """Add a loss computed outside the program (checked by check_loss)."""
+        self.state.loss += value
+
+    def set_inputs(self, list arrays):
+        """The per-call arrays, in table order: each checked (dtype, shape,
+        contiguity; labels in range) and put in the pointer table."""
+        if len(arrays) != len(self.per_call):
+            raise ValueError(f"Program: {len(self.per_call)} per-call arrays expected, got "
+                             f"{len(arrays)}")
+        cdef int index
+        self.current = None
+        for (index, spec), arr in zip(self.per_call, arrays):
+            if spec[0] == "labels":
+                _check_labels(arr, spec[1], spec[2])
+            else:
+                _same_kind(arr, spec[0], self.kind)
+                if arr.shape != tuple(spec[1]):
+                    raise ValueError(f"Program: {spec[0]} must have shape {tuple(spec[1])}, "
+                                     f"got {arr.shape}")
+            self.ptrs[index] = _ptr(arr)
+        for index, base in self.views:
+            self.ptrs[index] = self.ptrs[base]
+        self.current = list(arrays)     # the pointers stay valid while the program holds them
+        return 0
+
+    def set_optimizer(self, str rule, list params, list grads, list state0, list state1,
+                      str mode, double lr, double weight_decay=0.0, double momentum=0.0,
+                      bint nesterov=False, double beta1=0.0, double beta2=0.0, double c1=1.0,
+                      double c2=1.0, bint decoupled=False, double rho=0.0, double eps=0.0,
+                      object bounds=None):
+        """The optimizer step of the optimizer record (as optimizer_step)."""
+        self.state.opt = _opt_config(rule, lr, weight_decay, momentum, nesterov, beta1, beta2,
+                                     c1, c2, decoupled, rho, eps)
+        self.state.mode = _opt_mode(mode)
+        self.state.bounds = _opt_bounds(bounds, "Program")
+        # A training loop passes the optimizer's same lists step after step
+        # (Optimizer._step_lists): their arrays were checked then.
+        last = self.opt_lists
+        if last is not None and last[0] is params and last[1] is grads and last[2] is state0 \
+                and last[3] is state1 and last[4] == rule and last[5] == (momentum != 0.0) \
+                and last[6] == len(params):
+            self.state.tensors = self.tensors
+            self.state.n_tensors = <int>last[6]
+            self.optimizer_set = True
+            return 0
+        self.opt_lists = None
         cdef Py_ssize_t count = len(params)
         _fits_int("number of parameters", count)
         cdef rp_opt_tensor *grown
         if count > self.tensor_capacity:
             grown = <rp_opt_tensor *>realloc(self.tensors, count * sizeof(rp_opt_tensor))
             if grown == NULL:
-                raise MemoryError("DenseStack.step: no memory for the optimizer's tensor list")
+                raise MemoryError("Program: no memory for the optimizer's tensor list")
             self.tensors = grown
             self.tensor_capacity = count
-        cdef rp_opt_tensor *tensors = self.tensors
-        cdef int kind = _fill_opt_tensors(rule, params, grads, state0, state1, momentum, tensors)
+        cdef int kind = _fill_opt_tensors(rule, params, grads, state0, state1, momentum,
+                                          self.tensors)
         if kind != -1 and kind != self.kind:
-            raise TypeError("params: the optimizer's parameters must have the stack's dtype")
-        cdef int n_tensors = <int>count
-        cdef rp_rows_gather gather
-        cdef rp_rows_gather *gather_ptr = NULL
+            raise TypeError("params: the optimizer's parameters must have the program's dtype")
+        self.state.tensors = self.tensors
+        self.state.n_tensors = <int>count
+        self.opt_lists = (params, grads, state0, state1, rule, momentum != 0.0, count)
+        self.optimizer_set = True
+        return 0
+
+    def set_gather(self, object next_batch):
+        """Rows to copy during the run: (x, index, out) as gather_rows, or a list
+        of them (one per model input); no out may overlap any array of the
+        program, its inputs, the optimizer's arrays, or another job's x or out."""
+        self.state.gather = NULL
+        self.state.n_gather = 0
+        if next_batch is None:
+            return 0
+        jobs = [next_batch] if isinstance(next_batch, tuple) else list(next_batch)
+        if not 1 <= len(jobs) <= RP_PROGRAM_MAX_GATHERS:
+            raise ValueError(f"Program: 1 to {RP_PROGRAM_MAX_GATHERS} gathers, got {len(jobs)}")
+        cdef int j, other
+        cdef char *out0
+        cdef char *out1
+        for j, job in enumerate(jobs):
+            if not isinstance(job, tuple) or len(job) != 3:
+                raise TypeError("Program: next_batch must be (x, index, out), or a list of them")
+            _gather_job("Program: next_batch", job[0], job[1], job[2], &self.gathers[j])
+        self.n_gathers = len(jobs)
+        for j in range(self.n_gathers):
+            self._check_not_overlapping(&self.gathers[j])
+            out0 = <char *>self.gathers[j].out
+            out1 = out0 + self.gathers[j].count * self.gathers[j].row_bytes
+            for other in range(self.n_gathers):
+                if other != j and (
+                        _overlap_bytes(out0, out1, <char *>self.gathers[other].out,
+                                       self.gathers[other].count * self.gathers[other].row_bytes)
+                        or _overlap_bytes(out0, out1, <char *>self.gathers[other].x,
+                                          self.gathers[other].n_rows
+                                          * self.gathers[other].row_bytes)):
+                    raise ValueError("Program: next_batch's outs overlap each other or another "
+                                     "job's x")
+        self.state.gather = self.gathers
+        self.state.n_gather = self.n_gathers
+        self.state.gathered = 0
+        return 0
+
+    cdef int _check_not_overlapping(self, rp_rows_gather *gather) except -1:
+        """A next-batch buffer written during a run must not be read or written
+        by it."""
+        cdef char *out0 = <char *>gather.out
+        cdef char *out1 = out0 + gather.count * gather.row_bytes
+        cdef size_t itemsize = 4 if self.kind == 0 else 8
+        cdef int j, t
+        cdef char *starts[4]
+        if out1 == out0:
+            return 0
+        for arr in self.kept:
+            if _overlap_bytes(out0, out1, <char *>_ptr(arr), cnp.PyArray_NBYTES(<cnp.ndarray>arr)):
+                raise ValueError("Program: next_batch's out overlaps an array of the program")
+        cdef size_t nbytes
+        for (index, spec), nbytes in zip(self.per_call, self.per_call_bytes):
+            p = <char *>self.ptrs[index]
+            if p != NULL and _overlap_bytes(out0, out1, p, nbytes):
+                raise ValueError("Program: next_batch's out overlaps an input of the step")
+        for j in range(self.state.n_tensors):
+            starts[0] = <char *>self.tensors[j].param
+            starts[1] = <char *>self.tensors[j].grad
+            starts[2] = <char *>self.tensors[j].state0
+            starts[3] = <char *>self.tensors[j].state1
+            for t in range(4):
+                if starts[t] != NULL and _overlap_bytes(out0, out1, starts[t],
+                                                        self.tensors[j].n * itemsize):
+                    raise ValueError("Program: next_batch's out overlaps a parameter, "
+                                     "gradient or optimizer state")
+        return 0
+
+    def step(self, list inputs, str rule, list params, list grads, list state0, list state1,
+             str mode, double lr, tuple hyper, object next_batch=None, object bounds=None):
+        """A whole step of a program of one stretch: reset, set_inputs,
+        set_optimizer (``hyper``: weight_decay, momentum, nesterov, beta1, beta2,
+        c1, c2, decoupled, rho, eps), set_gather and run every record; returns
+        (status, loss, first_bad, gathered)."""
+        self.reset()
+        self.set_inputs(inputs)
+        self.set_optimizer(rule, params, grads, state0, state1, mode, lr, *hyper, bounds=bounds)
         if next_batch is not None:
-            if len(next_batch) != 3:
-                raise TypeError("DenseStack.step: next_batch must be (x, index, out)")
-            _gather_job("DenseStack.step: next_batch", next_batch[0], next_batch[1],
-                        next_batch[2], &gather)
-            self._check_not_overlapping(&gather, x, n_tensors)
-            gather_ptr = &gather
-        cdef rp_opt_bounds *bounds_ptr = _opt_bounds(bounds, "DenseStack.step")
-        cdef void *px = _ptr(x)
-        cdef void *pt = _ptr_or_null(targets)
-        cdef void *pz = _ptr(self.logits)
-        cdef double loss = 0.0
-        cdef long first_bad = -1
-        cdef rp_stack_status status
+            self.set_gather(next_batch)
+        status, loss, first_bad = self.run(0, self.n_records, True)
+        return status, loss, first_bad, bool(self.state.gathered)
+
+    def forward(self, list inputs):
+        """reset, set_inputs and run every record (an inference program of one
+        stretch); returns the status."""
+        self.reset()
+        self.set_inputs(inputs)
+        status, _, _ = self.run(0, self.n_records, False)
+        return status
+
+    def run(self, int begin, int end, bint finish=False):
+        """Run records [begin, end) with the GIL released; returns (status,
+        loss so far, the optimizer's refused index or -1)."""
+        if not 0 <= begin <= end <= self.n_records:
+            raise ValueError(f"Program.run: [{begin}, {end}) is not a range of the "
+                             f"{self.n_records} records")
+        if self.per_call and self.current is None:
+            raise ValueError("Program.run: the per-call arrays are not set (set_inputs)")
+        if not self.optimizer_set:
+            for i in range(begin, end):
+                if self.records[i].kind == _RECORD_KIND["optimizer"]:
+                    raise ValueError("Program.run: the optimizer is not set (set_optimizer)")
         with nogil:
             if self.kind == 0:
-                status = rp_dense_stack_step_f32(self.batch, self.n_layers, self.layers,
-                                                 <float *>px, label_ptr, <float *>pt, <float *>pz,
-                                                 &cfg, tensors, n_tensors, cmode, gather_ptr,
-                                                 bounds_ptr, &loss, &first_bad)
+                rp_program_run_f32(self.records, begin, end, self.ptrs, &self.state, finish)
             else:
-                status = rp_dense_stack_step_f64(self.batch, self.n_layers, self.layers,
-                                                 <double *>px, label_ptr, <double *>pt,
-                                                 <double *>pz, &cfg, tensors, n_tensors, cmode,
-                                                 gather_ptr, bounds_ptr, &loss, &first_bad)
-        return <int>status, loss, first_bad
+                rp_program_run_f64(self.records, begin, end, self.ptrs, &self.state, finish)
+        return self.state.status, self.state.loss, self.state.first_bad
+
+    @property
+    def gathered(self):
+        return bool(self.state.gathered)
 
 
 # ================================================================ finiteness scan

@@ -529,18 +529,6 @@ def _histogram(values, bins):
     return {"counts": counts.tolist(), "edges": edges.tolist()}
 
 
-def _fuses_with_output(layer, loss):
-    """Whether ``loss`` starts backprop at ``layer``'s pre-activation (softmax +
-    cross-entropy, sigmoid + binary cross-entropy): exact where chaining the
-    probability gradient through the activation would lose digits."""
-    from . import activations as activations_module   # imported here: no cycle at import
-    fused_name = getattr(loss, "fused_activation", None)
-    activation = getattr(layer, "activation", None)
-    return (fused_name is not None and isinstance(activation, activations_module.Activation)
-            and activation == activations_module.get(fused_name)
-            and hasattr(layer, "backward_from_logits"))
-
-
 def _stats(entry, prefix, values, bins):
     entry[f"{prefix}_mean"] = float(np.mean(values))
     entry[f"{prefix}_std"] = float(np.std(values))
@@ -551,12 +539,15 @@ def _stats(entry, prefix, values, bins):
 def gradient_statistics(model, loss, x, y, bins=None):
     """Per-layer statistics of one forward/backward pass on (x, y), without a step.
 
-    Returns a list with one dict per layer of the chain ``model.layers``:
+    Returns a list with one dict per layer of ``model.layers`` (a graph's
+    layers in topological order; a layer called several times: its first
+    call):
 
     * ``name``;
     * ``act_mean``, ``act_std``: the layer's output h;
     * ``out_grad_mean``, ``out_grad_std``: the back-propagated gradient dL/dh
-      of the loss w.r.t. that output (Glorot & Bengio's figure 7);
+      of the loss w.r.t. that output (Glorot & Bengio's figure 7; summed over
+      every consumer of h where the graph forks);
     * ``grad_mean``, ``grad_std``: the gradient of the loss w.r.t. the layer's
       kernel "W" when it has one, otherwise all its parameters together
       (None for parameter-free layers).
@@ -564,40 +555,46 @@ def gradient_statistics(model, loss, x, y, bins=None):
     With ``bins`` (an int) each dict also has ``act_hist``, ``out_grad_hist``
     and ``grad_hist`` (None for parameter-free layers): ``{"counts": [...],
     "edges": [...]}`` histograms over each quantity's own range
-    (``numpy.histogram``). The pass is its own: the layers are run one by
-    one with ``training=False``, the loss gradient is taken at the output
+    (``numpy.histogram``). The pass runs node by node through the model's
+    plan with ``training=False``; the loss gradient is taken at the output
     (at the pre-activation when the loss fuses with the output activation,
-    as in training) and handed down through each layer's ``backward``. The
-    layers' ``grads`` are overwritten.
+    as in training, while the output's own dL/dh is reported w.r.t. the
+    output). The layers' ``grads`` are overwritten.
     """
-    from . import losses as losses_module   # imported here: trainer imports this module
+    # Imported here: trainer imports this module.
+    from . import losses as losses_module
+    from .trainer import _objective
 
     loss = losses_module.get(loss)
-    layers = list(model.layers)
-    x = model.prepare_input(x)
+    xs = model.prepare_inputs(x)
+    plan = model._plan(xs[0].shape[0], False)
+    plan._forward_nodes(xs)
+    first_slot = {}
+    for step in plan.steps:
+        first_slot.setdefault(id(step.layer), step.out)
+    slots = [first_slot[id(layer)] for layer in model.layers]
     stats = []
-    h = x
-    for layer in layers:
+    for layer, slot in zip(model.layers, slots):
         # Statistics right away: layers return reused buffers.
-        h = layer.forward(h, training=False)
         entry = {"name": layer.name}
-        _stats(entry, "act", h, bins)
+        _stats(entry, "act", plan.values[slot], bins)
         stats.append(entry)
+    if len(plan.output_slots) != 1:
+        raise ValueError(f"gradient_statistics: model {model.name!r} has "
+                         f"{len(plan.output_slots)} outputs; it takes one loss for one output")
+    out_slot = plan.output_slots[0]
+    h = plan.values[out_slot]
     targets = loss.prepare_targets(y, h.shape, h.dtype)
-    backend = model.backend
+    objective = _objective(model, loss)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
         dh = np.asarray(loss.grad(targets, h), dtype=h.dtype)
-        _stats(stats[-1], "out_grad", dh, bins)
-        last = layers[-1]
-        if _fuses_with_output(last, loss):
-            _, dz = loss.fused_value_and_grad(last, h, targets, backend)
-            grad = last.backward_from_logits(dz, need_dx=len(layers) > 1)
-        else:
-            grad = last.backward(dh, need_dx=len(layers) > 1)
-        for i in range(len(layers) - 2, -1, -1):
-            _stats(stats[i], "out_grad", grad, bins)
-            grad = layers[i].backward(grad, need_dx=i > 0)
-    for layer, entry in zip(layers, stats):
+        _, _, seeds = objective.value_and_seeds(plan.output_runners(), [h], [targets],
+                                                model.backend, True)
+        grads = plan.backward(seeds, objective.fused_indices, wanted=slots, params="all")
+        for entry, slot in zip(stats, slots):
+            g = dh if slot == out_slot else grads[slot]
+            _stats(entry, "out_grad", plan._zeros_for(slot) if g is None else g, bins)
+    for layer, entry in zip(model.layers, stats):
         if "W" in layer.grads:
             g = layer.grads["W"].ravel()
         elif layer.grads:

@@ -32,9 +32,8 @@ passes update (moving statistics) is restored afterwards.
 """
 import numpy as np
 
-from . import losses as losses_module
 from .backend import get_backend
-from .trainer import backpropagate, forward_loss
+from .trainer import Objective, backpropagate, forward_loss
 
 
 def relative_error(analytic, numeric, abs_floor=1e-8, denom_floor=1e-4):
@@ -87,13 +86,15 @@ def _restoring_state(arrays):
 
 def gradcheck(model, x, y, loss="categorical_crossentropy", eps=1e-5,
               max_params_per_tensor=None, seed=0, abs_floor=1e-8, denom_floor=1e-4,
-              return_details=False, training=False):
+              return_details=False, training=False, loss_weights=None):
     """Maximum relative error between backprop and finite-difference gradients.
 
     Checks every parameter tensor of ``model`` (at most
     ``max_params_per_tensor`` randomly chosen entries of each, seeded by
-    ``seed``) and the input x. ``model`` must be float64. With
-    ``return_details=True`` returns ``(max_error, {"layer/param" or "input": error})``.
+    ``seed``) and every input. ``model`` must be float64; any graph works
+    (``x``, ``y``, ``loss`` and ``loss_weights`` as for ``Trainer.fit``). With
+    ``return_details=True`` returns ``(max_error, {"layer/param" or "input":
+    error})`` (inputs are "input:<name>" when there are several).
     ``training=True`` runs the layers in training mode (see the module notes).
     """
     if not model.built:
@@ -101,35 +102,36 @@ def gradcheck(model, x, y, loss="categorical_crossentropy", eps=1e-5,
     if model.dtype != np.float64:
         raise ValueError(f"gradcheck needs a float64 model, got {model.dtype}: build it with "
                          f"Sequential(..., dtype='float64')")
-    loss = losses_module.get(loss)
+    objective = Objective(model, loss, loss_weights)
     rng = np.random.default_rng(seed)
-    x = model.prepare_input(x).copy()  # our own copy: it is perturbed in place
-    pred_shape = (x.shape[0],) + tuple(model.output_shape)
-    targets = loss.prepare_targets(y, pred_shape, model.dtype, argname="y")
+    xs = [a.copy() for a in model.prepare_inputs(x)]  # our own copies: perturbed in place
+    targets = objective.prepare_targets(y, xs[0].shape[0], "y")
 
     restore_state = _restoring_state([arr for _, _, arr in model.states()])
 
-    def objective():
-        value, _, _ = forward_loss(model, loss, x, targets, training=training)
+    def objective_value():
+        value, _, _ = forward_loss(model, objective, xs, targets, training=training)
         return value + model.regularization_loss()
 
-    # Analytic gradients (copied: the numeric passes reuse the layers' buffers).
-    _, _, seed_grad = forward_loss(model, loss, x, targets, training=training, with_grad=True)
-    dx = backpropagate(model, loss, seed_grad, input_grad=True)
+    # Analytic gradients (copied: the numeric passes reuse the plan's buffers).
+    _, _, seeds = forward_loss(model, objective, xs, targets, training=training, with_grad=True)
+    dxs = backpropagate(model, objective, seeds, input_grad=True)
+    dxs = dxs if isinstance(dxs, list) else [dxs]
     analytic = {f"{layer.name}/{name}": grad.copy() for layer, name, _, grad in model.parameters()}
-    analytic_dx = np.array(dx, dtype=np.float64, copy=True)
+    analytic_dxs = [np.array(dx, dtype=np.float64, copy=True) for dx in dxs]
 
     errors = {}
     for layer, name, param, _ in model.parameters():
         key = f"{layer.name}/{name}"
         idx = _indices(param.size, max_params_per_tensor, rng)
-        numeric = _numeric_gradient(param, idx, objective, eps)
+        numeric = _numeric_gradient(param, idx, objective_value, eps)
         errors[key] = relative_error(analytic[key].reshape(-1)[idx], numeric,
                                      abs_floor, denom_floor)
-    idx = _indices(x.size, max_params_per_tensor, rng)
-    numeric = _numeric_gradient(x, idx, objective, eps)
-    errors["input"] = relative_error(analytic_dx.reshape(-1)[idx], numeric,
-                                     abs_floor, denom_floor)
+    for x_arr, dx, name in zip(xs, analytic_dxs, model.input_names):
+        idx = _indices(x_arr.size, max_params_per_tensor, rng)
+        numeric = _numeric_gradient(x_arr, idx, objective_value, eps)
+        key = "input" if len(xs) == 1 else f"input:{name}"
+        errors[key] = relative_error(dx.reshape(-1)[idx], numeric, abs_floor, denom_floor)
     restore_state()
 
     worst = max(errors.values())

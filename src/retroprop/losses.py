@@ -606,6 +606,14 @@ def names():
     return sorted(_REGISTRY)
 
 
+
+def is_function_pair(identifier):
+    """Whether ``identifier`` is a custom loss given as ``(value_fn, grad_fn)``:
+    two plain callables (not Loss instances, which a multi-output model's
+    list of losses holds)."""
+    return (isinstance(identifier, (tuple, list)) and len(identifier) == 2
+            and all(callable(f) and not isinstance(f, Loss) for f in identifier))
+
 def get(identifier, **kwargs):
     """Return a Loss for a name, a Loss instance or class, or a pair of functions.
 
@@ -624,8 +632,7 @@ def get(identifier, **kwargs):
                             f"y_pred) -> float and grad(targets, y_pred) -> dL/dy_pred "
                             f"(docs/CUSTOM.md)")
         return identifier
-    if isinstance(identifier, (tuple, list)) and len(identifier) == 2 \
-            and all(callable(f) for f in identifier):
+    if is_function_pair(identifier):
         return FunctionLoss(*identifier, **kwargs)
     if callable(identifier):
         raise TypeError(f"a loss given as a function needs its gradient too: pass "

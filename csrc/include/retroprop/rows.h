@@ -26,7 +26,7 @@ int rp_rows_in_range(long n_rows, long count, const int64_t *index);
 
 /* A gather that several threads can work on together while they are free:
  * the next batch, copied during a step's stretches of serial work
- * (dense_stack.h). The indices must be in range (rp_rows_in_range). */
+ * (plan.h). The indices must be in range (rp_rows_in_range). */
 typedef struct {
     size_t row_bytes;
     const void *x;          /* n_rows rows of row_bytes */

@@ -606,8 +606,18 @@ def optimizer_step(rule, params, grads, state0, state1, *, lr, mode="check_apply
     mode "apply" writes; "check" writes nothing; "check_apply" (default)
     writes only when no new value of any parameter or state would be NaN or
     Inf. Returns the index of the first parameter whose update is not finite
-    (then nothing was written), or -1. ``bounds``: as for
-    ``dense_stack_step``."""
+    (then nothing was written), or -1.
+
+    ``bounds``: None, or a float64 array of 3 kept from step to step (start
+    it at zeros): after a "check_apply" SGD step that was applied it holds
+    (1, the largest |parameter|, the largest |velocity|) it wrote. While
+    bounds[0] is nonzero, the next "check_apply" step first reads only the
+    gradients and, when they are finite and an update from values within the
+    bounds provably stays finite, skips the check's pass over parameters,
+    velocities and gradients; otherwise it checks as usual. The result is the
+    same as without bounds; they are right only while nothing else writes the
+    parameters or the optimizer state, so set ``bounds[0] = 0`` after any
+    other change. Other modes and rules set bounds[0] to 0."""
     if mode not in _STEP_MODES:
         raise ValueError(f"mode must be one of {_STEP_MODES}, got {mode!r}")
     grads = [_input(g, "grad", p.dtype) for p, g in zip(params, grads)]
@@ -627,82 +637,55 @@ def _core_hyperparameters(rule, momentum, nesterov, weight_decay, beta_1, beta_2
                 decoupled=bool(decoupled), rho=float(rho), eps=float(epsilon))
 
 
-# ---------------------------------------------------------------- dense stack step
+# ---------------------------------------------------------------- step programs
 
-def dense_stack(weights, biases, activations, act_params, outputs, logits=None, *, dweights=None,
-                dbiases=None, dzs=None, dxs=None):
-    """The arrays of a stack of dense layers at one batch size, checked once, for
-    ``dense_stack_forward`` and (with the training arrays and a softmax last
-    layer) ``dense_stack_step``.
-
-    Per layer: W (in, out), b or None, the activation's name (one of
-    FUSED_ACTIVATIONS, or "softmax" for the last layer, which then needs
-    ``logits`` (batch, classes) for its pre-activation) and parameter (None:
-    default), the output y (batch, out); for training also dW, db or None,
-    the dL/dz scratch (batch, out) and dL/dx (batch, in; None for the first
-    layer)."""
-    def as_list(items):
-        return None if items is None else list(items)
-    return _core.DenseStack(list(weights), list(biases), list(activations), list(act_params),
-                            list(outputs), logits, as_list(dweights), as_list(dbiases),
-                            as_list(dzs), as_list(dxs))
+def program(dtype, table, records, n_outputs=1):
+    """A step program (retroprop/plan.h): ``records`` run over the arrays of
+    ``table``, every array and size checked once here (see _core.Program and
+    step.py, which builds them from a model's plan)."""
+    return _core.Program(np.dtype(dtype).name, list(table), list(records), int(n_outputs))
 
 
-def dense_stack_forward(stack, x):
-    """The forward pass of ``stack`` (from ``dense_stack``) in one call: every
-    layer's output buffer is written; returns the last one (the probabilities
-    when the last activation is softmax, its logits then in the stack's
-    ``logits`` array)."""
-    return _core.DenseStack.forward(stack, _input(x, "x"))
+RECORD_KINDS = _core.RECORD_KINDS
 
 
-def dense_stack_step(stack, x, targets, rule, params, grads, state0, state1, *, lr,
-                     mode="check_apply", momentum=0.0, nesterov=False, weight_decay=0.0,
-                     beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=1, decoupled=False, rho=0.9,
-                     next_batch=None, bounds=None):
-    """One training step in one C call: forward through ``stack`` (from
-    ``dense_stack``), softmax cross-entropy against ``targets`` (int64 class
-    ids of shape (batch,) or rows of shape (batch, classes)), backward into
-    dW/db, then the optimizer step of ``optimizer_step`` over params/grads/
-    state (which should include every dW and db). The same kernels as the
-    layer-by-layer step, in the same order: the results are identical.
+def program_hyperparameters(rule, momentum=0.0, nesterov=False, weight_decay=0.0, beta_1=0.9,
+                            beta_2=0.999, epsilon=1e-7, step=1, decoupled=False, rho=0.9):
+    """An optimizer's ``step_hyperparameters()`` as the tuple ``Program.step`` takes."""
+    h = _core_hyperparameters(rule, momentum, nesterov, weight_decay, beta_1, beta_2, epsilon,
+                              step, decoupled, rho)
+    return (h["weight_decay"], h["momentum"], h["nesterov"], h["beta1"], h["beta2"], h["c1"],
+            h["c2"], h["decoupled"], h["rho"], h["eps"])
 
-    Returns (status, loss, first_bad): status 0 when the step went through (or
-    mode is "check"), 1 when the loss is NaN/Inf (no gradient, no update), 2
-    when the optimizer's check refused the update (first_bad: the index of the
-    first parameter whose update is not finite; nothing was written).
 
-    ``next_batch=(data, index, out)`` also does ``gather_rows(data, index,
-    out)`` during the step, whatever its status: the next batch of a shuffled
-    epoch, copied mostly while the step's small top layer keeps one thread
-    busy and the others would wait. ``out`` must not overlap any array the
-    step reads or writes (ValueError).
+def program_step(program, inputs, rule, params, grads, state0, state1, *, lr, mode, hyper,
+                 next_batch=None, bounds=None):
+    """A whole step of a one-stretch program in one call: the per-call arrays
+    ``inputs``, the optimizer's lists and ``hyper`` (program_hyperparameters),
+    the gather ``next_batch`` (x, index, out), a list of them (one per input),
+    or None. Returns (status, loss,
+    refused index or -1, whether the gather was done)."""
+    if next_batch is not None:
+        jobs = [next_batch] if isinstance(next_batch, tuple) else next_batch
+        next_batch = [(data, np.ascontiguousarray(index, dtype=np.int64), out)
+                      for data, index, out in jobs]
+    return program.step(inputs, rule, params, grads, state0, state1, mode, float(lr), hyper,
+                        next_batch, bounds)
 
-    ``bounds``: None, or a float64 array of 3 kept from step to step (start
-    it at zeros): after a "check_apply" SGD step that was applied it holds
-    (1, the largest |parameter|, the largest |velocity|) it wrote. While
-    bounds[0] is nonzero, the next "check_apply" step first reads only the
-    gradients and, when they are finite and an update from values within the
-    bounds provably stays finite, skips the check's pass over parameters,
-    velocities and gradients; otherwise it checks as usual. The result is the
-    same as without bounds; they are right only while nothing else writes the
-    parameters or the optimizer state, so set ``bounds[0] = 0`` after any
-    other change. Other modes and rules set bounds[0] to 0."""
+
+def program_set_optimizer(program, rule, params, grads, state0, state1, *, lr,
+                          mode="check_apply", momentum=0.0, nesterov=False, weight_decay=0.0,
+                          beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=1, decoupled=False,
+                          rho=0.9, bounds=None):
+    """The optimizer step of a program's optimizer record: the arguments of
+    ``optimizer_step`` (the optimizer's ``step_hyperparameters()``)."""
     if mode not in _STEP_MODES:
         raise ValueError(f"mode must be one of {_STEP_MODES}, got {mode!r}")
-    x = _input(x, "x")
-    if type(targets) is np.ndarray and targets.dtype is _INT64 and targets.ndim == 1:
-        labels, rows = targets, None
-    else:
-        labels, rows = None, _input(np.asarray(targets), "targets", x.dtype)
-    if next_batch is not None:
-        data, index, out = next_batch
-        next_batch = (data, np.ascontiguousarray(index, dtype=np.int64), out)
-    return _core.DenseStack.step(
-        stack, x, labels, rows, rule, _as_list(params), _as_list(grads), _as_list(state0),
-        _as_list(state1), mode, float(lr),
-        **_core_hyperparameters(rule, momentum, nesterov, weight_decay, beta_1, beta_2, epsilon,
-                                step, decoupled, rho), next_batch=next_batch, bounds=bounds)
+    return program.set_optimizer(
+        rule, _as_list(params), _as_list(grads), _as_list(state0), _as_list(state1), mode,
+        float(lr), **_core_hyperparameters(rule, momentum, nesterov, weight_decay, beta_1,
+                                           beta_2, epsilon, step, decoupled, rho),
+        bounds=bounds)
 
 
 # ---------------------------------------------------------------- batch normalisation
@@ -752,3 +735,10 @@ def batchnorm_backward(x, dy, mean, var, gamma, *, epsilon, training, dgamma=Non
     gamma = _channel_vector(gamma, "gamma", x.dtype, c)
     return _core.batchnorm_backward(x, dy, mean, var, gamma, float(epsilon), bool(training),
                                     dgamma, dbeta, dx)
+
+
+# The elementwise and merge operations of graph models (NumPy in both backends).
+from .graph_ops import (add, add_n, batch_matmul, batch_matmul_backward,  # noqa: E402,F401
+                        binary_backward, binary_forward, broadcast_to, concatenate,
+                        maximum_backward, maximum_forward, product_except, reduce_sum,
+                        split, unary_backward, unary_forward)

@@ -889,3 +889,10 @@ def batchnorm_backward(x, dy, mean, var, gamma, *, epsilon, training, dgamma=Non
         d = scale * g
     dx[...] = d.reshape(x.shape)
     return dx
+
+
+# The elementwise and merge operations of graph models (NumPy in both backends).
+from .graph_ops import (add, add_n, batch_matmul, batch_matmul_backward,  # noqa: E402,F401
+                        binary_backward, binary_forward, broadcast_to, concatenate,
+                        maximum_backward, maximum_forward, product_except, reduce_sum,
+                        split, unary_backward, unary_forward)

@@ -69,3 +69,9 @@ from .rnn import SimpleRNN  # noqa: E402
 from .lstm import LSTM  # noqa: E402
 
 __all__ += ["Normalization", "UpSampling2D", "Conv2DTranspose", "SimpleRNN", "LSTM"]
+
+# Graph models: merging several tensors, reshaping.
+from .merge import Add, Concatenate, Maximum, Multiply, Subtract  # noqa: E402
+from .reshape import Reshape  # noqa: E402
+
+__all__ += ["Add", "Subtract", "Multiply", "Maximum", "Concatenate", "Reshape"]

@@ -17,6 +17,17 @@ Contract (see DESIGN.md):
   and without gradients. Create them with ``add_state``.
 * Layers containing layers (``Residual``) return them from ``sublayers()``
   and expose their parameters and state under "child/name" keys.
+* Layers of several inputs (the merge layers: ``Add``, ``Concatenate``, ...)
+  set ``takes_list = True``: ``build``, ``compute_output_shape`` and
+  ``forward`` then take lists (of shapes, of arrays), and
+  ``backward(dy, need_dx)`` returns a list with one dx per input; need_dx
+  may be a list of bools (None where an input's gradient is not needed).
+
+Calling a layer: ``layer(x)`` on symbolic tensors (``rp.Input``, the output
+of another layer) records a node of a graph (graph.py) and returns its
+symbolic output; on arrays it runs ``forward`` at once (building the layer
+first, for the arrays' shape, when it is not built) and returns a copy of
+the output.
 
 Layers call ``self.backend.<op>`` (docs/BACKEND.md), never ``_core``.
 
@@ -29,6 +40,7 @@ import re
 import numpy as np
 
 from .. import aligned
+from .. import graph
 from ..backend import get_backend, state_with_modules, state_without_modules
 
 _REGISTRY = {}
@@ -51,6 +63,15 @@ def format_shape(shape):
 
 class Layer:
     """Base class of all layers."""
+
+    # Several inputs (a list) instead of one: the merge layers; they also
+    # say how many inputs they take.
+    takes_list = False
+    min_inputs = 1
+    max_inputs = 1
+    # The input shape(s) of the layer's first call on symbolic tensors: a
+    # shared layer's later calls must match them (graph.call_layer).
+    _first_call_shapes = None
 
     def __init_subclass__(cls, **kwargs):
         # Every concrete layer class becomes deserialisable by its class name.
@@ -104,7 +125,10 @@ class Layer:
         activation = getattr(self, "activation", None)
         if hasattr(activation, "check_dtype"):
             activation.check_dtype(dtype, self._describe())
-        self.input_shape = tuple(int(s) for s in input_shape)
+        if self.takes_list:
+            self.input_shape = [tuple(int(s) for s in shape) for shape in input_shape]
+        else:
+            self.input_shape = tuple(int(s) for s in input_shape)
         self.dtype = dtype
         self.backend = backend if backend is not None else get_backend()
         self.output_shape = self.compute_output_shape(self.input_shape)
@@ -147,11 +171,46 @@ class Layer:
     def backward(self, dy, need_dx=True):
         raise NotImplementedError
 
-    def __call__(self, x, training=False):
-        return self.forward(x, training=training)
+    def __call__(self, inputs, training=False):
+        """On symbolic tensors: record a node of a graph and return its symbolic
+        output. On arrays: ``forward`` (building the layer for their shape and
+        dtype first if needed, with fresh random weights) and return a copy."""
+        if graph.is_symbolic(inputs):
+            return graph.call_layer(self, inputs)
+        arrays = self._eager_inputs(inputs)
+        if not self.built:
+            first = arrays[0] if self.takes_list else arrays
+            shapes = [a.shape[1:] for a in arrays] if self.takes_list else arrays.shape[1:]
+            self.build(shapes, first.dtype, np.random.default_rng(), backend=get_backend())
+        if self.takes_list:
+            arrays = [np.ascontiguousarray(a, dtype=self.dtype) for a in arrays]
+        else:
+            arrays = np.ascontiguousarray(arrays, dtype=self.dtype)
+        return np.array(self.forward(arrays, training=training), copy=True)
+
+    def _eager_inputs(self, inputs):
+        """Arrays of an eager call: numeric, float32/float64 kept, other numbers as float32."""
+        def as_array(x):
+            arr = np.asarray(x)
+            if arr.dtype.kind not in "biuf":
+                raise TypeError(f"{self._describe()} expects numeric input, got dtype {arr.dtype}")
+            if arr.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+                arr = arr.astype(np.float32)
+            if arr.ndim == 0:
+                raise ValueError(f"{self._describe()}: input must have a batch dimension, "
+                                 f"got a scalar")
+            return arr
+        if self.takes_list:
+            if not isinstance(inputs, (list, tuple)):
+                raise TypeError(f"{self._describe()} takes a list of arrays, "
+                                f"got {type(inputs).__name__}")
+            return [as_array(x) for x in inputs]
+        return as_array(inputs)
 
     def check_input(self, x):
         """Raise TypeError/ValueError unless x is a (N, *input_shape) array of the layer's dtype."""
+        if self.takes_list:
+            return self._check_inputs(x)
         # The common case in a few cheap tests (this runs for every layer of
         # every batch); the messages below sort out what is wrong otherwise.
         if (type(x) is np.ndarray and x.dtype is self.dtype and x.shape[1:] == self.input_shape
@@ -167,6 +226,31 @@ class Layer:
             raise ValueError(f"{self._describe()} expects input of shape "
                              f"{format_shape(self.input_shape)}, got {x.shape}")
         if x.shape[0] == 0:
+            raise ValueError(f"{self._describe()} got an empty batch (0 samples)")
+
+    def _check_inputs(self, xs):
+        """check_input of a layer of several inputs: a list of arrays, one per input shape."""
+        if not self.built:
+            raise RuntimeError(f"{self._describe()} is not built; call build() first")
+        if not isinstance(xs, (list, tuple)) or len(xs) != len(self.input_shape):
+            raise TypeError(f"{self._describe()} expects a list of {len(self.input_shape)} arrays, "
+                            f"got {type(xs).__name__}"
+                            + (f" of {len(xs)}" if isinstance(xs, (list, tuple)) else ""))
+        n = None
+        for i, (x, shape) in enumerate(zip(xs, self.input_shape)):
+            if not isinstance(x, np.ndarray):
+                raise TypeError(f"{self._describe()}: input {i} must be a numpy.ndarray, "
+                                f"got {type(x).__name__}")
+            if x.dtype != self.dtype:
+                raise TypeError(f"{self._describe()}: input {i} must be {self.dtype}, got {x.dtype}")
+            if x.shape[1:] != shape or x.ndim != len(shape) + 1:
+                raise ValueError(f"{self._describe()}: input {i} must have shape "
+                                 f"{format_shape(shape)}, got {x.shape}")
+            if n is not None and x.shape[0] != n:
+                raise ValueError(f"{self._describe()}: inputs have different batch sizes "
+                                 f"({n} and {x.shape[0]})")
+            n = x.shape[0]
+        if n == 0:
             raise ValueError(f"{self._describe()} got an empty batch (0 samples)")
 
     def check_output_grad(self, dy, n):
