@@ -1,12 +1,14 @@
 """retroprop against its peers, on the same workloads, in the same run.
 
     python benchmarks/run.py [--threads 2] [--repeats 3] [--quick] [--json out.json]
-                             [--only micro,mlp,lenet] [--stat median|min] [--warmup 0.5]
+                             [--only micro,mlp,lenet,contention] [--stat median|min] [--warmup 0.5]
 
 Workloads: raw GEMM (512^3, 1024^3), fused dense + ReLU forward and backward
 at square and MLP shapes, single-sample MLP inference, Conv2D + ReLU forward
 and backward on three layer shapes (the first without dx, as a first layer), one epoch of MLP 784-256-128-10 training
-at batch 32 and 128 and of LeNet-5 at batch 64 (with peak RSS).
+at batch 32 and 128 and of LeNet-5 at batch 64 (with peak RSS). Opt-in, --only contention:
+a 4096-sample MLP epoch at 1 and at all cores' threads while a CPU-bound process
+runs on every core (started and stopped here), for retroprop and PyTorch.
 Peers: PyTorch on the CPU (when importable), NumPy (OpenBLAS matmul; a plain
 NumPy backprop loop for the MLP) and scikit-learn's MLPClassifier (when
 importable). Every framework gets the same thread count. Micro workloads run
@@ -457,6 +459,69 @@ def micro_latency(threads, frameworks, rounds=3):
     return [{"workload": "MLP single-sample inference", "times": {f: summarise(t) for f, t in times.items()}}]
 
 
+# ----------------------------------------------------------------------------- contention
+
+# A busy machine: one CPU-bound process on every core, started and stopped
+# here, while an MLP epoch of CONTENTION_SAMPLES trains at one thread and at
+# every core's thread. Threads that spin while a descheduled partner waits
+# for its turn made the second slower than the first (issue 23); the ratio
+# (all threads / one thread) should not exceed ~1.1. Opt-in (--only
+# contention): the hogs slow down everything else running on the machine.
+CONTENTION_SAMPLES = 4096
+CONTENTION_BATCH = 128
+
+
+def start_hogs(seconds):
+    """One busy-looping process per core; each exits by itself after `seconds`,
+    so none outlives the benchmark even if this process is killed."""
+    code = ("import time\nend = time.monotonic() + %r\n"
+            "while time.monotonic() < end:\n    pass\n" % float(seconds))
+    return [subprocess.Popen([sys.executable, "-c", code]) for _ in range(os.cpu_count() or 1)]
+
+
+def stop_hogs(hogs):
+    for hog in hogs:
+        hog.kill()
+    for hog in hogs:
+        hog.wait()
+
+
+def contention_workload(frameworks, repeats, max_seconds=900):
+    """{"workload", "times", "contention"}: per framework the epoch time at one
+    thread and at os.cpu_count() threads with a hog per core (minimum or median
+    of interleaved repetitions, each in a fresh child), and their ratio."""
+    all_threads = os.cpu_count() or 1
+    peers = [f for f in frameworks if f in ("retroprop", "torch")]
+    times = {(f, t): [] for f in peers for t in (1, all_threads)}
+    hogs = start_hogs(max_seconds)
+    try:
+        time.sleep(0.5)
+        for _ in range(repeats):
+            for f in peers:
+                for t in (1, all_threads):
+                    r = run_child("mlp", f, CONTENTION_BATCH, t, CONTENTION_SAMPLES)
+                    if "error" in r:
+                        print(f"# contention {f} {t} threads: {r['error']}")
+                        continue
+                    times[(f, t)].append(r["seconds"])
+    finally:
+        stop_hogs(hogs)
+    summary = {f"{f} {t}t": summarise(v) for (f, t), v in times.items() if v}
+    ratios = {f: summary[f"{f} {all_threads}t"] / summary[f"{f} 1t"] for f in peers
+              if f"{f} 1t" in summary and f"{f} {all_threads}t" in summary}
+    return {"workload": f"contention: mlp epoch ({CONTENTION_SAMPLES} samples) batch "
+                        f"{CONTENTION_BATCH}, a hog per core",
+            "times": summary, "contention": ratios, "threads": all_threads}
+
+
+def print_contention(row):
+    print(f"{row['workload']}: epoch time at 1 and {row['threads']} threads ({STAT['name']}, ms)")
+    for name, seconds in row["times"].items():
+        print(f"  {name:>16}: {seconds * 1e3:9.1f}")
+    for f, ratio in row["contention"].items():
+        print(f"  {f}: {row['threads']} threads / 1 thread = {ratio:.2f}")
+
+
 # ----------------------------------------------------------------------------- main
 
 def main():
@@ -516,8 +581,9 @@ def main():
     print(f"# {machine}")
 
     only = None if args.only is None else set(args.only.split(","))
-    if only is not None and not only <= {"micro", "mlp", "lenet"}:
-        p.error(f"--only: unknown workload in {args.only!r} (choose from micro, mlp, lenet)")
+    if only is not None and not only <= {"micro", "mlp", "lenet", "contention"}:
+        p.error(f"--only: unknown workload in {args.only!r} "
+                f"(choose from micro, mlp, lenet, contention)")
 
     shapes = [(256, 256, 256), (1024, 1024, 1024), (32, 784, 256), (128, 784, 256), (128, 256, 128)]
     if not args.quick:
@@ -555,6 +621,17 @@ def main():
                      "times": {f: summarise(t) for f, t in times.items() if t},
                      "peak_rss_mib": {f: max(v) for f, v in rss.items() if v}})
 
+    contention = None
+    if only is not None and "contention" in only:
+        contention = contention_workload(frameworks, args.repeats)
+        if only == {"contention"}:
+            print_contention(contention)
+            if args.json:
+                with open(args.json, "w") as f:
+                    json.dump({"machine": machine, "statistic": STAT["name"],
+                               "results": [contention]}, f, indent=1)
+            return
+
     peers = [f for f in ("torch", "numpy", "sklearn") if any(f in r["times"] for r in rows)]
     header = f"| {'workload':<46} | {'retroprop':>10} | " + " | ".join(f"{p:>9} | {'ratio':>6}" for p in peers) + " |"
     print(header)
@@ -573,6 +650,9 @@ def main():
     print(f"times are the {STAT['name']} of interleaved repetitions, in ms; "
           f"ratio = retroprop / peer (below 1: retroprop faster); training epochs timed after "
           f"{WARMUP['seconds']:g} s of warm-up training")
+    if contention is not None:
+        print_contention(contention)
+        rows.append(contention)
     for r in rows:
         if "peak_rss_mib" in r:
             print(f"peak RSS, {r['workload']}: " +

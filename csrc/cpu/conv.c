@@ -66,7 +66,7 @@ int rp_conv2d_is_pointwise(const rp_conv2d_geom *g)
 static long lines_per_block(const rp_conv2d_geom *g, int count)
 {
     const long lines = (long)count * g->oh;
-    long lpb = (RP_CONV_BLOCK_ROWS + g->ow - 1) / g->ow;
+    long lpb = (RP_CONV_BLOCK_ROWS + (long)g->ow - 1) / g->ow;
     const long min_lpb = (lines + RP_CONV_MAX_BLOCKS - 1) / RP_CONV_MAX_BLOCKS;
     if (lpb < min_lpb) lpb = min_lpb;
     const long blocks = (lines + lpb - 1) / lpb;
@@ -208,8 +208,8 @@ static void direct_forward_avx2_f32(int patch, int filters, long rows, const flo
 static int use_direct_rows(const rp_conv2d_geom *g)
 {
     return g->c == 1 && g->stride_w == 1 && g->dilation_w == 1 &&
-           (long)g->kh * (g->ow + g->kw + 8) <= RP_ROWS_MAX &&
-           8L * (g->ow + 8) <= RP_ROWS_MAX && rp_simd_in_use() == RP_SIMD_AVX2;
+           (long)g->kh * ((long)g->ow + g->kw + 8) <= RP_ROWS_MAX &&
+           8L * ((long)g->ow + 8) <= RP_ROWS_MAX && rp_simd_in_use() == RP_SIMD_AVX2;
 }
 
 /* rows[ky * rw + t] = x(img, iy0 + ky * dilation_h, t - pad_left), 0 outside the image. */
@@ -217,9 +217,9 @@ static void direct_line_rows_f32(const rp_conv2d_geom *g, const float *x, long i
                                  long rw, float *rows)
 {
     const float *ximg = x + img * ((long)g->h * g->w);
-    const int iy0 = oy * g->stride_h - g->pad_top;
+    const long iy0 = (long)oy * g->stride_h - g->pad_top;
     for (int ky = 0; ky < g->kh; ++ky) {
-        const int iy = iy0 + ky * g->dilation_h;
+        const long iy = iy0 + (long)ky * g->dilation_h;
         float *r = rows + ky * rw;
         if (iy < 0 || iy >= g->h) {
             for (long t = 0; t < rw; ++t) r[t] = 0.0f;
@@ -432,10 +432,10 @@ static void packed_pixel_f32(const rp_conv2d_geom *g, const float *x, long img, 
     const int c = g->c, kw = g->kw;
     const long run = (long)kw * c;
     const float *ximg = x + img * ((long)g->h * g->w * c);
-    const int iy0 = oy * g->stride_h - g->pad_top, ix0 = ox * g->stride_w - g->pad_left;
+    const long iy0 = (long)oy * g->stride_h - g->pad_top, ix0 = (long)ox * g->stride_w - g->pad_left;
     const int row_inside = g->dilation_w == 1 && ix0 >= 0 && ix0 + kw <= g->w;
     for (int ky = 0; ky < g->kh; ++ky, ap += run * RP_MR_F32) {
-        const int iy = iy0 + ky * g->dilation_h;
+        const long iy = iy0 + (long)ky * g->dilation_h;
         if (iy < 0 || iy >= g->h) {
             for (long j = 0; j < run; ++j) ap[j * RP_MR_F32] = 0.0f;
         } else if (row_inside) {
@@ -444,7 +444,7 @@ static void packed_pixel_f32(const rp_conv2d_geom *g, const float *x, long img, 
         } else {
             const float *xrow = ximg + (long)iy * g->w * c;
             for (int kx = 0; kx < kw; ++kx) {
-                const int ix = ix0 + kx * g->dilation_w;
+                const long ix = ix0 + (long)kx * g->dilation_w;
                 float *d = ap + (long)kx * c * RP_MR_F32;
                 for (int ci = 0; ci < c; ++ci)
                     d[ci * RP_MR_F32] = ix < 0 || ix >= g->w ? 0.0f : xrow[(long)ix * c + ci];
@@ -503,7 +503,7 @@ static void gather_offsets(const rp_conv2d_geom *g, int *offsets)
     for (int ky = 0; ky < g->kh; ++ky)
         for (int kx = 0; kx < g->kw; ++kx)
             for (int ci = 0; ci < g->c; ++ci)
-                offsets[p++] = (ky * g->dilation_h * g->w + kx * g->dilation_w) * g->c + ci;
+                offsets[p++] = (int)(((long)ky * g->dilation_h * g->w + (long)kx * g->dilation_w) * g->c + ci);
 }
 
 /* act(conv + b) for output line (img, oy) into yline, or 0 when the line's
@@ -514,8 +514,8 @@ static int gather_forward_line_f32(const rp_conv2d_geom *g, const float *x, long
                                    const int *offsets, const float *w, const float *b,
                                    rp_act act, float *yline)
 {
-    const int iy0 = oy * g->stride_h - g->pad_top;
-    if (iy0 < 0 || iy0 + (g->kh - 1) * g->dilation_h >= g->h) return 0;
+    const long iy0 = (long)oy * g->stride_h - g->pad_top;
+    if (iy0 < 0 || iy0 + (long)(g->kh - 1) * g->dilation_h >= g->h) return 0;
     const int patch = g->kh * g->kw * g->c, filters = g->filters, c = g->c;
     const long pixel_stride = (long)g->stride_w * c;
     const float *xline = x + img * ((long)g->h * g->w * c) + (long)iy0 * g->w * c;
@@ -627,16 +627,16 @@ static const float *padded_images_f32(const rp_conv2d_geom *g, const float *x, i
 static int transposed_geometry(const rp_conv2d_geom *g, rp_conv2d_geom *gt)
 {
     if (g->stride_h != 1 || g->stride_w != 1) return 0;
-    const int top = (g->kh - 1) * g->dilation_h - g->pad_top;
-    const int left = (g->kw - 1) * g->dilation_w - g->pad_left;
-    if (top < 0 || left < 0) return 0;
+    const long top = (long)(g->kh - 1) * g->dilation_h - g->pad_top;
+    const long left = (long)(g->kw - 1) * g->dilation_w - g->pad_left;
+    if (top < 0 || left < 0 || top > 0x7fffffffL || left > 0x7fffffffL) return 0;
     *gt = *g;
     gt->h = g->oh;
     gt->w = g->ow;
     gt->c = g->filters;
     gt->filters = g->c;
-    gt->pad_top = top;
-    gt->pad_left = left;
+    gt->pad_top = (int)top;
+    gt->pad_left = (int)left;
     gt->oh = g->h;
     gt->ow = g->w;
     return use_padded_copy(gt) && lines_per_block(gt, g->n) > 0;
@@ -665,7 +665,7 @@ static void gather_weight_grad_block_f32(const rp_conv2d_geom *g, const float *x
     const float *line_x[RP_GATHER_LINES_MAX];
     for (long l = l0; l < l1; ++l) {
         const long img = first + l / g->oh;
-        const int iy0 = (int)(l % g->oh) * g->stride_h;
+        const long iy0 = (l % g->oh) * g->stride_h;
         line_x[l - l0] = x + img * ((long)g->h * g->w * c) + (long)iy0 * g->w * c;
     }
     const long pixel_stride = (long)g->stride_w * c;
@@ -767,14 +767,14 @@ static void FN(im2col_line)(const rp_conv2d_geom *g, const REAL *x, long img, in
     const int c = g->c, kw = g->kw;
     const long run = (long)kw * c;                 /* one kernel row of one patch */
     const REAL *ximg = x + img * ((long)g->h * g->w * c);
-    const int iy0 = oy * g->stride_h - g->pad_top;
+    const long iy0 = (long)oy * g->stride_h - g->pad_top;
     for (int ox = 0; ox < g->ow; ++ox) {
-        const int ix0 = ox * g->stride_w - g->pad_left;
+        const long ix0 = (long)ox * g->stride_w - g->pad_left;
         /* With no dilation and the whole window row inside the image, the
          * kw * c values of one kernel row are one contiguous run of x. */
         const int row_inside = g->dilation_w == 1 && ix0 >= 0 && ix0 + kw <= g->w;
         for (int ky = 0; ky < g->kh; ++ky) {
-            const int iy = iy0 + ky * g->dilation_h;
+            const long iy = iy0 + (long)ky * g->dilation_h;
             if (iy < 0 || iy >= g->h) {
                 for (long j = 0; j < run; ++j) dst[j] = (REAL)0;
             } else if (row_inside) {
@@ -783,7 +783,7 @@ static void FN(im2col_line)(const rp_conv2d_geom *g, const REAL *x, long img, in
             } else {
                 const REAL *xrow = ximg + (long)iy * g->w * c;
                 for (int kx = 0; kx < kw; ++kx) {
-                    const int ix = ix0 + kx * g->dilation_w;
+                    const long ix = ix0 + (long)kx * g->dilation_w;
                     REAL *d = dst + (long)kx * c;
                     if (ix < 0 || ix >= g->w) {
                         for (int ci = 0; ci < c; ++ci) d[ci] = (REAL)0;
@@ -818,12 +818,12 @@ static void FN(col2im_image_add)(const rp_conv2d_geom *g, const REAL *src, REAL 
     const int c = g->c, kw = g->kw;
     for (int oy = 0; oy < g->oh; ++oy) {
         for (int ox = 0; ox < g->ow; ++ox) {
-            const int iy0 = oy * g->stride_h - g->pad_top;
-            const int ix0 = ox * g->stride_w - g->pad_left;
+            const long iy0 = (long)oy * g->stride_h - g->pad_top;
+            const long ix0 = (long)ox * g->stride_w - g->pad_left;
             /* as in im2col: a window row inside the image is one contiguous run */
             const int row_inside = g->dilation_w == 1 && ix0 >= 0 && ix0 + kw <= g->w;
             for (int ky = 0; ky < g->kh; ++ky) {
-                const int iy = iy0 + ky * g->dilation_h;
+                const long iy = iy0 + (long)ky * g->dilation_h;
                 if (iy < 0 || iy >= g->h) {
                     src += (long)kw * c;
                     continue;
@@ -837,7 +837,7 @@ static void FN(col2im_image_add)(const rp_conv2d_geom *g, const REAL *src, REAL 
                     continue;
                 }
                 for (int kx = 0; kx < kw; ++kx, src += c) {
-                    const int ix = ix0 + kx * g->dilation_w;
+                    const long ix = ix0 + (long)kx * g->dilation_w;
                     if (ix < 0 || ix >= g->w) continue;
                     REAL *dst = drow + (long)ix * c;
                     for (int ci = 0; ci < c; ++ci) dst[ci] += src[ci];
@@ -878,17 +878,17 @@ static void FN(im2colT_block)(const rp_conv2d_geom *g, const REAL *x, int first,
         const long img = first + l / g->oh;
         const int oy = (int)(l % g->oh);
         const REAL *ximg = x + img * ((long)g->h * g->w * c);
-        const int iy0 = oy * g->stride_h - g->pad_top;
+        const long iy0 = (long)oy * g->stride_h - g->pad_top;
         REAL *base = colT + (l - l0) * ow;
         for (int ky = 0; ky < g->kh; ++ky) {
-            const int iy = iy0 + ky * g->dilation_h;
+            const long iy = iy0 + (long)ky * g->dilation_h;
             const int row_inside = iy >= 0 && iy < g->h;
             for (int kx = 0; kx < g->kw; ++kx) {
-                const int off = kx * g->dilation_w - g->pad_left;
+                const long off = (long)kx * g->dilation_w - g->pad_left;
                 /* ox range whose input column ix = ox * sw + off lies inside [0, w) */
                 int lo = 0, hi = ow;
-                while (lo < ow && lo * g->stride_w + off < 0) ++lo;
-                while (hi > lo && (hi - 1) * g->stride_w + off >= g->w) --hi;
+                while (lo < ow && (long)lo * g->stride_w + off < 0) ++lo;
+                while (hi > lo && (long)(hi - 1) * g->stride_w + off >= g->w) --hi;
                 for (int ci = 0; ci < c; ++ci) {
                     REAL *dst = base + ((long)(ky * g->kw + kx) * c + ci) * rows;
                     if (!row_inside) {
@@ -903,7 +903,7 @@ static void FN(im2colT_block)(const rp_conv2d_geom *g, const REAL *x, int first,
                         for (int ox = lo; ox < hi; ++ox) dst[ox] = s[ox];
                     } else {
                         for (int ox = lo; ox < hi; ++ox)
-                            dst[ox] = src[(long)(ox * g->stride_w + off) * c];
+                            dst[ox] = src[((long)ox * g->stride_w + off) * c];
                     }
                     for (int ox = hi; ox < ow; ++ox) dst[ox] = (REAL)0;
                 }

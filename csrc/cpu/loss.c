@@ -49,8 +49,12 @@ static void softmax_range_f64(int lo, int hi, int c, const double *x, double *ou
 
 /* Small batches (single-sample inference) open no parallel region: even
  * one for a single thread costs ~0.5 us, more than a 10-class softmax. */
+/* Rows of no columns have no softmax (and no first value to seed the
+ * maximum): nothing is read or written. The bindings refuse them; the
+ * dense stack reaches these entries directly. */
 #define SOFTMAX_ROWS(SUFFIX)                                               \
     {                                                                      \
+        if (n < 1 || c < 1) return;                                        \
         const int nt = threads_for_rows(n, c);                             \
         if (nt <= 1) {                                                     \
             softmax_range_##SUFFIX(0, n, c, x, out);                       \
@@ -129,8 +133,10 @@ static double xent_range_f64(int lo, int hi, int c, const double *z, const int64
  * region; a large one is split over threads in contiguous row ranges, with
  * per-thread partial sums added in thread order: deterministic for a fixed
  * thread count. */
+/* No rows or no classes: no loss is defined, NaN (read nothing). */
 #define SOFTMAX_XENT(REAL, SUFFIX)                                                     \
     {                                                                                  \
+        if (n < 1 || c < 1) return NAN;                                                \
         const int wanted = threads_for_rows(n, c);                                     \
         const int nt = wanted < 256 ? wanted : 256;   /* partial[] below */           \
         const REAL inv_n = (REAL)1 / (REAL)n;                                          \

@@ -108,12 +108,17 @@ int FN(rp_batchnorm_stats)(long rows, int c, const REAL *x, REAL *mean, REAL *va
         }
     }
     sum_blocks(partial, blocks, c, var_d);
+    int overflow = 0;
     for (int j = 0; j < c; ++j) {
         mean[j] = (REAL)mean_d[j];
         var[j] = (REAL)(var_d[j] / (double)rows);
+        /* Finite inputs (a finite mean) whose variance does not fit REAL
+         * (float32 values near 1e20): an infinite variance would normalise
+         * every input to beta, silently. */
+        overflow |= isinf(var[j]) && isfinite(mean_d[j]);
     }
     free(partial);
-    return 0;
+    return overflow ? RP_BN_VARIANCE_OVERFLOW : 0;
 }
 
 int FN(rp_batchnorm_apply)(long rows, int c, const REAL *x, const REAL *mean,

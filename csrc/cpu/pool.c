@@ -19,11 +19,12 @@ static int threads_for(double elements)
     return elements < (double)RP_ELEMENTWISE_PARALLEL_MIN ? 1 : rp_get_num_threads();
 }
 
-/* The part [*lo, *hi) of window [start, start + size) that lies inside [0, limit). */
-static void clip_window(int start, int size, int limit, int *lo, int *hi)
+/* The part [*lo, *hi) of window [start, start + size) that lies inside [0, limit).
+ * start is in 64 bits: position * stride - padding of int sizes. */
+static void clip_window(long start, int size, int limit, int *lo, int *hi)
 {
-    *lo = start < 0 ? 0 : start;
-    *hi = start + size > limit ? limit : start + size;
+    *lo = start < 0 ? 0 : (int)(start < limit ? start : limit);
+    *hi = start + size > limit ? limit : (int)(start + size);
 }
 
 /* Whether every one of the count positions lies in [0, limit): the max
@@ -49,17 +50,20 @@ static int argmax_in_range(const int32_t *argmax, long count, long limit)
  * ox0's window; windows are stride_w cells apart. Same rule as the scalar
  * loop: a later cell wins only when strictly greater, or NaN. */
 __attribute__((target("avx2,fma")))
-static void maxpool_row_2x2_narrow_avx2_f32(const float *ximg, int32_t x00, int w, int c,
+static void maxpool_row_2x2_narrow_avx2_f32(const float *ximg, long x00, int w, int c,
                                             int stride_w, int ox0, int ox1, float *y,
                                             int32_t *argmax)
 {
     const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(c), lanes);
-    const int32_t right = c, down = w * c;
-    for (int ox = ox0; ox < ox1; ++ox, x00 += stride_w * c) {
-        const int32_t cells[3] = {x00 + right, x00 + down, x00 + down + right};
+    /* Positions in 64 bits: the step after the last window may pass the
+     * image; every cell read lies inside it, so fits an int32. */
+    const long right = c, down = (long)w * c;
+    for (int ox = ox0; ox < ox1; ++ox, x00 += (long)stride_w * c) {
+        const int32_t cells[3] = {(int32_t)(x00 + right), (int32_t)(x00 + down),
+                                  (int32_t)(x00 + down + right)};
         __m256 best = _mm256_maskload_ps(ximg + x00, mask);
-        __m256i arg = _mm256_add_epi32(_mm256_set1_epi32(x00), lanes);
+        __m256i arg = _mm256_add_epi32(_mm256_set1_epi32((int32_t)x00), lanes);
         for (int k = 0; k < 3; ++k) {
             const __m256 v = _mm256_maskload_ps(ximg + cells[k], mask);
             const __m256 greater = _mm256_or_ps(_mm256_cmp_ps(v, best, _CMP_GT_OQ),
@@ -118,25 +122,30 @@ void FN(rp_maxpool2d_forward)(const rp_pool2d_geom *g, const REAL *x, REAL *y, i
         const int oy = (int)(row % g->oh);
         const REAL *ximg = x + img * image_size;
         int y_lo, y_hi;
-        clip_window(oy * g->stride_h - g->pad_top, g->ph, g->h, &y_lo, &y_hi);
+        clip_window((long)oy * g->stride_h - g->pad_top, g->ph, g->h, &y_lo, &y_hi);
         /* pixels [ox_lo, ox_hi) of a row of whole 2x2 windows of few channels
          * go to the vector path (float32 with AVX2) */
 #ifdef RP_POOL_AVX2
         int ox_lo = g->ow, ox_hi = g->ow;
         if (sizeof(REAL) == 4 && c <= 8 && g->ph == 2 && g->pw == 2 && y_hi - y_lo == 2 &&
             rp_simd_in_use() == RP_SIMD_AVX2) {
-            /* whole windows: ox * stride_w - pad_left >= 0 and + 2 <= w */
-            ox_lo = (g->pad_left + g->stride_w - 1) / g->stride_w;
-            ox_hi = (g->w - 2 + g->pad_left) / g->stride_w + 1;
-            if (ox_hi > g->ow) ox_hi = g->ow;
-            if (ox_lo > ox_hi) ox_lo = ox_hi;
+            /* whole windows: ox * stride_w - pad_left >= 0 and + 2 <= w. The
+             * last bound is floor((w - 2 + pad_left) / stride_w); C's division
+             * truncates towards zero, so a negative numerator (w = 1, no left
+             * padding) means no whole window at all, not window 0, which
+             * read the cell right of the row. In 64 bits: the sizes are ints. */
+            const long last = (long)g->w - 2 + g->pad_left;
+            const long lo = ((long)g->pad_left + g->stride_w - 1) / g->stride_w;
+            const long hi = last < 0 ? 0 : last / g->stride_w + 1;
+            ox_hi = hi < g->ow ? (int)hi : g->ow;
+            ox_lo = lo < ox_hi ? (int)lo : ox_hi;
         }
 #endif
         for (int ox = 0; ox < g->ow; ++ox) {
 #ifdef RP_POOL_AVX2
             if (ox == ox_lo && ox_lo < ox_hi) {
-                const int32_t x00 = (int32_t)(((long)y_lo * g->w + ox_lo * g->stride_w -
-                                               g->pad_left) * c);
+                const long x00 = ((long)y_lo * g->w + (long)ox_lo * g->stride_w -
+                                  g->pad_left) * c;
                 maxpool_row_2x2_narrow_avx2_f32((const float *)ximg, x00, g->w, c, g->stride_w,
                                                 ox_lo, ox_hi, (float *)(y + row * g->ow * c),
                                                 argmax + row * g->ow * c);
@@ -148,7 +157,7 @@ void FN(rp_maxpool2d_forward)(const rp_pool2d_geom *g, const REAL *x, REAL *y, i
             REAL *yp = y + out;
             int32_t *ap = argmax + out;
             int x_lo, x_hi;
-            clip_window(ox * g->stride_w - g->pad_left, g->pw, g->w, &x_lo, &x_hi);
+            clip_window((long)ox * g->stride_w - g->pad_left, g->pw, g->w, &x_lo, &x_hi);
             /* The first real cell seeds the maximum; later cells replace it
              * only when strictly greater, so ties keep the first position,
              * or when NaN, so a NaN in the window is the maximum (as in
@@ -234,11 +243,11 @@ void FN(rp_avgpool2d_forward)(const rp_pool2d_geom *g, const REAL *x, REAL *y)
         const int oy = (int)(row % g->oh);
         const REAL *ximg = x + img * image_size;
         int y_lo, y_hi;
-        clip_window(oy * g->stride_h - g->pad_top, g->ph, g->h, &y_lo, &y_hi);
+        clip_window((long)oy * g->stride_h - g->pad_top, g->ph, g->h, &y_lo, &y_hi);
         for (int ox = 0; ox < g->ow; ++ox) {
             REAL *yp = y + (row * g->ow + ox) * c;
             int x_lo, x_hi;
-            clip_window(ox * g->stride_w - g->pad_left, g->pw, g->w, &x_lo, &x_hi);
+            clip_window((long)ox * g->stride_w - g->pad_left, g->pw, g->w, &x_lo, &x_hi);
             for (int ch = 0; ch < c; ++ch) yp[ch] = (REAL)0;
             for (int iy = y_lo; iy < y_hi; ++iy)
                 for (int ix = x_lo; ix < x_hi; ++ix) {
@@ -267,11 +276,11 @@ void FN(rp_avgpool2d_backward)(const rp_pool2d_geom *g, const REAL *dy, REAL *dx
         memset(dimg, 0, sizeof(REAL) * (size_t)image_size);
         for (int oy = 0; oy < g->oh; ++oy) {
             int y_lo, y_hi;
-            clip_window(oy * g->stride_h - g->pad_top, g->ph, g->h, &y_lo, &y_hi);
+            clip_window((long)oy * g->stride_h - g->pad_top, g->ph, g->h, &y_lo, &y_hi);
             for (int ox = 0; ox < g->ow; ++ox) {
                 const REAL *dyp = dy + (((long)img * g->oh + oy) * g->ow + ox) * c;
                 int x_lo, x_hi;
-                clip_window(ox * g->stride_w - g->pad_left, g->pw, g->w, &x_lo, &x_hi);
+                clip_window((long)ox * g->stride_w - g->pad_left, g->pw, g->w, &x_lo, &x_hi);
                 const REAL scale = (REAL)1 / (REAL)((y_hi - y_lo) * (x_hi - x_lo));
                 for (int iy = y_lo; iy < y_hi; ++iy)
                     for (int ix = x_lo; ix < x_hi; ++ix) {

@@ -1,9 +1,36 @@
 /* Threads and SIMD dispatch state shared by every kernel. */
 #include "retroprop/runtime.h"
 
+#include <pthread.h>
 #ifdef RETROPROP_HAVE_OPENMP
 #include <omp.h>
 #endif
+
+/* Fork. GNU OpenMP keeps its worker threads in a pool that a fork does not
+ * copy (only the forking thread exists in the child) and that it never
+ * rebuilds: a child whose parent had run a multi-threaded region hung in its
+ * first one, waiting at a barrier for threads that are not there.
+ * (multiprocessing's default start method on Linux is fork, and data
+ * loaders fork.) So the kernels record whether the process may have such a
+ * pool (threads_used: a region for more than one thread may have run), and
+ * a child forked after that runs every kernel on its calling thread
+ * (single_threaded_child), which opens no team. A child forked before any
+ * multi-threaded kernel keeps its threads. Flags only, in the child
+ * handler: nothing there may take a lock. */
+static volatile int threads_used = 0;
+static volatile int single_threaded_child = 0;
+
+static void after_fork_in_child(void)
+{
+    if (threads_used) single_threaded_child = 1;
+}
+
+__attribute__((constructor)) static void register_fork_handler(void)
+{
+    pthread_atfork(NULL, NULL, after_fork_in_child);
+}
+
+int rp_forked_single_threaded(void) { return single_threaded_child; }
 
 #ifndef RETROPROP_COMPILER
 #define RETROPROP_COMPILER "unknown"
@@ -16,8 +43,12 @@ static int simd_level_in_use = -1;
 int rp_get_num_threads(void)
 {
 #ifdef RETROPROP_HAVE_OPENMP
-    const int n = omp_get_max_threads();
-    return n < RP_MAX_THREADS ? n : RP_MAX_THREADS;
+    if (single_threaded_child) return 1;
+    const int max = omp_get_max_threads();
+    const int n = max < RP_MAX_THREADS ? max : RP_MAX_THREADS;
+    /* Every kernel sizes its team from here: more than one may open a pool. */
+    if (n > 1 && !threads_used) threads_used = 1;
+    return n;
 #else
     return 1;
 #endif
@@ -35,6 +66,7 @@ int rp_in_parallel(void)
 void rp_set_num_threads(int n)
 {
 #ifdef RETROPROP_HAVE_OPENMP
+    if (single_threaded_child) return;   /* no pool to run more threads in */
     if (n >= 1)
         omp_set_num_threads(n < RP_MAX_THREADS ? n : RP_MAX_THREADS);
 #else

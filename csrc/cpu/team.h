@@ -6,7 +6,6 @@
 #ifndef RETROPROP_TEAM_H
 #define RETROPROP_TEAM_H
 
-#include <sched.h>
 
 /* [*lo, *hi): thread tid's share of count items, in nt contiguous pieces
  * whose sizes differ by at most one (the first count % nt are larger). */
@@ -81,19 +80,27 @@ static inline int rp_queue_take(rp_share_queue *q, int from_back, int divisor, i
     }
 }
 
-/* One turn of a spin-wait: a pause (on x86 it also lends the core's
- * pipeline to a hyperthread sibling) for the first turns, then the rest of
- * the time slice, in case the awaited thread is waiting for this core
- * (more threads than cores). */
-static inline void rp_spin_pause(int turn)
+/* How long a helper waits for an owner to publish its phase before it gives
+ * up helping that owner: about 10-30 us of pause instructions. Waiting
+ * longer only pays when the owner is running; on a busy machine (another
+ * process on every core) the owner may have lost its core for a whole time
+ * slice, milliseconds, and a helper spinning that long took its own core's
+ * share from the owner's work: two threads ran 3-6x slower than one. The
+ * owner drains its own queue anyway, so giving up never loses an item; the
+ * helper goes on to the phase's barrier, which waits as the OpenMP runtime
+ * is told to (retroprop sets a short spin, then a sleep: see runtime.py). */
+#define RP_HELP_WAIT_TURNS 256
+
+/* Whether the owner of q published phase `phase` within RP_HELP_WAIT_TURNS pauses. */
+static inline int rp_queue_wait_published(const rp_share_queue *q, int phase)
 {
-    if (turn < 1000) {
+    for (int turn = 0; turn < RP_HELP_WAIT_TURNS; ++turn) {
+        if (__atomic_load_n(&q->ready, __ATOMIC_ACQUIRE) == phase) return 1;
 #if defined(__x86_64__) || defined(__i386__)
         __builtin_ia32_pause();
 #endif
-    } else {
-        sched_yield();
     }
+    return __atomic_load_n(&q->ready, __ATOMIC_ACQUIRE) == phase;
 }
 
 /* Items [first, first + count) of a shared loop. */
@@ -110,9 +117,9 @@ static inline void rp_share_drain(rp_share_queue *queues, int tid, int nt, int p
         run(context, first, count);
     for (int other = 1; other < nt; ++other) {
         rp_share_queue *q = &queues[(tid + other) % nt];
-        if (phase >= 0)
-            for (int turn = 0; __atomic_load_n(&q->ready, __ATOMIC_ACQUIRE) != phase; ++turn)
-                rp_spin_pause(turn);   /* its owner is still preparing what those items read */
+        /* its owner may still be preparing what those items read: help only
+         * once it has published them, and do not wait long for that */
+        if (phase >= 0 && !rp_queue_wait_published(q, phase)) continue;
         while ((count = rp_queue_take(q, 1, 2 * nt, &first)) > 0)
             run(context, first, count);
     }

@@ -27,6 +27,7 @@ cdef extern from "retroprop/runtime.h":
     const char *rp_simd_name(rp_simd_level level)
     int rp_have_openmp()
     const char *rp_compiler()
+    int rp_forked_single_threaded()
 
 cdef extern from "retroprop/act.h":
     ctypedef enum rp_act:
@@ -189,8 +190,16 @@ cdef inline Py_ssize_t _dim(object arr, int axis):
 
 
 cdef int _fits_int(str name, Py_ssize_t value) except -1:
-    if value > _INT_MAX:
+    if value > 2147483647:
         raise ValueError(f"{name}: dimension {value} exceeds the kernel limit {_INT_MAX}")
+    return 0
+
+
+cdef int _fits_int_big(str name, object value) except -1:
+    """_fits_int for a size formed as a Python int (products and sums of user-given
+    sizes: no overflow while forming it, and no OverflowError when it is huge)."""
+    if value > _INT_MAX:
+        raise ValueError(f"{name}: {value} exceeds the kernel limit {_INT_MAX}")
     return 0
 
 
@@ -209,16 +218,26 @@ cdef rp_act _elementwise_code(object activation) except *:
                          f"got {activation!r}") from None
 
 
-cdef double _act_param(rp_act act, object param, object name) except? -1.0:
+cdef double _act_param(rp_act act, object param, object name, int kind=1) except? -1.0:
     """The activation's parameter: the default when None; checked where it has a meaning.
 
     leaky_relu and elu need alpha >= 0 and sigmoid a slope > 0, because their
-    derivative is read from the sign of the output."""
+    derivative is read from the sign of the output. The kernels of float32
+    data (kind 0) compute with it as a float32: it must be finite (and a
+    slope nonzero) there too."""
     if param is None:
         return rp_act_default_param(act)
-    cdef double p = float(param)
+    cdef double p
+    try:
+        p = float(param)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: parameter must be a number, got {param!r}") from None
     if not np.isfinite(p):
         raise ValueError(f"{name}: parameter must be finite, got {param!r}")
+    cdef float p32 = <float>p
+    if kind == 0 and (p32 - p32 != 0.0 or (act == RP_ACT_SIGMOID and p32 == 0.0)):
+        raise ValueError(f"{name}: parameter {param!r} does not fit float32 (the kernels of "
+                         f"float32 data compute with it as a float32); use float64")
     if act == RP_ACT_SIGMOID and not p > 0.0:
         raise ValueError(f"sigmoid: slope must be > 0, got {param!r}")
     if (act == RP_ACT_LEAKY_RELU or act == RP_ACT_ELU) and p < 0.0:
@@ -261,6 +280,12 @@ def set_simd(str name):
 
 def have_openmp():
     return bool(rp_have_openmp())
+
+
+def forked_single_threaded():
+    """Whether this process was forked after multi-threaded kernels: the kernels
+    then run on one thread (runtime.h)."""
+    return bool(rp_forked_single_threaded())
 
 
 def compiler():
@@ -332,6 +357,9 @@ def dense_forward(x, w, b, activation, y, param=None, logits=None):
     cdef void *py = _ptr(y)
     cdef void *pz
     if activation == "softmax":
+        if n_out < 1:
+            raise ValueError(f"dense_forward: a softmax needs at least one output unit, "
+                             f"got w of shape {w.shape}")
         if logits is None:
             raise ValueError("dense_forward: activation 'softmax' needs a logits array")
         _same_kind(logits, "logits", kind, 1)
@@ -346,7 +374,7 @@ def dense_forward(x, w, b, activation, y, param=None, logits=None):
                                              <double *>pb, <double *>pz, <double *>py)
         return y
     cdef rp_act act = _act_code(activation)
-    cdef double p = _act_param(act, param, activation)
+    cdef double p = _act_param(act, param, activation, kind)
     with nogil:
         if kind == 0:
             rp_dense_forward_f32(nb, ni, no, <float *>px, <float *>pw, <float *>pb, act, p, <float *>py)
@@ -384,7 +412,7 @@ def dense_backward(x, w, y, dy, activation, dz, dw, db, dx, param=None):
     _fits_int("n_in", n_in)
     _fits_int("n_out", n_out)
     cdef rp_act act = _act_code(activation)
-    cdef double p = _act_param(act, param, activation)
+    cdef double p = _act_param(act, param, activation, kind)
     cdef int nb = <int>n_batch, ni = <int>n_in, no = <int>n_out
     cdef void *px = _ptr(x)
     cdef void *pw = _ptr(w)
@@ -410,7 +438,7 @@ def act_forward(activation, x, y, param=None):
     _same_kind(y, "y", kind, 1)
     _same_shape(y, "y", x)
     cdef rp_act act = _elementwise_code(activation)
-    cdef double p = _act_param(act, param, activation)
+    cdef double p = _act_param(act, param, activation, kind)
     cdef size_t n = <size_t>cnp.PyArray_SIZE(<cnp.ndarray>x)
     cdef void *px = _ptr(x)
     cdef void *py = _ptr(y)
@@ -429,7 +457,6 @@ def act_backward(activation, y, dy, dx, x=None, param=None):
     ACTIVATIONS (x may be None), from the input x = z for the others (y may be
     None)."""
     cdef rp_act act = _elementwise_code(activation)
-    cdef double p = _act_param(act, param, activation)
     cdef bint from_input = rp_act_derivative_needs_input(act)
     src = x if from_input else y
     cdef str src_name = "x" if from_input else "y"
@@ -437,6 +464,7 @@ def act_backward(activation, y, dy, dx, x=None, param=None):
         raise ValueError(f"{activation}: the derivative needs {src_name} "
                          f"({'the input' if from_input else 'the output'}), got None")
     cdef int kind = _real_kind(src, src_name)
+    cdef double p = _act_param(act, param, activation, kind)
     _same_kind(dy, "dy", kind)
     _same_kind(dx, "dx", kind, 1)
     _same_shape(dy, "dy", src)
@@ -613,11 +641,11 @@ cdef tuple _int_pair(object value, str name, int minimum):
     try:
         a, b = value
         a, b = int(a), int(b)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(f"{name}: expected a pair of integers, got {value!r}") from None
     if a < minimum or b < minimum:
         raise ValueError(f"{name}: expected integers >= {minimum}, got {value!r}")
-    _fits_int(name, max(a, b))
+    _fits_int_big(name, max(a, b))
     return a, b
 
 
@@ -625,11 +653,11 @@ cdef tuple _padding4(object padding):
     """(top, bottom, left, right), each >= 0."""
     try:
         top, bottom, left, right = (int(p) for p in padding)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(f"padding: expected (top, bottom, left, right) integers, got {padding!r}") from None
     if min(top, bottom, left, right) < 0:
         raise ValueError(f"padding: expected integers >= 0, got {padding!r}")
-    _fits_int("padding", max(top, bottom, left, right))
+    _fits_int_big("padding", max(top, bottom, left, right))
     return top, bottom, left, right
 
 
@@ -656,9 +684,13 @@ cdef int _conv_geom(object x, object w, object stride, object dilation, object p
                          f"input ({h + top + bottom}, {wd + left + right})")
     oh = (h + top + bottom - eff_kh) // sh + 1
     ow = (wd + left + right - eff_kw) // sw + 1
+    # Every position the kernels form (oy * stride - pad + ky * dilation)
+    # lies within the padded extent: bounding that bounds them all.
     for name, v in (("n", n), ("h", h), ("w", wd), ("c", c), ("filters", f),
-                    ("rows", n * oh * ow), ("patch", kh * kw * c), ("x.size", x.size)):
-        _fits_int(name, v)
+                    ("padded height", h + top + bottom), ("padded width", wd + left + right),
+                    ("rows", n * oh * ow), ("patch", kh * kw * c), ("x.size", x.size),
+                    ("column matrix of one image", oh * ow * kh * kw * c)):
+        _fits_int_big(name, v)
     g.n, g.h, g.w, g.c = <int>n, <int>h, <int>wd, <int>c
     g.kh, g.kw, g.filters = <int>kh, <int>kw, <int>f
     g.stride_h, g.stride_w = sh, sw
@@ -822,14 +854,16 @@ cdef int _pool_geom(tuple x_shape, object pool, object stride, object padding,
     if h + top + bottom < ph or wd + left + right < pw:
         raise ValueError(f"pool2d: window ({ph}, {pw}) is larger than the padded input "
                          f"({h + top + bottom}, {wd + left + right})")
-    for name, v in (("n", n), ("image size", h * wd * c), ("size", n * h * wd * c)):
-        _fits_int(name, v)
+    oh = (h + top + bottom - ph) // sh + 1
+    ow = (wd + left + right - pw) // sw + 1
+    for name, v in (("n", n), ("image size", h * wd * c), ("size", n * h * wd * c),
+                    ("padded height", h + top + bottom), ("padded width", wd + left + right)):
+        _fits_int_big(name, v)
     g.n, g.h, g.w, g.c = n, h, wd, c
     g.ph, g.pw = ph, pw
     g.stride_h, g.stride_w = sh, sw
     g.pad_top, g.pad_left = top, left
-    g.oh = (h + top + bottom - ph) // sh + 1
-    g.ow = (wd + left + right - pw) // sw + 1
+    g.oh, g.ow = oh, ow
     return 0
 
 
@@ -1260,6 +1294,11 @@ cdef int _gather_job(str name, object x, object index, object out,
         raise TypeError(f"{name}: x and out must be C-contiguous (out writable)")
     if out.dtype != x.dtype:
         raise TypeError(f"{name}: out has dtype {out.dtype}, x has {x.dtype}")
+    # Rows are copied as bytes: object arrays would get pointers without
+    # their references (a use-after-free), so only plain numbers are taken.
+    if x.dtype.kind not in "biufc" or x.dtype.hasobject:
+        raise TypeError(f"{name}: x must have a numeric dtype (bool, integer, float or "
+                        f"complex), got {x.dtype}")
     if index.dtype != np.int64 or index.ndim != 1 or not index.flags.c_contiguous:
         raise TypeError(f"{name}: index must be a C-contiguous 1-D int64 array")
     if x.ndim < 1:
@@ -1615,6 +1654,7 @@ def find_nonfinite(x):
 # data (csrc/include/retroprop/norm.h has the formulas).
 
 cdef extern from "retroprop/norm.h":
+    enum: RP_BN_VARIANCE_OVERFLOW
     int rp_batchnorm_stats_f32(long rows, int c, const float *x, float *mean, float *var) nogil
     int rp_batchnorm_stats_f64(long rows, int c, const double *x, double *mean, double *var) nogil
     int rp_batchnorm_apply_f32(long rows, int c, const float *x, const float *mean,
@@ -1670,6 +1710,9 @@ def batchnorm_stats(x, mean, var):
             rc = rp_batchnorm_stats_f32(rows, <int>c, <float *>px, <float *>pm, <float *>pv)
         else:
             rc = rp_batchnorm_stats_f64(rows, <int>c, <double *>px, <double *>pm, <double *>pv)
+    if rc == RP_BN_VARIANCE_OVERFLOW:
+        raise ValueError(f"batchnorm_stats: the variance of finite inputs overflows {x.dtype} "
+                         f"(inputs too large in magnitude); scale the inputs or use float64")
     if rc != 0:
         raise MemoryError("batchnorm_stats: out of memory")
     return mean, var

@@ -44,6 +44,10 @@ class Activation:
         """Return dL/dx given y = act(x) and dy = dL/dy."""
         raise NotImplementedError
 
+    def check_dtype(self, dtype, where=None):
+        """ValueError when this activation cannot run in ``dtype`` (layers call
+        it when they are built); nothing to check without a parameter."""
+
     def get_config(self):
         """The name is enough to rebuild a parameter-free activation."""
         return self.name
@@ -69,6 +73,10 @@ class _KernelActivation(Activation):
     fusable = True
     _params = ()
     _default = None
+
+    def check_dtype(self, dtype, where=None):
+        if self.param is not None:
+            check_param_dtype(self.name, self.param, dtype, where)
 
     def forward(self, x, backend, out=None):
         return backend.activation_forward(self.name, x, out=out, param=self.param)
@@ -103,6 +111,24 @@ class _InputDerivativeActivation(_KernelActivation):
     fused = False
     fusable = False
     needs_input = True
+
+
+def check_param_dtype(name, param, dtype, where=None):
+    """ValueError unless the activation parameter ``param`` keeps its meaning
+    in ``dtype``: the kernels compute in the layer's dtype, where a float32
+    model's ELU(1e300), LeakyReLU(1e300) or sigmoid slope of 1e300 would be
+    inf (outputs inf/NaN), and a sigmoid slope of 1e-300 would be 0."""
+    dtype = np.dtype(dtype)
+    value = float(param)
+    largest = float(np.finfo(dtype).max)
+    as_dtype = float(dtype.type(value)) if abs(value) <= largest else float("inf")
+    prefix = f"{where}: " if where else ""
+    if not np.isfinite(as_dtype):
+        raise ValueError(f"{prefix}{name} parameter {value!r} does not fit {dtype} (largest "
+                         f"{largest:.4g}); use a smaller value or float64")
+    if name == "sigmoid" and as_dtype <= 0.0:
+        raise ValueError(f"{prefix}sigmoid slope {value!r} rounds to 0 in {dtype}; use a "
+                         f"larger slope or float64")
 
 
 def _check_alpha(name, alpha):

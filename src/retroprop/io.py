@@ -5,12 +5,16 @@ model's JSON configuration, the list of arrays with their shape, dtype and
 SHA-256) and one ``.npy`` entry per array, written and read with
 ``allow_pickle=False``: loading a file can never run code. Writes are atomic
 (temporary file in the same directory, flush + fsync, rename), so a save
-that is interrupted leaves any previous file intact.
+that is interrupted leaves any previous file intact. A save killed before it
+could clean up (SIGKILL, out of memory) leaves its hidden temporary file,
+``.tmp-<pid>-<tag of the target>-*.rpz``; the next save of the same target
+removes it once its process no longer runs.
 """
 import hashlib
 import io as _stdio
 import json
 import os
+import re
 import tempfile
 import zipfile
 import zlib
@@ -32,11 +36,67 @@ def _npy_bytes(arr):
     return buf.getvalue()
 
 
+def _target_tag(path):
+    """A short tag of the target's file name (a hash: any name length fits)."""
+    name = os.path.basename(path).encode("utf-8", "surrogateescape")
+    return hashlib.sha1(name).hexdigest()[:12]
+
+
+def _temporary_prefix(path, pid):
+    """Start of the name of process pid's temporary files for target ``path``:
+    hidden, in the target's directory (a rename within one file system is
+    atomic), naming the writer and the target."""
+    return f".tmp-{pid}-{_target_tag(path)}-"
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True      # someone else's process (or not a pid at all): leave its file
+    return True
+
+
+def _remove_stale_temporaries(path):
+    """Delete the temporary files that earlier saves of ``path`` left when
+    their process was killed (SIGKILL, power loss, OOM) before it could
+    clean up: those whose writer no longer runs. A save still running in
+    another process (or thread of this one) keeps its file. Returns the
+    names removed."""
+    directory = os.path.dirname(os.path.abspath(path)) or "."
+    pattern = re.compile(r"\.tmp-(\d+)-" + _target_tag(path) + r"-.*\.rpz\Z")
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        match = pattern.match(name)
+        if match is None:
+            continue
+        pid = int(match.group(1))
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        try:
+            os.unlink(os.path.join(directory, name))
+            removed.append(name)
+        except OSError:
+            pass
+    return removed
+
+
 def _atomic_write_zip(path, entries):
-    """Write {name: bytes} as a ZIP at ``path`` through a temporary file + rename."""
+    """Write {name: bytes} as a ZIP at ``path`` through a temporary file + rename.
+
+    The temporary file is named after the writing process and the target,
+    so the next save of the same target removes one a killed save left."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".rpz", dir=directory)
+    _remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path, os.getpid()), suffix=".rpz",
+                               dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as zf:

@@ -30,6 +30,19 @@ def _first_nonfinite(arr):
     return tuple(int(i) for i in np.argwhere(bad)[0])
 
 
+def _checked_predictions(y_pred, loss):
+    """y_pred as an array of at least one sample with at least one value each:
+    the batch mean of nothing is not a loss (it was NaN, and a division by
+    zero in MSE's gradient)."""
+    y_pred = np.asarray(y_pred)
+    if y_pred.dtype.kind not in "fiu":
+        raise TypeError(f"{type(loss).__name__}: y_pred must be numeric, got dtype {y_pred.dtype}")
+    if y_pred.ndim < 1 or y_pred.size == 0:
+        raise ValueError(f"{type(loss).__name__}: y_pred is empty (shape {y_pred.shape}); "
+                         f"a loss needs at least one sample with at least one output")
+    return y_pred
+
+
 class Loss:
     """Base class of losses."""
 
@@ -62,12 +75,12 @@ class Loss:
         raise NotImplementedError(f"{type(self).__name__} has no fused path")
 
     def __call__(self, y_true, y_pred):
-        y_pred = np.asarray(y_pred)
+        y_pred = _checked_predictions(y_pred, self)
         targets = self.prepare_targets(y_true, y_pred.shape, y_pred.dtype)
         return self.value(targets, y_pred)
 
     def gradient(self, y_true, y_pred):
-        y_pred = np.asarray(y_pred)
+        y_pred = _checked_predictions(y_pred, self)
         targets = self.prepare_targets(y_true, y_pred.shape, y_pred.dtype)
         return self.grad(targets, y_pred)
 

@@ -54,6 +54,22 @@ def _check_clip(value, name):
     return value
 
 
+def _check_step_item(item):
+    """A ``(key, param, grad)`` triple whose param and grad are NumPy arrays
+    (TypeError naming the parameter otherwise: the state arrays are made
+    from the param's shape and dtype, and the step writes into it)."""
+    try:
+        key, param, grad = item
+    except (TypeError, ValueError):
+        raise TypeError(f"optimizer step: expected (key, param, grad) triples, got {item!r:.80}") \
+            from None
+    for name, arr in (("param", param), ("grad", grad)):
+        if not isinstance(arr, np.ndarray):
+            raise TypeError(f"optimizer step: the {name} of {key!r} must be a numpy.ndarray, "
+                            f"got {type(arr).__name__}")
+    return key, param, grad
+
+
 def _l2_norm(g):
     """||g||_2 accumulated in float64 (a float32 sum of squares overflows past ~1e19)."""
     return math.sqrt(float(np.sum(np.square(g, dtype=np.float64))))
@@ -185,7 +201,8 @@ class Optimizer:
             else:
                 return last[2:]
         keys, params, grads, state0, state1 = [], [], [], [], []
-        for key, param, grad in items:
+        for item in items:
+            key, param, grad = _check_step_item(item)
             first, second = self.state_for(key, param)
             keys.append(key)
             params.append(param)

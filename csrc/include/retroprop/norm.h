@@ -12,6 +12,8 @@
  *
  * Functions returning int give 0 on success and -1 when their small
  * per-call scratch buffer (about 64 * c doubles) cannot be allocated.
+ * The statistics return RP_BN_VARIANCE_OVERFLOW (with mean and var
+ * written) when the variance of finite inputs does not fit the element type.
  */
 #ifndef RETROPROP_NORM_H
 #define RETROPROP_NORM_H
@@ -19,6 +21,8 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+#define RP_BN_VARIANCE_OVERFLOW 2
 
 /* mean[j] = sum_i x[i, j] / rows;  var[j] = sum_i (x[i, j] - mean[j])^2 / rows. */
 int rp_batchnorm_stats_f32(long rows, int c, const float *x, float *mean, float *var);

@@ -20,6 +20,10 @@ void rp_set_num_threads(int n);
 /* True inside an active parallel region (a kernel called by another
  * kernel's threads): kernels then run on the calling thread alone. */
 int rp_in_parallel(void);
+/* True in a process forked after the kernels had run on several threads:
+ * the OpenMP runtime's threads do not exist there, so rp_get_num_threads()
+ * is 1 and rp_set_num_threads() has no effect (runtime.c). */
+int rp_forked_single_threaded(void);
 
 /* The best level this CPU and this build support, and the one in use. */
 rp_simd_level rp_simd_best(void);

@@ -7,11 +7,39 @@ allocated here when not given. Workspaces the kernels need are cached per
 shape and thread, so a training loop allocates nothing per step.
 See docs/BACKEND.md for the contract shared with ``numpy_ref``.
 """
+import os
 import threading
 
 import numpy as np
 
-from .. import _core
+
+def _load_core():
+    """Import the extension with a short OpenMP spin-wait unless the user chose one.
+
+    Threads of libgomp (GCC's OpenMP runtime) waiting at a barrier or for the
+    next parallel region spin 300,000 pause instructions (about 20 ms here)
+    before they sleep. On a machine busy with other processes that spin
+    burns the core's share while the partner thread waits for its turn: with
+    a CPU-bound process on each core, two threads trained an MLP 3-6x slower
+    than one. 300 turns (about 20 us) keep back-to-back regions from paying a
+    wake-up while giving the core away soon after (docs/BACKEND.md,
+    "Threads on a busy machine"). libgomp reads the variable once, when the
+    extension loads it; the environment is restored afterwards, so child
+    processes and other libraries see the user's own. OMP_WAIT_POLICY or
+    GOMP_SPINCOUNT set by the user win."""
+    if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
+        from .. import _core
+        return _core, "as set by the user"
+    os.environ["GOMP_SPINCOUNT"] = str(OPENMP_SPIN_COUNT)
+    try:
+        from .. import _core
+    finally:
+        os.environ.pop("GOMP_SPINCOUNT", None)
+    return _core, f"GOMP_SPINCOUNT={OPENMP_SPIN_COUNT}"
+
+
+OPENMP_SPIN_COUNT = 300
+_core, _OPENMP_WAIT = _load_core()
 
 # Activations (docs/BACKEND.md): FUSED ones have their derivative taken from
 # the output and may be applied in the GEMM write-back; the INPUT_DERIVATIVE
@@ -81,9 +109,16 @@ def _fused(activation):
 
 # ---------------------------------------------------------------- runtime
 
+MAX_THREADS = 512   # RP_MAX_THREADS of csrc/include/retroprop/runtime.h
+
+
 def set_num_threads(n):
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
         raise TypeError(f"set_num_threads: expected an int >= 1, got {n!r}")
+    # Checked here, on the Python int: the binding's C int would turn
+    # 2**31 into an OverflowError instead.
+    if not 1 <= int(n) <= MAX_THREADS:
+        raise ValueError(f"set_num_threads: expected 1 <= n <= {MAX_THREADS}, got {n}")
     _core.set_num_threads(int(n))
 
 
@@ -99,6 +134,8 @@ def backend_info():
         "simd_best": best,
         "threads": _core.get_num_threads(),
         "openmp": _core.have_openmp(),
+        "openmp_wait": _OPENMP_WAIT,
+        "forked_single_threaded": _core.forked_single_threaded(),
         "compiler": _core.compiler(),
         "cuda": False,
         "cuda_note": "built without CUDA (RETROPROP_CUDA=OFF)",
@@ -270,6 +307,7 @@ def conv2d_workspace_size(x_shape, w_shape, stride=(1, 1), dilation=(1, 1),
     """Elements of the ``workspace`` array conv2d_forward (backward=False) or
     conv2d_backward (backward=True) needs: the im2col buffer, plus dz in backward."""
     oh, ow = conv2d_output_hw(x_shape[1], x_shape[2], w_shape[:2], stride, dilation, padding)
+    _check_conv_sizes(x_shape, w_shape, padding, oh, ow)
     col = _col_elements(x_shape, w_shape, oh, ow, stride, padding)
     return col + (x_shape[0] * oh * ow * w_shape[3] if backward else 0)
 
@@ -290,7 +328,7 @@ def _int_tuple(value, length, name, minimum):
     """``value`` as a tuple of ``length`` ints >= minimum (ValueError otherwise)."""
     try:
         items = tuple(int(v) for v in value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         items = ()
     if len(items) != length or min(items) < minimum:
         raise ValueError(f"{name}: expected {length} integers >= {minimum}, got {value!r}")
@@ -308,7 +346,27 @@ def _conv_args(x, w, stride, dilation, padding):
     if oh < 1 or ow < 1:
         raise ValueError(f"conv2d: kernel {w.shape[:2]} with dilation {dilation} is larger than "
                          f"the input {x.shape[1:3]} padded by {padding}")
+    _check_conv_sizes(x.shape, w.shape, padding, oh, ow)
     return stride, dilation, padding, oh, ow
+
+
+def _check_conv_sizes(x_shape, w_shape, padding, oh, ow):
+    _check_kernel_sizes("conv2d", (
+        ("padded height", x_shape[1] + padding[0] + padding[1]),
+        ("padded width", x_shape[2] + padding[2] + padding[3]),
+        ("column matrix of one image", oh * ow * w_shape[0] * w_shape[1] * w_shape[2])))
+
+
+# The kernels index with C ints: a geometry whose sizes pass this is refused
+# here, before any workspace is allocated for it (the binding checks again).
+_KERNEL_INT_MAX = 2**31 - 1
+
+
+def _check_kernel_sizes(op, sizes):
+    for name, value in sizes:
+        if value > _KERNEL_INT_MAX:
+            raise ValueError(f"{op}: {name} {value} exceeds the kernel limit {_KERNEL_INT_MAX} "
+                             f"(check the strides, dilation and padding)")
 
 
 def conv2d_forward(x, w, b, activation, stride=(1, 1), dilation=(1, 1), padding=(0, 0, 0, 0),
@@ -396,6 +454,9 @@ def _pool_out(x, out, name, pool_size, stride, padding):
     if oh < 1 or ow < 1:
         raise ValueError(f"pool2d: window {tuple(pool_size)} is larger than the padded input "
                          f"of {x.shape[1:3]} with padding {tuple(padding)}")
+    _check_kernel_sizes("pool2d", (
+        ("padded height", x.shape[1] + padding[0] + padding[1]),
+        ("padded width", x.shape[2] + padding[2] + padding[3])))
     return _output(out, name, (x.shape[0], oh, ow, x.shape[3]), x.dtype)
 
 
@@ -473,6 +534,10 @@ def gather_rows(x, index, out=None):
     """out[r] = x[index[r]] (a batch of rows picked by a shuffled order), into a
     caller's buffer that can be reused batch after batch. x: C-contiguous, any
     dtype; index: int64 positions in [0, len(x)) (IndexError otherwise)."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"gather_rows: x must be a numpy array, got {type(x).__name__}")
+    if x.ndim < 1:
+        raise ValueError("gather_rows: x must have at least one dimension")
     index = np.ascontiguousarray(index, dtype=np.int64)
     if out is None:
         out = np.empty((index.shape[0],) + x.shape[1:], dtype=x.dtype)

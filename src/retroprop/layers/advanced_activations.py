@@ -14,7 +14,7 @@ the layer's dtype (their slopes vary per channel / per element).
 """
 import numpy as np
 
-from .. import initializers, regularizers
+from .. import activations, initializers, regularizers
 from .base import BufferCache, Layer
 
 
@@ -49,6 +49,11 @@ class _KernelElementwiseLayer(_ElementwiseLayer):
         self.alpha = alpha
         self._buffers = BufferCache()
         self._y = None
+
+    def build(self, input_shape, dtype, rng, backend=None):
+        """Refuses an alpha that does not fit ``dtype`` (1e300 in float32 is inf)."""
+        activations.check_param_dtype(self._activation, self.alpha, dtype, self._describe())
+        return super().build(input_shape, dtype, rng, backend)
 
     def forward(self, x, training=False):
         self.check_input(x)

@@ -100,6 +100,10 @@ class Layer:
             raise TypeError(f"{self._describe()}: dtype must be float32 or float64, got {dtype}")
         if self.name is None:
             self.name = default_name(type(self))
+        # An activation's parameter must fit the dtype (ELU(1e300) is inf in float32).
+        activation = getattr(self, "activation", None)
+        if hasattr(activation, "check_dtype"):
+            activation.check_dtype(dtype, self._describe())
         self.input_shape = tuple(int(s) for s in input_shape)
         self.dtype = dtype
         self.backend = backend if backend is not None else get_backend()

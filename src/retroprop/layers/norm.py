@@ -135,7 +135,11 @@ class BatchNormalization(Layer):
         if self._batch_stats:
             mean = self._buffers.get("batch_mean", (channels,), self.dtype)
             var = self._buffers.get("batch_var", (channels,), self.dtype)
-            self.backend.batchnorm_stats(xc, mean=mean, var=var)
+            try:
+                self.backend.batchnorm_stats(xc, mean=mean, var=var)
+            except ValueError as e:
+                raise ValueError(f"{self._describe()}: {e}") from None
+            self._check_batch_variance(mean, var)
             self._update_moving(mean, var)
         else:
             mean, var = self.state["moving_mean"], self.state["moving_variance"]
@@ -145,6 +149,17 @@ class BatchNormalization(Layer):
         self._x = xc
         self._stats = (mean, var)
         return self._from_channels_last(out)
+
+    def _check_batch_variance(self, mean, var):
+        """Refuse a batch whose variance overflowed the dtype while its mean is
+        finite (finite float32 inputs near 1e20): an infinite variance would
+        enter the moving statistics and normalise every later input to beta.
+        Checked before the moving statistics are touched. (The C backend
+        raises this itself; the NumPy reference is checked here.)"""
+        if np.isinf(var).any() and np.isfinite(mean).all():
+            raise ValueError(f"{self._describe()}: the batch variance overflows {self.dtype} "
+                             f"(inputs too large in magnitude); scale the inputs or use "
+                             f"float64")
 
     def _update_moving(self, mean, var):
         """moving = momentum * moving + (1 - momentum) * batch, in place (C values)."""
