@@ -616,6 +616,10 @@ cdef extern from "retroprop/conv.h":
                                 float *dx) nogil
     void rp_col2im_nhwc_add_f64(const rp_conv2d_geom *g, int first, int count, const double *col,
                                 double *dx) nogil
+    int rp_conv2d_algorithm_applies(const rp_conv2d_geom *g, int elem_size, rp_act act, int algo) nogil
+    int rp_conv2d_select(const rp_conv2d_geom *g, int elem_size, rp_act act) nogil
+    int rp_conv2d_force_algorithm(int algo) nogil
+    const char *rp_conv2d_algorithm_name(int algo) nogil
 
 cdef extern from "retroprop/pool.h":
     ctypedef struct rp_pool2d_geom:
@@ -743,6 +747,40 @@ def conv2d_forward(x, w, b, activation, stride, dilation, padding, col, y):
             rp_conv2d_forward_f64(&g, <double *>px, <double *>pw, <double *>pb, act, chunk,
                                   <double *>pcol, <double *>py)
     return y
+
+
+# The convolution algorithms (conv.h, rp_conv_algo), by name.
+CONV_ALGORITHMS = ("auto", "im2col", "direct", "implicit", "winograd")
+
+
+cdef int _algo_code(object name) except -1:
+    try:
+        return CONV_ALGORITHMS.index(name)
+    except ValueError:
+        raise ValueError(f"conv2d algorithm: expected one of {CONV_ALGORITHMS}, got {name!r}") from None
+
+
+def conv2d_force_algorithm(name):
+    """Use algorithm ``name`` for every convolution it applies to ("auto": the
+    selector's table decides); returns the previous setting. Process-wide: for
+    tests and benchmarks."""
+    cdef int code = _algo_code(name)
+    return CONV_ALGORITHMS[rp_conv2d_force_algorithm(code)]
+
+
+def conv2d_algorithm(x, w, activation, stride, dilation, padding, name=None):
+    """With name None: the algorithm conv2d_forward would run for x and w (and
+    conv2d_backward, whose choice is that of a linear activation). With a
+    name: whether that algorithm can compute this convolution."""
+    cdef int kind = _real_kind(x, "x")
+    _same_kind(w, "w", kind)
+    cdef rp_conv2d_geom g
+    _conv_geom(x, w, stride, dilation, padding, &g)
+    cdef rp_act act = _act_code(activation)
+    cdef int size = 4 if kind == 0 else 8
+    if name is None:
+        return CONV_ALGORITHMS[rp_conv2d_select(&g, size, act)]
+    return bool(rp_conv2d_algorithm_applies(&g, size, act, _algo_code(name)))
 
 
 def conv2d_backward(x, w, y, dy, activation, stride, dilation, padding, col, dz, dw, db, dx):

@@ -386,6 +386,42 @@ def conv2d_forward(x, w, b, activation, stride=(1, 1), dilation=(1, 1), padding=
     return _core.conv2d_forward(x, w, b, _fused(activation), stride, dilation, padding, col, out)
 
 
+# The convolution algorithms (docs/BACKEND.md, "Convolution algorithms"):
+# "auto" lets the selector's threshold table choose per layer; the others
+# are forced for tests and benchmarks, wherever they apply.
+CONV_ALGORITHMS = tuple(_core.CONV_ALGORITHMS)
+
+
+def conv2d_force_algorithm(name):
+    """Run every convolution with algorithm ``name`` where it applies ("auto":
+    the selector decides). Process-wide; returns the previous setting. The
+    environment variable RETROPROP_CONV_ALGORITHM sets it at import."""
+    return _core.conv2d_force_algorithm(name)
+
+
+def conv2d_algorithm(x, w, activation="linear", stride=(1, 1), dilation=(1, 1),
+                     padding=(0, 0, 0, 0), name=None):
+    """The algorithm conv2d_forward runs for x (N, H, W, C) and w (KH, KW, C, F)
+    (conv2d_backward: that of activation "linear"); with ``name``, whether that
+    algorithm can compute this convolution."""
+    x = _input(x, "x")
+    w = _input(w, "w", x.dtype)
+    stride, dilation, padding, _, _ = _conv_args(x, w, stride, dilation, padding)
+    return _core.conv2d_algorithm(x, w, _fused(activation), stride, dilation, padding, name)
+
+
+def _force_from_environment():
+    name = os.environ.get("RETROPROP_CONV_ALGORITHM")
+    if name:
+        try:
+            conv2d_force_algorithm(name)
+        except ValueError as e:
+            raise ValueError(f"RETROPROP_CONV_ALGORITHM: {e}") from None
+
+
+_force_from_environment()
+
+
 def conv2d_backward(x, w, y, dy, activation, dw, db=None, dx=None, *, stride=(1, 1),
                     dilation=(1, 1), padding=(0, 0, 0, 0), workspace=None):
     """dz = dy * act'(y); dw = im2col(x)^T dz; db = sum of dz; dx = col2im(dz w^T).
