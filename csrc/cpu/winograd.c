@@ -83,7 +83,6 @@ static void tiling(const rp_conv2d_geom *g, const rp_wino_kernels *kr, long bloc
     wg->tiles = (long)g->n * wg->tiles_h * wg->tiles_w;
     wg->cp = (int)round_up(g->c, kr->vlen);
     wg->kp = (int)round_up(g->filters, kr->nr);
-    if (getenv("WINO_BLOCK") && block <= 0) block = atol(getenv("WINO_BLOCK"));
     if (block <= 0) {
         /* V and M of a block within the budget, in whole microkernel rows */
         block = kr->block_bytes / ((long)RP_WINO_P * (wg->cp + wg->kp) * (long)sizeof(float));
