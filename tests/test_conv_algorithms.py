@@ -110,7 +110,9 @@ def test_algorithm_names_and_bad_names():
     ((64, 32, 32, 32), (3, 3, 32, 32), np.float32, 2, "linear", "implicit"),   # stride 2
     ((64, 28, 28, 1), (5, 5, 1, 6), np.float32, 1, "relu", "direct"),          # LeNet conv1
     ((64, 14, 14, 6), (5, 5, 6, 16), np.float32, 1, "relu", "implicit"),       # LeNet conv2
-    ((8, 8, 8, 8), (3, 3, 8, 8), np.float32, 1, "linear", "im2col"),           # thin: no Winograd
+    ((8, 8, 8, 8), (3, 3, 8, 8), np.float32, 1, "linear", "winograd"),
+    ((8, 8, 8, 4), (3, 3, 4, 16), np.float32, 1, "linear", "implicit"),        # 4 channels
+    ((1, 4, 4, 16), (3, 3, 16, 16), np.float32, 1, "linear", "implicit"),      # one tile
     ((64, 8, 8, 20), (3, 3, 20, 20), np.float32, 1, "elu", "winograd"),
     ((64, 8, 8, 20), (1, 1, 20, 20), np.float32, 1, "linear", "im2col"),       # pointwise
 ])

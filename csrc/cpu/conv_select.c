@@ -6,14 +6,16 @@
 #include "conv_internal.h"
 #include "gemm_internal.h"
 
-/* Measured with benchmarks/bench_conv.c on a Zen 3 core (AVX2), float32,
- * batch 64, forward + backward against the implicit GEMM: Winograd wins
- * from 16 channels and filters up (1.6-2.1x on 16-128 channels at 16x16 and
- * 32x32); with 8 it roughly ties, and the first layer (3 channels) stays on
- * the implicit GEMM, whose depth the channels do not limit. */
+/* Measured on a Zen 3 core (AVX2, one thread), float32, forward + backward
+ * with dx, batch 64, 3x3 "same" (benchmarks/bench_conv.c), Winograd against
+ * the best other algorithm: 8 -> 8 channels at 32x32 2.6x (im2col), 8 -> 16
+ * 1.5x (implicit), 16 -> 16 1.7-2.3x at 8x8..32x32, 32 -> 32 1.9x, 32 -> 64
+ * and 64 -> 64 at 16x16 2.2-2.8x, 128 -> 128 at 8x8 2.8x; with 4 or 3 input
+ * channels (a first layer) the implicit GEMM wins (4 -> 16: 0.77x), its
+ * depth not being limited by the channels. */
 const rp_conv_thresholds rp_conv_table = {
-    .winograd_min_channels = 16,
-    .winograd_min_filters = 16,
+    .winograd_min_channels = 8,
+    .winograd_min_filters = 8,
     .winograd_min_tiles = 16,
 };
 

@@ -14,7 +14,7 @@ typedef int wino_generic_vi __attribute__((vector_size(16)));
 #include "winograd_kernels.inc"
 
 const rp_wino_kernels rp_wino_kernels_generic = {
-    "generic", VLEN, 2 * VLEN, 192 << 10, 128,
+    "generic", VLEN, 2 * VLEN, 512 << 10, 128,
     wino_generic_input_tiles, wino_generic_output_tiles, wino_generic_grad_tiles,
     wino_generic_multiply, wino_generic_multiply_grad,
     wino_generic_transform_weights, wino_generic_transform_weight_grad,
