@@ -18,7 +18,8 @@ channels_last (the faster layout is the one the goal counts):
                       identity shortcut, ReLU after the sum) on 32x32x16, GlobalAvgPool,
                       Dense 10; batch 64
     --only conv1d     Conv1D model on (N, 128, 8): Conv1D 32@5 + ReLU, pool 2, Conv1D
-                      64@5 + ReLU, pool 2, Dense 128, 10; batch 64 (PyTorch: NCL)
+                      64@5 + ReLU, pool 2, Dense 128, 10; batch 64 (PyTorch: Conv1d on NCL,
+                      and as height-1 Conv2d on (N, C, 1, L) in channels_last)
     --only wide_mlp   MLP 784-2048-2048-10, batch 256 (also in the MLP table's units)
     --only sgemm      float32 GEMM 1024^3 and 2048^3 against NumPy in its natural
                       configuration: a child process without OPENBLAS_CORETYPE, so
@@ -325,8 +326,10 @@ def cnn_retroprop_model(workload):
     raise ValueError(workload)
 
 
-def cnn_torch_model(workload):
-    """The same network in PyTorch (NCHW modules; channels_last is a memory format)."""
+def cnn_torch_model(workload, channels_last=False):
+    """The same network in PyTorch (NCHW modules; channels_last is a memory format).
+    The Conv1D model with channels_last: Conv2d / MaxPool2d of height 1 on (N, C, 1, L)
+    in channels_last memory (what retroprop itself does), as Conv1d has no such layout."""
     import torch
     import torch.nn as nn
     if workload == "cifar":
@@ -348,6 +351,11 @@ def cnn_torch_model(workload):
                 return torch.relu(self.inner(x) + x)
         return nn.Sequential(*[Block() for _ in range(4)], nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                              nn.Linear(16, 10))
+    if workload == "conv1d" and channels_last:
+        return nn.Sequential(nn.Conv2d(8, 32, (1, 5), padding=(0, 2)), nn.ReLU(),
+                             nn.MaxPool2d((1, 2)), nn.Conv2d(32, 64, (1, 5), padding=(0, 2)),
+                             nn.ReLU(), nn.MaxPool2d((1, 2)), nn.Flatten(),
+                             nn.Linear(64 * 32, 128), nn.ReLU(), nn.Linear(128, 10))
     if workload == "conv1d":
         return nn.Sequential(nn.Conv1d(8, 32, 5, padding=2), nn.ReLU(), nn.MaxPool1d(2),
                              nn.Conv1d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool1d(2),
@@ -381,7 +389,10 @@ def torch_layout(x, workload, channels_last):
         t = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
         return t.contiguous(memory_format=torch.channels_last) if channels_last else t
     if x.ndim == 3:
-        return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 2, 1)))
+        t = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 2, 1)))
+        # channels_last: the (N, C, 1, L) image of the height-1 Conv2d model
+        return t[:, :, None, :].contiguous(memory_format=torch.channels_last) if channels_last \
+            else t
     return torch.from_numpy(x)
 
 
@@ -391,7 +402,7 @@ def torch_trainer(workload, framework, x, y):
     import torch
     torch.manual_seed(0)
     channels_last = framework == "torch_cl"
-    model = cnn_torch_model(workload)
+    model = cnn_torch_model(workload, channels_last)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -972,8 +983,8 @@ def cnn_goal_rows(only, frameworks, args):
         if workload not in only or workload == "lenet":
             continue
         peers = ["retroprop"] + (["torch", "torch_cl"] if "torch" in frameworks else [])
-        if workload in ("conv1d", "wide_mlp") and "torch_cl" in peers:
-            peers.remove("torch_cl")     # no channels_last for 3-D or 2-D tensors
+        if workload == "wide_mlp" and "torch_cl" in peers:
+            peers.remove("torch_cl")     # no channels_last for 2-D tensors
         n_train = CNN_WORKLOADS[workload][1] * batch // 64
         times = {f: [] for f in peers}
         layers = {}

@@ -33,7 +33,5 @@ int rp_conv2d_winograd_forward_f32(const rp_conv2d_geom *g, const float *x, cons
 int rp_conv2d_winograd_backward_f32(const rp_conv2d_geom *g, const float *x, const float *w,
                                     const float *y, const float *dy, rp_act act, float *dz,
                                     float *dw, float *db, float *dx);
-/* The kernels' instruction set (for backend_info and tests). */
-const char *rp_conv2d_winograd_isa(void);
 
 #endif

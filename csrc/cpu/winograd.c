@@ -43,11 +43,6 @@ static const rp_wino_kernels *kernels(void)
     return &rp_wino_kernels_generic;
 }
 
-const char *rp_conv2d_winograd_isa(void)
-{
-    return kernels()->name;
-}
-
 /* Grown on demand and kept per thread, as the GEMM's packing buffers: the
  * transformed weights (caller), a block's V and M (each worker), a group's
  * dU (each worker). NULL when out of memory. */
