@@ -2,7 +2,10 @@
  *
  * Build and run:
  *   cmake -S . -B build/bench -DRETROPROP_BUILD_BENCHMARKS=ON && cmake --build build/bench
- *   OMP_NUM_THREADS=2 ./build/bench/bench_conv [reps]
+ *   GOMP_SPINCOUNT=300 OMP_NUM_THREADS=2 ./build/bench/bench_conv [reps]
+ * (GOMP_SPINCOUNT as the Python module sets it: libgomp's default spin of
+ * ~20 ms per wait made two threads 2-3x slower than one on this shared
+ * machine while another process ran.)
  * Layer shapes: LeNet-5's two convolutions and the CIFAR-sized CNN's and the
  * residual stack's 3x3 layers (benchmarks/run.py), float32, forward and
  * backward (dW, db, and dx except for a first layer of 1 or 3 channels).

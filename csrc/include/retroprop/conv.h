@@ -1,4 +1,5 @@
-/* 2-D convolution over NHWC images by im2col + one GEMM.
+/* 2-D convolution over NHWC images: im2col + one GEMM, or the direct,
+ * implicit-GEMM or Winograd algorithm (rp_conv_algo below) where they apply.
  *
  * Input x is (n, h, w, c), the kernel W is (kh, kw, c, filters) and the
  * output y is (n, oh, ow, filters), all row-major and contiguous. Output
