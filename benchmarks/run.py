@@ -22,6 +22,25 @@ Dense branches merged with Add) beside the same layers written as a chain
 Opt-in, --only contention: a 4096-sample MLP epoch at 1 and at all cores'
 threads while a CPU-bound process runs on every core (started and stopped
 here), for retroprop and PyTorch.
+
+Opt-in, the CNN workloads (issue 24), each against PyTorch in NCHW and in
+channels_last (the faster layout is the one the goal counts):
+    --only cifar      CIFAR-sized CNN, 32x32x3: Conv 32-32-pool-64-64-pool (3x3 "same",
+                      each Conv + BN + ReLU), Dense 256, 10; batch 64 and 128
+    --only resnet     4 residual blocks (Conv 3x3 16 + BN + ReLU + Conv 3x3 16 + BN,
+                      identity shortcut, ReLU after the sum) on 32x32x16, GlobalAvgPool,
+                      Dense 10; batch 64
+    --only conv1d     Conv1D model on (N, 128, 8): Conv1D 32@5 + ReLU, pool 2, Conv1D
+                      64@5 + ReLU, pool 2, Dense 128, 10; batch 64 (PyTorch: Conv1d on NCL,
+                      and as height-1 Conv2d on (N, C, 1, L) in channels_last)
+    --only wide_mlp   MLP 784-2048-2048-10, batch 256 (also in the MLP table's units)
+    --only sgemm      float32 GEMM 1024^3 and 2048^3 against NumPy in its natural
+                      configuration: a child process without OPENBLAS_CORETYPE, so
+                      OpenBLAS picks its best kernel for this CPU (threadpoolctl names it)
+    --only cnn-goals  all of the above and lenet: the issue's goal table
+    --layers          with cifar: per-layer forward and backward times of both frameworks
+Every retroprop model is built with the public API (rp.Sequential, rp.layers.*);
+synthetic data (the speed does not depend on the values).
 Peers: PyTorch on the CPU (when importable), NumPy (OpenBLAS matmul; a plain
 NumPy backprop loop for the MLP) and scikit-learn's MLPClassifier (when
 importable). Every framework gets the same thread count. Micro workloads run
@@ -397,10 +416,276 @@ TRAINING = {
 }
 
 
+# ----------------------------------------------------------------------------- CNN workloads (issue 24)
+
+def cnn_retroprop_model(workload):
+    """The retroprop model of a CNN workload, as a user writes it."""
+    import retroprop as rp
+    L = rp.layers
+    if workload == "cifar":
+        def conv_bn_relu(filters):
+            return [L.Conv2D(filters, 3, padding="same"), L.BatchNormalization(),
+                    L.Activation("relu")]
+        return rp.Sequential(conv_bn_relu(32) + conv_bn_relu(32) + [L.MaxPool2D(2)]
+                             + conv_bn_relu(64) + conv_bn_relu(64) + [L.MaxPool2D(2)]
+                             + [L.Flatten(), L.Dense(256, activation="relu"),
+                                L.Dense(10, activation="softmax")],
+                             input_shape=(32, 32, 3), seed=0)
+    if workload == "resnet":
+        blocks = [L.Residual([L.Conv2D(16, 3, padding="same"), L.BatchNormalization(),
+                              L.Activation("relu"), L.Conv2D(16, 3, padding="same"),
+                              L.BatchNormalization()], activation="relu")
+                  for _ in range(4)]
+        return rp.Sequential(blocks + [L.GlobalAvgPool2D(), L.Dense(10, activation="softmax")],
+                             input_shape=(32, 32, 16), seed=0)
+    if workload == "conv1d":
+        return rp.Sequential([L.Conv1D(32, 5, padding="same", activation="relu"), L.MaxPool1D(2),
+                              L.Conv1D(64, 5, padding="same", activation="relu"), L.MaxPool1D(2),
+                              L.Flatten(), L.Dense(128, activation="relu"),
+                              L.Dense(10, activation="softmax")], input_shape=(128, 8), seed=0)
+    if workload == "wide_mlp":
+        return rp.Sequential([L.Dense(2048, activation="relu"), L.Dense(2048, activation="relu"),
+                              L.Dense(10, activation="softmax")], input_shape=(784,), seed=0)
+    raise ValueError(workload)
+
+
+def cnn_torch_model(workload, channels_last=False):
+    """The same network in PyTorch (NCHW modules; channels_last is a memory format).
+    The Conv1D model with channels_last: Conv2d / MaxPool2d of height 1 on (N, C, 1, L)
+    in channels_last memory (what retroprop itself does), as Conv1d has no such layout."""
+    import torch
+    import torch.nn as nn
+    if workload == "cifar":
+        def conv_bn_relu(cin, cout):
+            return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
+        return nn.Sequential(*conv_bn_relu(3, 32), *conv_bn_relu(32, 32), nn.MaxPool2d(2),
+                             *conv_bn_relu(32, 64), *conv_bn_relu(64, 64), nn.MaxPool2d(2),
+                             nn.Flatten(), nn.Linear(64 * 8 * 8, 256), nn.ReLU(),
+                             nn.Linear(256, 10))
+    if workload == "resnet":
+        class Block(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.inner = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16),
+                                           nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1),
+                                           nn.BatchNorm2d(16))
+
+            def forward(self, x):
+                return torch.relu(self.inner(x) + x)
+        return nn.Sequential(*[Block() for _ in range(4)], nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                             nn.Linear(16, 10))
+    if workload == "conv1d" and channels_last:
+        return nn.Sequential(nn.Conv2d(8, 32, (1, 5), padding=(0, 2)), nn.ReLU(),
+                             nn.MaxPool2d((1, 2)), nn.Conv2d(32, 64, (1, 5), padding=(0, 2)),
+                             nn.ReLU(), nn.MaxPool2d((1, 2)), nn.Flatten(),
+                             nn.Linear(64 * 32, 128), nn.ReLU(), nn.Linear(128, 10))
+    if workload == "conv1d":
+        return nn.Sequential(nn.Conv1d(8, 32, 5, padding=2), nn.ReLU(), nn.MaxPool1d(2),
+                             nn.Conv1d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool1d(2),
+                             nn.Flatten(), nn.Linear(64 * 32, 128), nn.ReLU(), nn.Linear(128, 10))
+    if workload == "wide_mlp":
+        return nn.Sequential(nn.Linear(784, 2048), nn.ReLU(), nn.Linear(2048, 2048), nn.ReLU(),
+                             nn.Linear(2048, 10))
+    raise ValueError(workload)
+
+
+# (per-sample input shape in retroprop's layout, samples per timed epoch)
+CNN_WORKLOADS = {"cifar": ((32, 32, 3), 2048), "resnet": ((32, 32, 16), 2048),
+                 "conv1d": ((128, 8), 8192), "wide_mlp": ((784,), 4096)}
+
+
+def cnn_data(workload, n_train):
+    import numpy as np
+    shape, _ = CNN_WORKLOADS[workload]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n_train,) + shape).astype(np.float32)
+    y = rng.integers(0, 10, n_train)
+    reset_peak_rss()
+    return x, y
+
+
+def torch_layout(x, workload, channels_last):
+    """x (retroprop's channels-last layout) as PyTorch's input tensor."""
+    import numpy as np
+    import torch
+    if x.ndim == 4:
+        t = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+        return t.contiguous(memory_format=torch.channels_last) if channels_last else t
+    if x.ndim == 3:
+        t = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 2, 1)))
+        # channels_last: the (N, C, 1, L) image of the height-1 Conv2d model
+        return t[:, :, None, :].contiguous(memory_format=torch.channels_last) if channels_last \
+            else t
+    return torch.from_numpy(x)
+
+
+def torch_trainer(workload, framework, x, y):
+    """(model, epoch(n)) for PyTorch; framework "torch" (NCHW) or "torch_cl" (channels_last)."""
+    import numpy as np
+    import torch
+    torch.manual_seed(0)
+    channels_last = framework == "torch_cl"
+    model = cnn_torch_model(workload, channels_last)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    lossf = torch.nn.CrossEntropyLoss()
+    xt = torch_layout(x, workload, channels_last)
+    yt = torch.from_numpy(y.astype(np.int64))
+    batch = CNN_BATCH["value"]
+
+    def epoch(n):
+        perm = torch.randperm(n)
+        for s in range(0, n, batch):
+            idx = perm[s:s + batch]
+            xb = xt[idx]
+            if channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            opt.zero_grad()
+            lossf(model(xb), yt[idx]).backward()
+            opt.step()
+    return model, epoch
+
+
+CNN_BATCH = {"value": 64}
+
+
+def child_cnn_epoch(workload, framework, batch, threads, n_train):
+    """One epoch of a CNN workload (see CNN_WORKLOADS) on synthetic data."""
+    x, y = cnn_data(workload, n_train)
+    CNN_BATCH["value"] = batch
+    if framework == "retroprop":
+        import retroprop as rp
+        rp.set_num_threads(threads)
+        model = cnn_retroprop_model(workload)
+        trainer = rp.Trainer(model, "categorical_crossentropy",
+                             rp.optim.SGD(lr=0.01, momentum=0.9), metrics=[])
+        warm_up(lambda n: trainer.fit(x[:n], y[:n], epochs=1, batch_size=batch, verbose=0),
+                batch, len(x))
+        t0 = time.perf_counter()
+        trainer.fit(x, y, epochs=1, batch_size=batch, verbose=0, shuffle=True)
+        seconds = time.perf_counter() - t0
+        if LAYERS["on"]:
+            LAYERS["result"] = retroprop_layer_times(model, x[:batch])
+        return seconds
+    import torch
+    torch.set_num_threads(threads)
+    model, epoch = torch_trainer(workload, framework, x, y)
+    warm_up(epoch, batch, len(x))
+    t0 = time.perf_counter()
+    epoch(len(x))
+    seconds = time.perf_counter() - t0
+    if LAYERS["on"]:
+        LAYERS["result"] = torch_layer_times(model, torch_layout(x[:batch], workload,
+                                                                 framework == "torch_cl"))
+    return seconds
+
+
+# --layers: per-layer forward and backward times (minimum of LAYER_REPEATS)
+LAYERS = {"on": False, "result": None}
+LAYER_REPEATS = 15
+
+
+def retroprop_layer_times(model, xb):
+    """[(name, forward s, backward s)] of each top-level layer, a training step's
+    forward then backward (minimum of LAYER_REPEATS)."""
+    import numpy as np
+    layers = model.layers
+    fwd = [float("inf")] * len(layers)
+    bwd = [float("inf")] * len(layers)
+    dy = None
+    for _ in range(LAYER_REPEATS):
+        h = xb
+        for i, layer in enumerate(layers):
+            t0 = time.perf_counter()
+            h = layer.forward(h, training=True)
+            fwd[i] = min(fwd[i], time.perf_counter() - t0)
+        if dy is None:
+            dy = np.random.default_rng(0).standard_normal(h.shape).astype(h.dtype) / h.shape[0]
+        g = dy
+        for i in range(len(layers) - 1, -1, -1):
+            t0 = time.perf_counter()
+            g = layers[i].backward(g, need_dx=i > 0)
+            bwd[i] = min(bwd[i], time.perf_counter() - t0)
+    return [(type(layer).__name__, f, b) for layer, f, b in zip(layers, fwd, bwd)]
+
+
+def torch_layer_times(model, xb):
+    """[(name, forward s, backward s)] of each top-level module: forward alone, then
+    forward + backward from a fixed upstream gradient, on the module's own input
+    (minimum of LAYER_REPEATS); backward = the difference."""
+    import torch
+    inputs = []
+    h = xb
+    with torch.no_grad():
+        for module in model:
+            inputs.append(h)
+            h = module(h)
+    result = []
+    for i, module in enumerate(model):
+        x = inputs[i].detach().clone().requires_grad_(i > 0)
+        if x.dim() == 4 and xb.is_contiguous(memory_format=torch.channels_last):
+            x = x.contiguous(memory_format=torch.channels_last)
+        params = [p for p in module.parameters()]
+        out = module(x)
+        g = torch.randn_like(out)
+        fwd = both = float("inf")
+        for _ in range(LAYER_REPEATS):
+            t0 = time.perf_counter()
+            out = module(x)
+            fwd = min(fwd, time.perf_counter() - t0)
+            wrt = params + ([x] if i > 0 else [])
+            t0 = time.perf_counter()
+            out = module(x)
+            if wrt:
+                torch.autograd.grad(out, wrt, g)
+            both = min(both, time.perf_counter() - t0)
+        result.append((type(module).__name__, fwd, max(both - fwd, 0.0)))
+    return result
+
+
+def child_sgemm(threads, sizes=(1024, 2048), rounds=5):
+    """float32 C = A B: retroprop's GEMM and NumPy's matmul, interleaved, in this
+    process (started without OPENBLAS_CORETYPE: OpenBLAS's own choice of kernel)."""
+    import numpy as np
+    import retroprop as rp
+    from retroprop.backend import cpu
+    rp.set_num_threads(threads)
+    kernel = "?"
+    try:
+        from threadpoolctl import threadpool_info
+        kernel = ", ".join(f"{i['internal_api']} {i.get('architecture', '?')}"
+                           for i in threadpool_info() if i["user_api"] == "blas")
+    except ImportError:
+        pass
+    times = {}
+    for n in sizes:
+        rng = np.random.default_rng(n)
+        a = rng.standard_normal((n, n)).astype(np.float32)
+        b = rng.standard_normal((n, n)).astype(np.float32)
+        c = np.empty((n, n), np.float32)
+        fns = {"retroprop": lambda: cpu.gemm(a, b, c), "numpy": lambda: np.matmul(a, b, out=c)}
+        got = {f: [] for f in fns}
+        for _ in range(rounds):
+            for f, fn in fns.items():
+                fn()
+                t0 = time.perf_counter()
+                fn()
+                got[f].append(time.perf_counter() - t0)
+        times[n] = {f: summarise(v) for f, v in got.items()}
+    return {"times": times, "openblas": kernel}
+
+
+CHILDREN = {}
+for _workload in CNN_WORKLOADS:
+    CHILDREN[_workload] = (lambda w: lambda framework, batch, threads, n_train:
+                           child_cnn_epoch(w, framework, batch, threads, n_train))(_workload)
+
+
 def run_child(workload, framework, batch, threads, n_train):
     cmd = [sys.executable, os.path.abspath(__file__), "--child", workload, "--framework", framework,
            "--batch", str(batch), "--threads", str(threads), "--n-train", str(n_train),
-           "--warmup", str(WARMUP["seconds"])]
+           "--warmup", str(WARMUP["seconds"])] + (["--layers"] if LAYERS["on"] else [])
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     if out.returncode != 0:
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed"}
@@ -408,11 +693,18 @@ def run_child(workload, framework, batch, threads, n_train):
 
 
 def child_main(args):
-    child, variant, _, _, _ = TRAINING[args.child]
-    extra = () if variant is None else (variant,)
-    seconds = child(args.framework, args.batch, args.threads, args.n_train, *extra)
+    if args.child == "sgemm":
+        print(json.dumps(child_sgemm(args.threads)))
+        return
+    LAYERS["on"] = args.layers
+    if args.child in TRAINING:
+        child, variant, _, _, _ = TRAINING[args.child]
+        extra = () if variant is None else (variant,)
+        seconds = child(args.framework, args.batch, args.threads, args.n_train, *extra)
+    else:
+        seconds = CHILDREN[args.child](args.framework, args.batch, args.threads, args.n_train)
     rss_mib = peak_rss_mib()
-    print(json.dumps({"seconds": seconds, "peak_rss_mib": rss_mib}))
+    print(json.dumps({"seconds": seconds, "peak_rss_mib": rss_mib, "layers": LAYERS["result"]}))
 
 
 # ----------------------------------------------------------------------------- micro workloads
@@ -660,6 +952,8 @@ def main():
     p.add_argument("--only", default=None,
                    help="comma-separated workloads to run: micro, " + ", ".join(TRAINING)
                         + " (default: all)")
+    p.add_argument("--layers", action="store_true",
+                   help="with --only cifar: per-layer forward/backward times of each framework")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--framework", default=None, help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, default=32, help=argparse.SUPPRESS)
@@ -703,9 +997,13 @@ def main():
     print(f"# {machine}")
 
     only = None if args.only is None else set(args.only.split(","))
-    if only is not None and not only <= {"micro", "contention"} | set(TRAINING):
-        p.error(f"--only: unknown workload in {args.only!r} (choose from micro, "
-                f"{', '.join(TRAINING)}, contention)")
+    if only is not None and "cnn-goals" in only:
+        only = (only - {"cnn-goals"}) | {"cifar", "resnet", "conv1d", "wide_mlp", "sgemm", "lenet"}
+    known = {"micro", "contention", "sgemm"} | set(TRAINING) | set(CNN_WORKLOADS)
+    if only is not None and not only <= known:
+        p.error(f"--only: unknown workload in {args.only!r} "
+                f"(choose from {', '.join(sorted(known))}, cnn-goals)")
+    LAYERS["on"] = args.layers
 
     shapes = [(256, 256, 256), (1024, 1024, 1024), (32, 784, 256), (128, 784, 256), (128, 256, 128)]
     if not args.quick:
@@ -749,6 +1047,8 @@ def main():
                      "times": {f: summarise(t) for f, t in times.items() if t},
                      "peak_rss_mib": {f: max(v) for f, v in rss.items() if v}})
 
+    goals = cnn_goal_rows(only, frameworks, args) if only is not None else []
+
     contention = None
     if only is not None and "contention" in only:
         contention = contention_workload(frameworks, args.repeats)
@@ -760,6 +1060,30 @@ def main():
                                "results": [contention]}, f, indent=1)
             return
 
+    if rows:
+        print_table(rows)
+    if contention is not None:
+        print_contention(contention)
+        rows.append(contention)
+    for r in rows:
+        if "peak_rss_mib" in r:
+            print(f"peak RSS, {r['workload']}: " +
+                  ", ".join(f"{f} {v:.0f} MiB" for f, v in r["peak_rss_mib"].items()))
+    graph = [r for r in rows if r["workload"].startswith("graph epoch")]
+    chain = [r for r in rows if r["workload"].startswith("chain epoch")]
+    if graph and chain and "retroprop" in graph[0]["times"] and "retroprop" in chain[0]["times"]:
+        ratio = graph[0]["times"]["retroprop"] / chain[0]["times"]["retroprop"]
+        print(f"retroprop graph model / the same layers as a chain, per sample: {ratio:.2f}")
+    if goals:
+        print_goal_rows(goals, rows, args.threads)
+        rows.extend(goals)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine, "statistic": STAT["name"], "results": rows}, f, indent=1)
+
+
+def print_table(rows):
+    """The table of the default workloads: retroprop against each peer."""
     peers = [f for f in ("torch", "numpy", "sklearn") if any(f in r["times"] for r in rows)]
     header = f"| {'workload':<46} | {'retroprop':>10} | " + " | ".join(f"{p:>9} | {'ratio':>6}" for p in peers) + " |"
     print(header)
@@ -778,21 +1102,93 @@ def main():
     print(f"times are the {STAT['name']} of interleaved repetitions, in ms; "
           f"ratio = retroprop / peer (below 1: retroprop faster); training epochs timed after "
           f"{WARMUP['seconds']:g} s of warm-up training")
-    if contention is not None:
-        print_contention(contention)
-        rows.append(contention)
-    for r in rows:
-        if "peak_rss_mib" in r:
-            print(f"peak RSS, {r['workload']}: " +
-                  ", ".join(f"{f} {v:.0f} MiB" for f, v in r["peak_rss_mib"].items()))
-    graph = [r for r in rows if r["workload"].startswith("graph epoch")]
-    chain = [r for r in rows if r["workload"].startswith("chain epoch")]
-    if graph and chain and "retroprop" in graph[0]["times"] and "retroprop" in chain[0]["times"]:
-        ratio = graph[0]["times"]["retroprop"] / chain[0]["times"]["retroprop"]
-        print(f"retroprop graph model / the same layers as a chain, per sample: {ratio:.2f}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": machine, "statistic": STAT["name"], "results": rows}, f, indent=1)
+
+
+# ----------------------------------------------------------------------------- CNN goal table
+
+# (workload, batch, goal: retroprop / faster PyTorch layout at most this)
+CNN_GOALS = [("cifar", 64, 0.70), ("cifar", 128, 0.70), ("resnet", 64, 0.70), ("lenet", 64, 0.40),
+             ("conv1d", 64, 0.60), ("wide_mlp", 256, 0.60)]
+
+
+def cnn_goal_rows(only, frameworks, args):
+    """Rows of the CNN workloads asked for: epochs in fresh children per framework
+    and repetition, interleaved (retroprop, PyTorch NCHW, PyTorch channels_last)."""
+    results = []
+    if "torch" not in frameworks:
+        print("# CNN workloads: PyTorch is not importable; retroprop alone")
+    for workload, batch, goal in CNN_GOALS:
+        # (LeNet's row comes from the training table: print_goal_rows adds it)
+        if workload not in only or workload == "lenet":
+            continue
+        peers = ["retroprop"] + (["torch", "torch_cl"] if "torch" in frameworks else [])
+        if workload == "wide_mlp" and "torch_cl" in peers:
+            peers.remove("torch_cl")     # no channels_last for 2-D tensors
+        n_train = CNN_WORKLOADS[workload][1] * batch // 64
+        times = {f: [] for f in peers}
+        layers = {}
+        for _ in range(args.repeats):
+            for f in peers:
+                r = run_child(workload, f, batch, args.threads, n_train)
+                if "error" in r:
+                    print(f"# {workload} {f}: {r['error']}")
+                    continue
+                times[f].append(r["seconds"])
+                if r.get("layers"):
+                    layers.setdefault(f, []).append(r["layers"])
+        row = {"workload": f"{workload} epoch ({n_train} samples) batch {batch}",
+               "times": {f: summarise(t) for f, t in times.items() if t}, "goal": goal,
+               "threads": args.threads}
+        if layers:
+            # per layer, the minimum over the repetitions
+            row["layers"] = {f: [(entries[0][i][0], min(e[i][1] for e in entries),
+                                  min(e[i][2] for e in entries)) for i in range(len(entries[0]))]
+                             for f, entries in layers.items()}
+        results.append(row)
+    if "sgemm" in only:
+        env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
+        cmd = [sys.executable, os.path.abspath(__file__), "--child", "sgemm",
+               "--threads", str(args.threads), "--stat", args.stat]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env)
+        if out.returncode != 0:
+            print(f"# sgemm: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else 'failed'}")
+        else:
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            for n, t in r["times"].items():
+                results.append({"workload": f"sgemm {n}^3 (OpenBLAS: {r['openblas']})",
+                                "times": t, "goal": 1 / 0.90, "threads": args.threads})
+    return results
+
+
+def print_goal_rows(goals, rows, threads):
+    """The goal table: retroprop against the faster PyTorch layout (NumPy for sgemm)."""
+    lenet = next((r for r in rows if r["workload"].startswith("lenet")), None)
+    if lenet is not None:
+        goals = goals + [{"workload": lenet["workload"], "times": lenet["times"], "goal": 0.40,
+                          "threads": threads}]
+    print(f"\nCNN goals at {threads} thread(s) ({STAT['name']} of interleaved repetitions, ms; "
+          f"ratio = retroprop / the faster peer; sgemm: time ratio, goal <= 1/0.90)")
+    print(f"| {'workload':<58} | {'retroprop':>9} | {'torch NCHW':>10} | {'torch CL':>9} | "
+          f"{'numpy':>8} | {'ratio':>5} | {'goal':>5} | {'holds':>5} |")
+    print("|" + "|".join("-" * n for n in (60, 11, 12, 11, 10, 7, 7, 7)) + "|")
+    for r in goals:
+        t = r["times"]
+        peer = min((t[f] for f in ("torch", "torch_cl", "numpy") if f in t), default=None)
+        ours = t.get("retroprop")
+        ratio = ours / peer if ours and peer else float("nan")
+
+        def cell(f, width):
+            return f"{t[f] * 1e3:{width}.1f}" if f in t else f"{'-':>{width}}"
+        print(f"| {r['workload']:<58} | {cell('retroprop', 9)} | {cell('torch', 10)} | "
+              f"{cell('torch_cl', 9)} | {cell('numpy', 8)} | {ratio:5.2f} | {r['goal']:5.2f} | "
+              f"{'yes' if ratio <= r['goal'] else 'no':>5} |")
+    for r in goals:
+        for f, layers in r.get("layers", {}).items():
+            print(f"\nper layer, {r['workload']}, {f} (forward / backward, ms, minimum):")
+            for name, fwd, bwd in layers:
+                print(f"  {name:<24} {fwd * 1e3:8.3f} {bwd * 1e3:8.3f}")
+            print(f"  {'sum':<24} {sum(x[1] for x in layers) * 1e3:8.3f} "
+                  f"{sum(x[2] for x in layers) * 1e3:8.3f}")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@
 #include "act_internal.h"
 #include "act_scalar.h"
 #include "gemm_internal.h"
+#include "conv_internal.h"
 #ifdef RETROPROP_HAVE_OPENMP
 #include <omp.h>
 #endif
@@ -105,15 +106,8 @@ static int threads_for(double elements)
  * the dW GEMM (patch x filters, both tiny) spends its time packing. Instead
  * a block's column matrix is gathered transposed (one row of pixels per
  * patch tap, contiguous for stride 1), and the kernels below vectorise over
- * pixels. Taken for filters <= RP_DIRECT_FILTERS and patch <= RP_DIRECT_PATCH. */
-#define RP_DIRECT_FILTERS 8
-#define RP_DIRECT_PATCH 64
-
-static int use_direct(const rp_conv2d_geom *g)
-{
-    return g->filters <= RP_DIRECT_FILTERS && g->kh * g->kw * g->c <= RP_DIRECT_PATCH &&
-           !rp_conv2d_is_pointwise(g);
-}
+ * pixels. Taken for filters <= RP_DIRECT_FILTERS and patch <= RP_DIRECT_PATCH
+ * (RP_CONV_ALGO_DIRECT, conv_select.c). */
 
 /* The direct kernels' bodies are inlined twice: into a wrapper compiled for
  * AVX2+FMA, taken when the runtime uses AVX2 (as the GEMM microkernels), and
@@ -417,12 +411,11 @@ static void direct_lines_weight_grad_avx2_f32(const rp_conv2d_geom *g, const flo
  * GEMM path on 3x3 layers of 64 channels): the
  * column matrix is gathered straight into the microkernel's packed-A layout,
  * six pixels at a time, and W is read in place as B. This skips both the
- * column matrix and the GEMM's own packing copy of it. */
-#define RP_PACKED_PATCH_MAX 1152
+ * column matrix and the GEMM's own packing copy of it. Taken as
+ * RP_CONV_ALGO_IMPLICIT (conv_select.c, rp_conv_implicit_fits). */
 static int use_packed_forward(const rp_conv2d_geom *g)
 {
-    return g->filters % RP_NR_F32 == 0 && g->kh * g->kw * g->c <= RP_PACKED_PATCH_MAX &&
-           !rp_conv2d_is_pointwise(g) && rp_simd_in_use() == RP_SIMD_AVX2;
+    return rp_conv_implicit_fits(g, (int)sizeof(float));
 }
 
 /* ap[p * RP_MR_F32] = column-matrix entry p of pixel (img, oy, ox). */
@@ -561,7 +554,7 @@ static int use_gather_weight_grad(const rp_conv2d_geom *g)
  * smaller than the patches it replaces), and dW needs no column matrix. */
 static int use_padded_copy(const rp_conv2d_geom *g)
 {
-    return use_packed_forward(g) && !use_direct(g) && (g->pad_top > 0 || g->pad_left > 0 ||
+    return use_packed_forward(g) && (g->pad_top > 0 || g->pad_left > 0 ||
            (long)(g->oh - 1) * g->stride_h + (long)(g->kh - 1) * g->dilation_h >= g->h ||
            (long)(g->ow - 1) * g->stride_w + (long)(g->kw - 1) * g->dilation_w >= g->w) &&
            g->ow >= RP_MR_F32;
@@ -639,7 +632,11 @@ static int transposed_geometry(const rp_conv2d_geom *g, rp_conv2d_geom *gt)
     gt->pad_left = (int)left;
     gt->oh = g->h;
     gt->ow = g->w;
-    return use_padded_copy(gt) && lines_per_block(gt, g->n) > 0;
+    /* (the forward of gt then takes the implicit path on a padded copy, or
+     * Winograd: neither needs the column workspace) */
+    const int algo = rp_conv2d_select(gt, (int)sizeof(float), RP_ACT_LINEAR);
+    return algo == RP_CONV_ALGO_WINOGRAD ||
+           (algo == RP_CONV_ALGO_IMPLICIT && use_padded_copy(gt) && lines_per_block(gt, g->n) > 0);
 }
 
 /* wt (kh, kw, filters, c) = w (kh, kw, c, filters) turned by 180 degrees,
@@ -727,6 +724,7 @@ static void direct_weight_grad_avx2_f32(int patch, int filters, long rows, const
 
 #define RP_CONV_TEMPLATE 1
 #define REAL float
+#define REAL_IS_F32 1
 #define FN(name) name##_f32
 #ifdef RP_DIRECT_AVX2
 #define DIRECT_AVX2_F32 1
@@ -738,6 +736,7 @@ static void direct_weight_grad_avx2_f32(int patch, int filters, long rows, const
 #include "conv.c"
 #undef VEC
 #undef REAL
+#undef REAL_IS_F32
 #undef FN
 #undef GEMM
 #undef GRAD_FROM_OUTPUT
@@ -1170,21 +1169,20 @@ static void FN(conv_weight_grad)(int rows, int patch, int filters, const REAL *c
  * backward: no result depends on which thread runs a block, and a static
  * split left the faster core idle while the other finished, a LeNet epoch
  * 5-20% slower on a VM whose cores' speeds vary. */
-static void FN(conv_forward_blocks)(const rp_conv2d_geom *g, int first, int count, long lpb,
-                                    const REAL *x, const REAL *w, const REAL *b, rp_act act,
-                                    REAL *col, REAL *y)
+static void FN(conv_forward_blocks)(const rp_conv2d_geom *g, int algo, int first, int count,
+                                    long lpb, const REAL *x, const REAL *w, const REAL *b,
+                                    rp_act act, REAL *col, REAL *y)
 {
     const int patch = g->kh * g->kw * g->c;
     const long lines = (long)count * g->oh;
     const long blocks = (lines + lpb - 1) / lpb;
     REAL *ychunk = y + (long)first * g->oh * g->ow * g->filters;
-    const int direct = use_direct(g);
+    const int direct = algo == RP_CONV_ALGO_DIRECT;
 #ifdef DIRECT_AVX2_F32
     /* the row-buffer kernels' padded weights and bias, shared by the threads */
     const int rows_path = direct && use_direct_rows(g);
-    /* activations the microkernel applies itself (with their default parameter) */
-    const int packed = !direct && use_packed_forward(g) &&
-                       rp_act_in_microkernel(act, rp_act_param_default(act));
+    /* (the selector checked that the microkernel applies the activation) */
+    const int packed = algo == RP_CONV_ALGO_IMPLICIT;
     const int gather = packed && use_gather_forward(g);
     int offsets[RP_PACKED_PATCH_MAX];   /* use_packed_forward: patch <= RP_PACKED_PATCH_MAX */
     if (gather) gather_offsets(g, offsets);
@@ -1249,6 +1247,11 @@ void FN(rp_conv2d_forward)(const rp_conv2d_geom *g, const REAL *x, const REAL *w
 {
     const int patch = g->kh * g->kw * g->c;
     const long rows_per_image = (long)g->oh * g->ow;
+    const int algo = rp_conv2d_select(g, (int)sizeof(REAL), act);
+#ifdef REAL_IS_F32
+    if (algo == RP_CONV_ALGO_WINOGRAD && rp_conv2d_winograd_forward_f32(g, x, w, b, act, y) == 0)
+        return;   /* (out of memory: the paths below) */
+#endif
     if (rp_conv2d_is_pointwise(g)) {
         /* x viewed as (n*h*w, c) already is the column matrix. */
         GEMM(0, 0, (int)(g->n * rows_per_image), g->filters, g->c, (REAL)1, x, g->c,
@@ -1260,20 +1263,20 @@ void FN(rp_conv2d_forward)(const rp_conv2d_geom *g, const REAL *x, const REAL *w
         const int count = g->n - first < chunk ? g->n - first : chunk;
         const long lpb = lines_per_block(g, count);
 #ifdef DIRECT_AVX2_F32
-        if (lpb > 0 && use_padded_copy(g) && rp_act_in_microkernel(act, rp_act_param_default(act))) {
+        if (lpb > 0 && algo == RP_CONV_ALGO_IMPLICIT && use_padded_copy(g)) {
             /* the chunk's images with their padding: every line read in place */
             rp_conv2d_geom gp;
             const float *xp = padded_images_f32(g, x, first, count, &gp);
             if (xp) {
                 /* (the same output lines, so the same blocks) */
-                FN(conv_forward_blocks)(&gp, 0, count, lpb, xp, w, b, act, col,
+                FN(conv_forward_blocks)(&gp, algo, 0, count, lpb, xp, w, b, act, col,
                                         y + (long)first * rows_per_image * g->filters);
                 continue;
             }
         }
 #endif
         if (lpb > 0) {
-            FN(conv_forward_blocks)(g, first, count, lpb, x, w, b, act, col, y);
+            FN(conv_forward_blocks)(g, algo, first, count, lpb, x, w, b, act, col, y);
             continue;
         }
         FN(rp_im2col_nhwc)(g, first, count, x, col);
@@ -1290,7 +1293,8 @@ void FN(rp_conv2d_forward)(const rp_conv2d_geom *g, const REAL *x, const REAL *w
  * 3. dW (and db) = beta * old + the partials added in block order.
  * Blocks depend on the geometry and chunk only, so the result does not
  * depend on the thread count. */
-static void FN(conv_backward_blocks)(const rp_conv2d_geom *g, int first, int count, long lpb,
+static void FN(conv_backward_blocks)(const rp_conv2d_geom *g, int algo, int first, int count,
+                                     long lpb,
                                      const REAL *x, const REAL *w, const REAL *y,
                                      const REAL *dy, rp_act act, REAL *col, REAL *dz,
                                      REAL *partials, REAL beta, REAL *dw, REAL *db, REAL *dx,
@@ -1307,10 +1311,11 @@ static void FN(conv_backward_blocks)(const rp_conv2d_geom *g, int first, int cou
     /* The direct kernels compute dW only, and leave dz transposed or not at
      * all: dx, by the column-gradient GEMM here or as a convolution of dz
      * afterwards (keep_dz), needs the other path. */
-    const int direct = !dx && !keep_dz && use_direct(g);
+    const int direct = !dx && !keep_dz && algo == RP_CONV_ALGO_DIRECT;
 #ifdef DIRECT_AVX2_F32
     /* dW read from the input in place (its partials then in natural layout) */
-    const int gather_dw = !direct && use_gather_weight_grad(gx) && lpb <= RP_GATHER_LINES_MAX;
+    const int gather_dw = !direct && algo == RP_CONV_ALGO_IMPLICIT && use_gather_weight_grad(gx) &&
+                          lpb <= RP_GATHER_LINES_MAX;
     int offsets[RP_PACKED_PATCH_MAX];   /* use_packed_forward: patch <= RP_PACKED_PATCH_MAX */
     if (gather_dw) gather_offsets(gx, offsets);
 #else
@@ -1491,6 +1496,12 @@ void FN(rp_conv2d_backward)(const rp_conv2d_geom *g, const REAL *x, const REAL *
     const long rows_per_image = (long)g->oh * g->ow;
     const long rows = g->n * rows_per_image;
     const long image_size = (long)g->h * g->w * g->c;
+    const int algo = rp_conv2d_select(g, (int)sizeof(REAL), RP_ACT_LINEAR);
+#ifdef REAL_IS_F32
+    if (algo == RP_CONV_ALGO_WINOGRAD &&
+        rp_conv2d_winograd_backward_f32(g, x, w, y, dy, act, dz, dw, db, dx) == 0)
+        return;   /* (out of memory: the paths below) */
+#endif
 
     if (!rp_conv2d_is_pointwise(g)) {
         if (chunk < 1) chunk = 1;
@@ -1536,7 +1547,8 @@ void FN(rp_conv2d_backward)(const rp_conv2d_geom *g, const REAL *x, const REAL *
                 int xg_first = first;
 #ifdef DIRECT_AVX2_F32
                 rp_conv2d_geom gp;
-                if (use_padded_copy(g) && lpb <= RP_GATHER_LINES_MAX) {
+                if (algo == RP_CONV_ALGO_IMPLICIT && use_padded_copy(g) &&
+                    lpb <= RP_GATHER_LINES_MAX) {
                     const float *xp = padded_images_f32(g, x, first, count, &gp);
                     if (xp) {
                         gx = &gp;
@@ -1545,7 +1557,7 @@ void FN(rp_conv2d_backward)(const rp_conv2d_geom *g, const REAL *x, const REAL *
                     }
                 }
 #endif
-                FN(conv_backward_blocks)(g, first, count, lpb, x, w, y, dy, act, col, dz,
+                FN(conv_backward_blocks)(g, algo, first, count, lpb, x, w, y, dy, act, col, dz,
                                          partials, first == 0 ? (REAL)0 : (REAL)1, dw, db,
                                          dx_blocks, dx != dx_blocks, gx, xg, xg_first);
             }

@@ -1,237 +1,162 @@
-/* Batch normalisation kernels (see retroprop/norm.h for the formulas).
+/* Batch normalisation kernels (see retroprop/norm.h for the formulas):
+ * the public entry points, choosing the AVX2 build of the kernels
+ * (norm_avx2.c, float32) or the portable one compiled here.
  *
  * Data is (rows, c) with channels contiguous, so every loop walks rows in
- * the outer loop and channels in the inner, unit-stride loop.
+ * the outer loop and channels in the inner, unit-stride loop (which the
+ * compiler vectorises).
  *
- * Per-channel sums: the rows are cut into at most RP_BN_MAX_BLOCKS blocks
- * whose boundaries depend on `rows` alone. Threads take whole blocks and
- * write one partial sum per (block, channel); the partials are then added
- * in block order. The result therefore never depends on the thread count
- * (deterministic), and each thread still streams through contiguous memory.
- * Sums are kept in double for both element types: a float32 running sum
- * over 10^6 rows would lose about three digits.
+ * Reductions: the rows are cut into blocks whose boundaries depend on
+ * `rows` and `c` alone (about RP_BN_BLOCK_BYTES of x each, so a block read
+ * twice comes from the core's L2 the second time). Threads take whole
+ * blocks and write one partial result per (block, channel); the partials
+ * are then combined in block order. The result therefore never depends on
+ * the thread count (deterministic). Within a block, sums run in the element
+ * type over RP_BN_SUB rows at a time and are then added into double: a
+ * float32 running sum over 10^6 rows would lose about three digits, a
+ * double per element would make the pass compute-bound.
  *
- * The element-type dependent part is written once, below the #else, and
- * instantiated for float and double by including this file twice.
+ * The statistics read x once from memory: each block's mean, then the sum
+ * of squared deviations around it (the block again, from L2), combined
+ * across blocks with the parallel variance formula (Chan et al. 1979):
+ *     M2 = sum_b M2_b + sum_b n_b (mean_b - mean)^2.
+ * Deviations are always taken from a mean, never E[x^2] - E[x]^2, so a
+ * large mean against the spread costs no digits.
+ *
+ * The _act variants fuse an activation after the normalisation (relu,
+ * for a BN + ReLU pair) and its derivative, read from the output, into the
+ * backward: one pass over memory less each way.
  */
-#ifndef RP_NORM_TEMPLATE
-
-#include <math.h>
-#include <stdlib.h>
 #include "retroprop/norm.h"
-#include "retroprop/runtime.h"
-#include "act_internal.h"
+#include "norm_internal.h"
+#include "act_scalar.h"
 
-#define RP_BN_MAX_BLOCKS 64L
-#define RP_BN_MIN_BLOCK_ROWS 64L
-
-static int threads_for(double elements)
-{
-    return elements < (double)RP_ELEMENTWISE_PARALLEL_MIN ? 1 : rp_get_num_threads();
-}
-
-/* Rows per block: at least RP_BN_MIN_BLOCK_ROWS, and few enough blocks. */
-static long block_rows_for(long rows)
-{
-    long per = (rows + RP_BN_MAX_BLOCKS - 1) / RP_BN_MAX_BLOCKS;
-    return per < RP_BN_MIN_BLOCK_ROWS ? RP_BN_MIN_BLOCK_ROWS : per;
-}
-
-/* out[j] = sum over blocks b, in order, of partial[b * c + j]. */
-static void sum_blocks(const double *partial, long blocks, int c, double *out)
-{
-    for (int j = 0; j < c; ++j) out[j] = 0.0;
-    for (long b = 0; b < blocks; ++b) {
-        const double *p = partial + b * c;
-        for (int j = 0; j < c; ++j) out[j] += p[j];
-    }
-}
-
-#define RP_NORM_TEMPLATE 1
 #define REAL float
-#define FN(name) name##_f32
-#include "norm.c"
+#define KFN(name) rp_bn_##name##_f32_generic
+#define GRAD_FROM_OUTPUT rp_act_grad_from_output_f32
+#define ACT_SCALAR rp_act_scalar_f32
+#include "norm_kernels.inc"
 #undef REAL
-#undef FN
+#undef KFN
+#undef GRAD_FROM_OUTPUT
+#undef ACT_SCALAR
 
 #define REAL double
-#define FN(name) name##_f64
-#include "norm.c"
+#define KFN(name) rp_bn_##name##_f64_generic
+#define GRAD_FROM_OUTPUT rp_act_grad_from_output_f64
+#define ACT_SCALAR rp_act_scalar_f64
+#include "norm_kernels.inc"
 #undef REAL
-#undef FN
+#undef KFN
+#undef GRAD_FROM_OUTPUT
+#undef ACT_SCALAR
 
-#else /* RP_NORM_TEMPLATE: the body, instantiated per element type */
+#ifdef RETROPROP_HAVE_AVX2
+#define USE_AVX2 (rp_simd_in_use() == RP_SIMD_AVX2)
+#else
+#define USE_AVX2 0
+#define rp_bn_stats_f32_avx2 rp_bn_stats_f32_generic
+#define rp_bn_apply_act_f32_avx2 rp_bn_apply_act_f32_generic
+#define rp_bn_backward_act_f32_avx2 rp_bn_backward_act_f32_generic
+#endif
 
-int FN(rp_batchnorm_stats)(long rows, int c, const REAL *x, REAL *mean, REAL *var)
+/* moving = momentum * moving + (1 - momentum) * batch, as two products and a sum. */
+void rp_batchnorm_update_moving_f32(int c, const float *mean, const float *var, float momentum,
+                                    float *moving_mean, float *moving_var)
 {
-    const long brows = block_rows_for(rows);
-    const long blocks = (rows + brows - 1) / brows;
-    const int nt = threads_for((double)rows * c);
-    /* partial sums (blocks x c), then the channel means, then the squared deviations. */
-    double *partial = (double *)malloc(sizeof(double) * ((size_t)blocks * c + 2 * (size_t)c));
-    if (partial == NULL) return -1;
-    double *mean_d = partial + blocks * c;
-    double *var_d = mean_d + c;
-    (void)nt;
-
-    /* Pass 1: the mean. */
-#ifdef RETROPROP_HAVE_OPENMP
-#pragma omp parallel for schedule(static) num_threads(nt)
-#endif
-    for (long b = 0; b < blocks; ++b) {
-        double *p = partial + b * c;
-        const long end = (b + 1) * brows < rows ? (b + 1) * brows : rows;
-        for (int j = 0; j < c; ++j) p[j] = 0.0;
-        for (long i = b * brows; i < end; ++i) {
-            const REAL *xr = x + i * c;
-            for (int j = 0; j < c; ++j) p[j] += (double)xr[j];
-        }
-    }
-    sum_blocks(partial, blocks, c, mean_d);
-    for (int j = 0; j < c; ++j) mean_d[j] /= (double)rows;
-
-    /* Pass 2: the variance around that mean (two passes: no cancellation
-     * of E[x^2] - E[x]^2 when the mean is large against the spread). */
-#ifdef RETROPROP_HAVE_OPENMP
-#pragma omp parallel for schedule(static) num_threads(nt)
-#endif
-    for (long b = 0; b < blocks; ++b) {
-        double *p = partial + b * c;
-        const long end = (b + 1) * brows < rows ? (b + 1) * brows : rows;
-        for (int j = 0; j < c; ++j) p[j] = 0.0;
-        for (long i = b * brows; i < end; ++i) {
-            const REAL *xr = x + i * c;
-            for (int j = 0; j < c; ++j) {
-                const double d = (double)xr[j] - mean_d[j];
-                p[j] += d * d;
-            }
-        }
-    }
-    sum_blocks(partial, blocks, c, var_d);
-    int overflow = 0;
+    const float keep = momentum, take = 1.0f - momentum;
     for (int j = 0; j < c; ++j) {
-        mean[j] = (REAL)mean_d[j];
-        var[j] = (REAL)(var_d[j] / (double)rows);
-        /* Finite inputs (a finite mean) whose variance does not fit REAL
-         * (float32 values near 1e20): an infinite variance would normalise
-         * every input to beta, silently. */
-        overflow |= isinf(var[j]) && isfinite(mean_d[j]);
+        const float old_mean = keep * moving_mean[j], new_mean = take * mean[j];
+        const float old_var = keep * moving_var[j], new_var = take * var[j];
+        moving_mean[j] = old_mean + new_mean;
+        moving_var[j] = old_var + new_var;
     }
-    free(partial);
-    return overflow ? RP_BN_VARIANCE_OVERFLOW : 0;
 }
 
-int FN(rp_batchnorm_apply)(long rows, int c, const REAL *x, const REAL *mean,
-                           const REAL *var, const REAL *gamma, const REAL *beta,
-                           REAL eps, REAL *y)
+void rp_batchnorm_update_moving_f64(int c, const double *mean, const double *var,
+                                    double momentum, double *moving_mean, double *moving_var)
 {
-    const int nt = threads_for((double)rows * c);
-    /* y = (x - mean) * scale + shift, scale = gamma / sqrt(var + eps), shift = beta. */
-    REAL *scale = (REAL *)malloc(sizeof(REAL) * 2 * (size_t)c);
-    if (scale == NULL) return -1;
-    REAL *shift = scale + c;
-    (void)nt;
+    const double keep = momentum, take = 1.0 - momentum;
     for (int j = 0; j < c; ++j) {
-        const double inv_std = 1.0 / sqrt((double)var[j] + (double)eps);
-        scale[j] = (REAL)((gamma != NULL ? (double)gamma[j] : 1.0) * inv_std);
-        shift[j] = beta != NULL ? beta[j] : (REAL)0;
+        const double old_mean = keep * moving_mean[j], new_mean = take * mean[j];
+        const double old_var = keep * moving_var[j], new_var = take * var[j];
+        moving_mean[j] = old_mean + new_mean;
+        moving_var[j] = old_var + new_var;
     }
-#ifdef RETROPROP_HAVE_OPENMP
-#pragma omp parallel for schedule(static) num_threads(nt)
-#endif
-    for (long i = 0; i < rows; ++i) {
-        const REAL *xr = x + i * c;
-        REAL *yr = y + i * c;
-        for (int j = 0; j < c; ++j) yr[j] = (xr[j] - mean[j]) * scale[j] + shift[j];
-    }
-    free(scale);
-    return 0;
 }
 
-int FN(rp_batchnorm_backward)(long rows, int c, const REAL *x, const REAL *dy,
-                              const REAL *mean, const REAL *var, const REAL *gamma,
-                              REAL eps, int batch_stats, REAL *dgamma, REAL *dbeta,
-                              REAL *dx)
+int rp_batchnorm_stats_f32(long rows, int c, const float *x, float *mean, float *var)
 {
-    const long brows = block_rows_for(rows);
-    const long blocks = (rows + brows - 1) / brows;
-    const int nt = threads_for((double)rows * c);
-    /* Partials of sum(dy) and sum(dy * xhat) side by side (blocks x 2c),
-     * then their totals, inv_std, and room for the three dx coefficients. */
-    double *partial = (double *)malloc(sizeof(double) * (2 * (size_t)blocks * c + 6 * (size_t)c));
-    if (partial == NULL) return -1;
-    double *sum_dy = partial + 2 * blocks * c;
-    double *sum_dy_xhat = sum_dy + c;
-    double *inv_std = sum_dy_xhat + c;
-    (void)nt;
-    for (int j = 0; j < c; ++j) inv_std[j] = 1.0 / sqrt((double)var[j] + (double)eps);
-
-#ifdef RETROPROP_HAVE_OPENMP
-#pragma omp parallel for schedule(static) num_threads(nt)
-#endif
-    for (long b = 0; b < blocks; ++b) {
-        double *p_dy = partial + 2 * b * c;
-        double *p_dyx = p_dy + c;
-        const long end = (b + 1) * brows < rows ? (b + 1) * brows : rows;
-        for (int j = 0; j < c; ++j) { p_dy[j] = 0.0; p_dyx[j] = 0.0; }
-        for (long i = b * brows; i < end; ++i) {
-            const REAL *xr = x + i * c;
-            const REAL *dyr = dy + i * c;
-            for (int j = 0; j < c; ++j) {
-                const double g = (double)dyr[j];
-                p_dy[j] += g;
-                p_dyx[j] += g * ((double)xr[j] - (double)mean[j]) * inv_std[j];
-            }
-        }
-    }
-    /* Totals, in block order. */
-    for (int j = 0; j < c; ++j) { sum_dy[j] = 0.0; sum_dy_xhat[j] = 0.0; }
-    for (long b = 0; b < blocks; ++b) {
-        const double *p_dy = partial + 2 * b * c;
-        const double *p_dyx = p_dy + c;
-        for (int j = 0; j < c; ++j) { sum_dy[j] += p_dy[j]; sum_dy_xhat[j] += p_dyx[j]; }
-    }
-    for (int j = 0; j < c; ++j) {
-        if (dgamma != NULL) dgamma[j] = (REAL)sum_dy_xhat[j];
-        if (dbeta != NULL) dbeta[j] = (REAL)sum_dy[j];
-    }
-    if (dx == NULL) {
-        free(partial);
-        return 0;
-    }
-
-    /* dx = k_dy * dy + k_dev * (x - mean) + k_0 per channel, where
-     *   k_dy  = gamma * inv_std
-     *   k_dev = -k_dy * inv_std * sum_dy_xhat / rows     (training only)
-     *   k_0   = -k_dy * sum_dy / rows                    (training only)
-     * which is gamma*inv_std/rows * (rows*dy - sum_dy - xhat*sum_dy_xhat). */
-    REAL *k_dy = (REAL *)(inv_std + c);
-    REAL *k_dev = k_dy + c;
-    REAL *k_0 = k_dev + c;
-    for (int j = 0; j < c; ++j) {
-        const double a = (gamma != NULL ? (double)gamma[j] : 1.0) * inv_std[j];
-        k_dy[j] = (REAL)a;
-        k_dev[j] = batch_stats ? (REAL)(-a * inv_std[j] * sum_dy_xhat[j] / (double)rows) : (REAL)0;
-        k_0[j] = batch_stats ? (REAL)(-a * sum_dy[j] / (double)rows) : (REAL)0;
-    }
-#ifdef RETROPROP_HAVE_OPENMP
-#pragma omp parallel for schedule(static) num_threads(nt)
-#endif
-    for (long i = 0; i < rows; ++i) {
-        const REAL *xr = x + i * c;
-        const REAL *dyr = dy + i * c;
-        REAL *dxr = dx + i * c;
-        /* In inference x does not enter dx at all (not even as 0 * x, which
-         * a NaN or Inf in x would turn into NaN). */
-        if (batch_stats) {
-            for (int j = 0; j < c; ++j)
-                dxr[j] = k_dy[j] * dyr[j] + k_dev[j] * (xr[j] - mean[j]) + k_0[j];
-        } else {
-            for (int j = 0; j < c; ++j) dxr[j] = k_dy[j] * dyr[j];
-        }
-    }
-    free(partial);
-    return 0;
+    return USE_AVX2 ? rp_bn_stats_f32_avx2(rows, c, x, mean, var)
+                    : rp_bn_stats_f32_generic(rows, c, x, mean, var);
 }
 
-#endif /* RP_NORM_TEMPLATE */
+int rp_batchnorm_stats_f64(long rows, int c, const double *x, double *mean, double *var)
+{
+    return rp_bn_stats_f64_generic(rows, c, x, mean, var);
+}
+
+int rp_batchnorm_apply_act_f32(long rows, int c, const float *x, const float *mean,
+                               const float *var, const float *gamma, const float *beta,
+                               float eps, rp_act act, float *y)
+{
+    return USE_AVX2 ? rp_bn_apply_act_f32_avx2(rows, c, x, mean, var, gamma, beta, eps, act, y)
+                    : rp_bn_apply_act_f32_generic(rows, c, x, mean, var, gamma, beta, eps, act, y);
+}
+
+int rp_batchnorm_apply_act_f64(long rows, int c, const double *x, const double *mean,
+                               const double *var, const double *gamma, const double *beta,
+                               double eps, rp_act act, double *y)
+{
+    return rp_bn_apply_act_f64_generic(rows, c, x, mean, var, gamma, beta, eps, act, y);
+}
+
+int rp_batchnorm_apply_f32(long rows, int c, const float *x, const float *mean, const float *var,
+                           const float *gamma, const float *beta, float eps, float *y)
+{
+    return rp_batchnorm_apply_act_f32(rows, c, x, mean, var, gamma, beta, eps, RP_ACT_LINEAR, y);
+}
+
+int rp_batchnorm_apply_f64(long rows, int c, const double *x, const double *mean,
+                           const double *var, const double *gamma, const double *beta,
+                           double eps, double *y)
+{
+    return rp_batchnorm_apply_act_f64(rows, c, x, mean, var, gamma, beta, eps, RP_ACT_LINEAR, y);
+}
+
+int rp_batchnorm_backward_act_f32(long rows, int c, const float *x, const float *y,
+                                  const float *dy, const float *mean, const float *var,
+                                  const float *gamma, float eps, int batch_stats, rp_act act,
+                                  float *dgamma, float *dbeta, float *dx)
+{
+    return USE_AVX2 ? rp_bn_backward_act_f32_avx2(rows, c, x, y, dy, mean, var, gamma, eps,
+                                                  batch_stats, act, dgamma, dbeta, dx)
+                    : rp_bn_backward_act_f32_generic(rows, c, x, y, dy, mean, var, gamma, eps,
+                                                     batch_stats, act, dgamma, dbeta, dx);
+}
+
+int rp_batchnorm_backward_act_f64(long rows, int c, const double *x, const double *y,
+                                  const double *dy, const double *mean, const double *var,
+                                  const double *gamma, double eps, int batch_stats, rp_act act,
+                                  double *dgamma, double *dbeta, double *dx)
+{
+    return rp_bn_backward_act_f64_generic(rows, c, x, y, dy, mean, var, gamma, eps, batch_stats,
+                                          act, dgamma, dbeta, dx);
+}
+
+int rp_batchnorm_backward_f32(long rows, int c, const float *x, const float *dy,
+                              const float *mean, const float *var, const float *gamma,
+                              float eps, int batch_stats, float *dgamma, float *dbeta, float *dx)
+{
+    return rp_batchnorm_backward_act_f32(rows, c, x, NULL, dy, mean, var, gamma, eps, batch_stats,
+                                         RP_ACT_LINEAR, dgamma, dbeta, dx);
+}
+
+int rp_batchnorm_backward_f64(long rows, int c, const double *x, const double *dy,
+                              const double *mean, const double *var, const double *gamma,
+                              double eps, int batch_stats, double *dgamma, double *dbeta,
+                              double *dx)
+{
+    return rp_batchnorm_backward_act_f64(rows, c, x, NULL, dy, mean, var, gamma, eps, batch_stats,
+                                         RP_ACT_LINEAR, dgamma, dbeta, dx);
+}

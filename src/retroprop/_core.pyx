@@ -617,6 +617,10 @@ cdef extern from "retroprop/conv.h":
                                 float *dx) nogil
     void rp_col2im_nhwc_add_f64(const rp_conv2d_geom *g, int first, int count, const double *col,
                                 double *dx) nogil
+    int rp_conv2d_algorithm_applies(const rp_conv2d_geom *g, int elem_size, rp_act act, int algo) nogil
+    int rp_conv2d_select(const rp_conv2d_geom *g, int elem_size, rp_act act) nogil
+    int rp_conv2d_force_algorithm(int algo) nogil
+    const char *rp_conv2d_algorithm_name(int algo) nogil
 
 cdef extern from "retroprop/pool.h":
     ctypedef struct rp_pool2d_geom:
@@ -744,6 +748,40 @@ def conv2d_forward(x, w, b, activation, stride, dilation, padding, col, y):
             rp_conv2d_forward_f64(&g, <double *>px, <double *>pw, <double *>pb, act, chunk,
                                   <double *>pcol, <double *>py)
     return y
+
+
+# The convolution algorithms (conv.h, rp_conv_algo), by name.
+CONV_ALGORITHMS = ("auto", "im2col", "direct", "implicit", "winograd")
+
+
+cdef int _algo_code(object name) except -1:
+    try:
+        return CONV_ALGORITHMS.index(name)
+    except ValueError:
+        raise ValueError(f"conv2d algorithm: expected one of {CONV_ALGORITHMS}, got {name!r}") from None
+
+
+def conv2d_force_algorithm(name):
+    """Use algorithm ``name`` for every convolution it applies to ("auto": the
+    selector's table decides); returns the previous setting. Process-wide: for
+    tests and benchmarks."""
+    cdef int code = _algo_code(name)
+    return CONV_ALGORITHMS[rp_conv2d_force_algorithm(code)]
+
+
+def conv2d_algorithm(x, w, activation, stride, dilation, padding, name=None):
+    """With name None: the algorithm conv2d_forward would run for x and w (and
+    conv2d_backward, whose choice is that of a linear activation). With a
+    name: whether that algorithm can compute this convolution."""
+    cdef int kind = _real_kind(x, "x")
+    _same_kind(w, "w", kind)
+    cdef rp_conv2d_geom g
+    _conv_geom(x, w, stride, dilation, padding, &g)
+    cdef rp_act act = _act_code(activation)
+    cdef int size = 4 if kind == 0 else 8
+    if name is None:
+        return CONV_ALGORITHMS[rp_conv2d_select(&g, size, act)]
+    return bool(rp_conv2d_algorithm_applies(&g, size, act, _algo_code(name)))
 
 
 def conv2d_backward(x, w, y, dy, activation, stride, dilation, padding, col, dz, dw, db, dx):
@@ -2030,6 +2068,27 @@ cdef extern from "retroprop/norm.h":
                                   const double *mean, const double *var, const double *gamma,
                                   double eps, int batch_stats, double *dgamma, double *dbeta,
                                   double *dx) nogil
+    void rp_batchnorm_update_moving_f32(int c, const float *mean, const float *var,
+                                        float momentum, float *moving_mean,
+                                        float *moving_var) nogil
+    void rp_batchnorm_update_moving_f64(int c, const double *mean, const double *var,
+                                        double momentum, double *moving_mean,
+                                        double *moving_var) nogil
+    int rp_batchnorm_apply_act_f32(long rows, int c, const float *x, const float *mean,
+                                   const float *var, const float *gamma, const float *beta,
+                                   float eps, rp_act act, float *y) nogil
+    int rp_batchnorm_apply_act_f64(long rows, int c, const double *x, const double *mean,
+                                   const double *var, const double *gamma, const double *beta,
+                                   double eps, rp_act act, double *y) nogil
+    int rp_batchnorm_backward_act_f32(long rows, int c, const float *x, const float *y,
+                                      const float *dy, const float *mean, const float *var,
+                                      const float *gamma, float eps, int batch_stats, rp_act act,
+                                      float *dgamma, float *dbeta, float *dx) nogil
+    int rp_batchnorm_backward_act_f64(long rows, int c, const double *x, const double *y,
+                                      const double *dy, const double *mean, const double *var,
+                                      const double *gamma, double eps, int batch_stats,
+                                      rp_act act, double *dgamma, double *dbeta,
+                                      double *dx) nogil
 
 
 cdef int _bn_rows_channels(object x, Py_ssize_t *rows, Py_ssize_t *c) except -1:
@@ -2053,22 +2112,40 @@ cdef int _bn_vector(object arr, str name, int kind, Py_ssize_t c, int writable,
     return 0
 
 
-def batchnorm_stats(x, mean, var):
-    """mean, var (C,) <- per-channel mean and biased variance of x (..., C)."""
+def batchnorm_stats(x, mean, var, moving_mean=None, moving_var=None, double momentum=0.0):
+    """mean, var (C,) <- per-channel mean and biased variance of x (..., C). With
+    moving_mean and moving_var (C,): then moving = momentum * moving + (1 - momentum)
+    * batch, unless the variance overflowed (nothing moves then)."""
     cdef int kind = _real_kind(x, "x")
     cdef Py_ssize_t rows, c
     _bn_rows_channels(x, &rows, &c)
     _bn_vector(mean, "mean", kind, c, 1, 0)
     _bn_vector(var, "var", kind, c, 1, 0)
+    if (moving_mean is None) != (moving_var is None):
+        raise ValueError("batchnorm_stats: give both moving_mean and moving_var, or neither")
+    cdef bint moving = moving_mean is not None
+    if moving:
+        _bn_vector(moving_mean, "moving_mean", kind, c, 1, 0)
+        _bn_vector(moving_var, "moving_var", kind, c, 1, 0)
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"batchnorm_stats: momentum must be in [0, 1], got {momentum}")
     cdef void *px = _ptr(x)
     cdef void *pm = _ptr(mean)
     cdef void *pv = _ptr(var)
+    cdef void *pmm = _ptr_or_null(moving_mean)
+    cdef void *pmv = _ptr_or_null(moving_var)
     cdef int rc
     with nogil:
         if kind == 0:
             rc = rp_batchnorm_stats_f32(rows, <int>c, <float *>px, <float *>pm, <float *>pv)
+            if rc == 0 and moving:
+                rp_batchnorm_update_moving_f32(<int>c, <float *>pm, <float *>pv, <float>momentum,
+                                               <float *>pmm, <float *>pmv)
         else:
             rc = rp_batchnorm_stats_f64(rows, <int>c, <double *>px, <double *>pm, <double *>pv)
+            if rc == 0 and moving:
+                rp_batchnorm_update_moving_f64(<int>c, <double *>pm, <double *>pv, momentum,
+                                               <double *>pmm, <double *>pmv)
     if rc == RP_BN_VARIANCE_OVERFLOW:
         raise ValueError(f"batchnorm_stats: the variance of finite inputs overflows {x.dtype} "
                          f"(inputs too large in magnitude); scale the inputs or use float64")
@@ -2077,8 +2154,10 @@ def batchnorm_stats(x, mean, var):
     return mean, var
 
 
-def batchnorm_apply(x, mean, var, gamma, beta, double eps, y):
-    """y = (x - mean) / sqrt(var + eps) * gamma + beta; gamma/beta may be None."""
+def batchnorm_apply(x, mean, var, gamma, beta, double eps, y, activation="linear"):
+    """y = act((x - mean) / sqrt(var + eps) * gamma + beta); gamma/beta may be None.
+    activation: one whose derivative comes from the output (ACTIVATIONS), with
+    its default parameter."""
     cdef int kind = _real_kind(x, "x")
     cdef Py_ssize_t rows, c
     _bn_rows_channels(x, &rows, &c)
@@ -2088,6 +2167,7 @@ def batchnorm_apply(x, mean, var, gamma, beta, double eps, y):
     _bn_vector(beta, "beta", kind, c, 0)
     _same_kind(y, "y", kind, 1)
     _shape(y, "y", x.shape)
+    cdef rp_act act = _act_code(activation)
     cdef void *px = _ptr(x)
     cdef void *pm = _ptr(mean)
     cdef void *pv = _ptr(var)
@@ -2097,23 +2177,33 @@ def batchnorm_apply(x, mean, var, gamma, beta, double eps, y):
     cdef int rc
     with nogil:
         if kind == 0:
-            rc = rp_batchnorm_apply_f32(rows, <int>c, <float *>px, <float *>pm, <float *>pv,
-                                        <float *>pg, <float *>pb, <float>eps, <float *>py)
+            rc = rp_batchnorm_apply_act_f32(rows, <int>c, <float *>px, <float *>pm, <float *>pv,
+                                            <float *>pg, <float *>pb, <float>eps, act, <float *>py)
         else:
-            rc = rp_batchnorm_apply_f64(rows, <int>c, <double *>px, <double *>pm, <double *>pv,
-                                        <double *>pg, <double *>pb, eps, <double *>py)
+            rc = rp_batchnorm_apply_act_f64(rows, <int>c, <double *>px, <double *>pm,
+                                            <double *>pv, <double *>pg, <double *>pb, eps, act,
+                                            <double *>py)
     if rc != 0:
         raise MemoryError("batchnorm_apply: out of memory")
     return y
 
 
-def batchnorm_backward(x, dy, mean, var, gamma, double eps, bint batch_stats, dgamma, dbeta, dx):
-    """dgamma, dbeta, dx (each may be None) of batchnorm_apply; batch_stats: training mode."""
+def batchnorm_backward(x, dy, mean, var, gamma, double eps, bint batch_stats, dgamma, dbeta, dx,
+                       y=None, activation="linear"):
+    """dgamma, dbeta, dx (each may be None) of batchnorm_apply; batch_stats: training mode.
+    With an activation, of batchnorm_apply(..., activation): y is its output."""
     cdef int kind = _real_kind(x, "x")
     cdef Py_ssize_t rows, c
     _bn_rows_channels(x, &rows, &c)
     _same_kind(dy, "dy", kind)
     _shape(dy, "dy", x.shape)
+    cdef rp_act act = _act_code(activation)
+    if act != RP_ACT_LINEAR:
+        if y is None:
+            raise ValueError(f"batchnorm_backward: activation {activation!r} needs its output y")
+        _same_kind(y, "y", kind)
+        _shape(y, "y", x.shape)
+    cdef void *py = NULL if act == RP_ACT_LINEAR else _ptr(y)
     _bn_vector(mean, "mean", kind, c, 0, 0)
     _bn_vector(var, "var", kind, c, 0, 0)
     _bn_vector(gamma, "gamma", kind, c, 0)
@@ -2133,14 +2223,101 @@ def batchnorm_backward(x, dy, mean, var, gamma, double eps, bint batch_stats, dg
     cdef int rc
     with nogil:
         if kind == 0:
-            rc = rp_batchnorm_backward_f32(rows, <int>c, <float *>px, <float *>pdy, <float *>pm,
-                                           <float *>pv, <float *>pg, <float>eps, batch_stats,
-                                           <float *>pdg, <float *>pdb, <float *>pdx)
+            rc = rp_batchnorm_backward_act_f32(rows, <int>c, <float *>px, <float *>py,
+                                               <float *>pdy, <float *>pm, <float *>pv,
+                                               <float *>pg, <float>eps, batch_stats, act,
+                                               <float *>pdg, <float *>pdb, <float *>pdx)
         else:
-            rc = rp_batchnorm_backward_f64(rows, <int>c, <double *>px, <double *>pdy,
-                                           <double *>pm, <double *>pv, <double *>pg, eps,
-                                           batch_stats, <double *>pdg, <double *>pdb,
-                                           <double *>pdx)
+            rc = rp_batchnorm_backward_act_f64(rows, <int>c, <double *>px, <double *>py,
+                                               <double *>pdy, <double *>pm, <double *>pv,
+                                               <double *>pg, eps, batch_stats, act,
+                                               <double *>pdg, <double *>pdb, <double *>pdx)
     if rc != 0:
         raise MemoryError("batchnorm_backward: out of memory")
+    return dx
+
+
+# ================================================================ residual sum, global pooling
+
+cdef extern from "retroprop/residual.h":
+    void rp_add_act_f32(size_t n, const float *a, const float *b, rp_act act, double param,
+                        float *y) nogil
+    void rp_add_act_f64(size_t n, const double *a, const double *b, rp_act act, double param,
+                        double *y) nogil
+
+cdef extern from "retroprop/pool.h":
+    void rp_global_avgpool_forward_f32(long n, long pixels, int c, const float *x, float *y) nogil
+    void rp_global_avgpool_forward_f64(long n, long pixels, int c, const double *x, double *y) nogil
+    void rp_global_avgpool_backward_f32(long n, long pixels, int c, const float *dy,
+                                        float *dx) nogil
+    void rp_global_avgpool_backward_f64(long n, long pixels, int c, const double *dy,
+                                        double *dx) nogil
+
+
+def add_act(a, b, activation, y, param=None):
+    """y = act(a + b) elementwise in one pass (a residual block's sum and its
+    activation); a, b and y of one shape and dtype; y may be a or b."""
+    cdef int kind = _real_kind(a, "a")
+    _same_kind(b, "b", kind)
+    _same_shape(b, "b", a)
+    _same_kind(y, "y", kind, 1)
+    _same_shape(y, "y", a)
+    cdef rp_act act = _act_code(activation)
+    cdef double p = _act_param(act, param, activation, kind)
+    cdef size_t n = <size_t>a.size
+    cdef void *pa = _ptr(a)
+    cdef void *pb = _ptr(b)
+    cdef void *py = _ptr(y)
+    with nogil:
+        if kind == 0:
+            rp_add_act_f32(n, <float *>pa, <float *>pb, act, p, <float *>py)
+        else:
+            rp_add_act_f64(n, <double *>pa, <double *>pb, act, p, <double *>py)
+    return y
+
+
+cdef int _gap_dims(object x, str name, Py_ssize_t *n, Py_ssize_t *pixels, Py_ssize_t *c) except -1:
+    if x.ndim < 3 or x.size == 0:
+        raise ValueError(f"global_avgpool: expected a non-empty {name} of shape (N, ..., C), "
+                         f"got {x.shape}")
+    n[0] = x.shape[0]
+    c[0] = x.shape[x.ndim - 1]
+    pixels[0] = x.size // (n[0] * c[0])
+    _fits_int(name, c[0])
+    return 0
+
+
+def global_avgpool_forward(x, y):
+    """y (N, C) = the mean of x (N, ..., C) over all its middle axes."""
+    cdef int kind = _real_kind(x, "x")
+    cdef Py_ssize_t n, pixels, c
+    _gap_dims(x, "x", &n, &pixels, &c)
+    _same_kind(y, "y", kind, 1)
+    _shape2(y, "y", n, c)
+    cdef void *px = _ptr(x)
+    cdef void *py = _ptr(y)
+    with nogil:
+        if kind == 0:
+            rp_global_avgpool_forward_f32(n, pixels, <int>c, <float *>px, <float *>py)
+        else:
+            rp_global_avgpool_forward_f64(n, pixels, <int>c, <double *>px, <double *>py)
+    return y
+
+
+def global_avgpool_backward(dy, dx):
+    """dx (N, ..., C) = dy (N, C) / (the number of positions) at every position."""
+    cdef int kind = _real_kind(dx, "dx")
+    cdef Py_ssize_t n, pixels, c
+    _gap_dims(dx, "dx", &n, &pixels, &c)
+    if not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>dx):
+        raise ValueError("dx: output array is read-only")
+    _same_kind(dy, "dy", kind)
+    _shape2(dy, "dy", n, c)
+    cdef void *pdy = _ptr(dy)
+    cdef void *pdx = _ptr(dx)
+    with nogil:
+        if kind == 0:
+            rp_global_avgpool_backward_f32(n, pixels, <int>c, <float *>pdy, <float *>pdx)
+        else:
+            rp_global_avgpool_backward_f64(n, pixels, <int>c, <double *>pdy, <double *>pdx)
     return dx

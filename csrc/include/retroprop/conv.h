@@ -1,4 +1,5 @@
-/* 2-D convolution over NHWC images by im2col + one GEMM.
+/* 2-D convolution over NHWC images: im2col + one GEMM, or the direct,
+ * implicit-GEMM or Winograd algorithm (rp_conv_algo below) where they apply.
  *
  * Input x is (n, h, w, c), the kernel W is (kh, kw, c, filters) and the
  * output y is (n, oh, ow, filters), all row-major and contiguous. Output
@@ -29,6 +30,39 @@ typedef struct {
     int pad_top, pad_left;         /* zero rows/columns before the image (>= 0) */
     int oh, ow;                    /* output height and width (>= 1) */
 } rp_conv2d_geom;
+
+/* The algorithms of a convolution. rp_conv2d_select picks one for a
+ * geometry, element size and fused activation (thresholds in one table in
+ * csrc/cpu/conv_select.c); rp_conv2d_forward/backward run what it picks.
+ *   IM2COL    column matrix + the blocked GEMM (a 1x1 stride-1 layer: the GEMM
+ *             on x itself). Every geometry, both element types.
+ *   DIRECT    few filters (<= 8) and a short patch (<= 64): kernels
+ *             vectorised over output pixels (LeNet's first layer).
+ *   IMPLICIT  implicit GEMM, float32 with AVX2, filters a multiple of 16, a
+ *             patch of at most 1152, an activation the microkernel applies:
+ *             patches gathered straight into the microkernel (no column matrix).
+ *   WINOGRAD  F(4x4, 3x3), float32, 3x3 kernels of stride 1 undilated: 36
+ *             products per 4x4 output tile instead of 144 (winograd.c). */
+typedef enum {
+    RP_CONV_ALGO_AUTO = 0,
+    RP_CONV_ALGO_IM2COL = 1,
+    RP_CONV_ALGO_DIRECT = 2,
+    RP_CONV_ALGO_IMPLICIT = 3,
+    RP_CONV_ALGO_WINOGRAD = 4
+} rp_conv_algo;
+#define RP_CONV_ALGO_COUNT 5
+
+/* 1 when algo can compute this convolution (elem_size: 4 float32, 8 float64). */
+int rp_conv2d_algorithm_applies(const rp_conv2d_geom *g, int elem_size, rp_act act, int algo);
+/* The algorithm rp_conv2d_forward (act) and rp_conv2d_backward (act
+ * RP_ACT_LINEAR) use: the forced one when it applies, else the choice of
+ * the threshold table. */
+int rp_conv2d_select(const rp_conv2d_geom *g, int elem_size, rp_act act);
+/* Tests and benchmarks: use algo wherever it applies (RP_CONV_ALGO_AUTO: the
+ * table decides). Process-wide; returns the previous setting, or -1 (and
+ * changes nothing) for an unknown id. */
+int rp_conv2d_force_algorithm(int algo);
+const char *rp_conv2d_algorithm_name(int algo);
 
 /* True when the column matrix of x is x itself (1x1 kernel, stride 1, no
  * padding): the kernels then skip im2col/col2im and need no workspace. */

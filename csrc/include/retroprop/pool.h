@@ -43,6 +43,16 @@ void rp_avgpool2d_forward_f64(const rp_pool2d_geom *g, const double *x, double *
 void rp_avgpool2d_backward_f32(const rp_pool2d_geom *g, const float *dy, float *dx);
 void rp_avgpool2d_backward_f64(const rp_pool2d_geom *g, const double *dy, double *dx);
 
+/* Global average pooling (global_pool.c): y (n, c) = the mean of each
+ * channel of x (n, pixels, c) over its pixels (pixels = h * w), and its
+ * backward dx (n, pixels, c) = dy / pixels at every pixel. Sums run per
+ * image in a fixed order (the element type over 64 pixels at a time, then
+ * double), so results do not depend on the thread count. */
+void rp_global_avgpool_forward_f32(long n, long pixels, int c, const float *x, float *y);
+void rp_global_avgpool_forward_f64(long n, long pixels, int c, const double *x, double *y);
+void rp_global_avgpool_backward_f32(long n, long pixels, int c, const float *dy, float *dx);
+void rp_global_avgpool_backward_f64(long n, long pixels, int c, const double *dy, double *dx);
+
 #ifdef __cplusplus
 }
 #endif

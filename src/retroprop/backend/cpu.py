@@ -428,6 +428,42 @@ def conv2d_forward(x, w, b, activation, stride=(1, 1), dilation=(1, 1), padding=
     return _core.conv2d_forward(x, w, b, _fused(activation), stride, dilation, padding, col, out)
 
 
+# The convolution algorithms (docs/BACKEND.md, "Convolution algorithms"):
+# "auto" lets the selector's threshold table choose per layer; the others
+# are forced for tests and benchmarks, wherever they apply.
+CONV_ALGORITHMS = tuple(_core.CONV_ALGORITHMS)
+
+
+def conv2d_force_algorithm(name):
+    """Run every convolution with algorithm ``name`` where it applies ("auto":
+    the selector decides). Process-wide; returns the previous setting. The
+    environment variable RETROPROP_CONV_ALGORITHM sets it at import."""
+    return _core.conv2d_force_algorithm(name)
+
+
+def conv2d_algorithm(x, w, activation="linear", stride=(1, 1), dilation=(1, 1),
+                     padding=(0, 0, 0, 0), name=None):
+    """The algorithm conv2d_forward runs for x (N, H, W, C) and w (KH, KW, C, F)
+    (conv2d_backward: that of activation "linear"); with ``name``, whether that
+    algorithm can compute this convolution."""
+    x = _input(x, "x")
+    w = _input(w, "w", x.dtype)
+    stride, dilation, padding, _, _ = _conv_args(x, w, stride, dilation, padding)
+    return _core.conv2d_algorithm(x, w, _fused(activation), stride, dilation, padding, name)
+
+
+def _force_from_environment():
+    name = os.environ.get("RETROPROP_CONV_ALGORITHM")
+    if name:
+        try:
+            conv2d_force_algorithm(name)
+        except ValueError as e:
+            raise ValueError(f"RETROPROP_CONV_ALGORITHM: {e}") from None
+
+
+_force_from_environment()
+
+
 def conv2d_backward(x, w, y, dy, activation, dw, db=None, dx=None, *, stride=(1, 1),
                     dilation=(1, 1), padding=(0, 0, 0, 0), workspace=None):
     """dz = dy * act'(y); dw = im2col(x)^T dz; db = sum of dz; dx = col2im(dz w^T).
@@ -700,17 +736,23 @@ def _channel_vector(arr, name, dtype, c, optional=True):
     return arr
 
 
-def batchnorm_stats(x, mean=None, var=None):
-    """(mean, var): per-channel mean and biased variance (divided by the count) of x (..., C)."""
+def batchnorm_stats(x, mean=None, var=None, *, moving_mean=None, moving_var=None, momentum=0.0):
+    """(mean, var): per-channel mean and biased variance (divided by the count) of x (..., C).
+
+    With moving_mean and moving_var (C,), also updates them in place:
+    moving = momentum * moving + (1 - momentum) * batch (not when the variance
+    overflowed: that raises before anything moves)."""
     x = _input(x, "x")
     c = x.shape[-1] if x.ndim else 0
     mean = _output(mean, "mean", (c,), x.dtype)
     var = _output(var, "var", (c,), x.dtype)
-    return _core.batchnorm_stats(x, mean, var)
+    return _core.batchnorm_stats(x, mean, var, moving_mean, moving_var, float(momentum))
 
 
-def batchnorm_apply(x, mean, var, gamma, beta, *, epsilon, out=None):
-    """out = (x - mean) / sqrt(var + epsilon) * gamma + beta; gamma/beta None mean 1/0."""
+def batchnorm_apply(x, mean, var, gamma, beta, *, epsilon, out=None, activation="linear"):
+    """out = act((x - mean) / sqrt(var + epsilon) * gamma + beta); gamma/beta None mean 1/0.
+
+    activation: one of FUSED_ACTIVATIONS, applied in the same pass (a BN + ReLU pair)."""
     x = _input(x, "x")
     c = x.shape[-1] if x.ndim else 0
     mean = _channel_vector(mean, "mean", x.dtype, c, optional=False)
@@ -718,23 +760,62 @@ def batchnorm_apply(x, mean, var, gamma, beta, *, epsilon, out=None):
     gamma = _channel_vector(gamma, "gamma", x.dtype, c)
     beta = _channel_vector(beta, "beta", x.dtype, c)
     out = _output(out, "out", x.shape, x.dtype)
-    return _core.batchnorm_apply(x, mean, var, gamma, beta, float(epsilon), out)
+    return _core.batchnorm_apply(x, mean, var, gamma, beta, float(epsilon), out,
+                                 _fused(activation))
 
 
 def batchnorm_backward(x, dy, mean, var, gamma, *, epsilon, training, dgamma=None, dbeta=None,
-                       dx=None):
+                       dx=None, y=None, activation="linear"):
     """Gradients of batchnorm_apply; overwrites dgamma/dbeta/dx (each may be None). Returns dx.
 
     training=True: mean/var are x's batch statistics and are differentiated too;
-    training=False: they are constants (moving statistics)."""
+    training=False: they are constants (moving statistics). With an activation,
+    the gradients of batchnorm_apply(..., activation=...), whose output is y:
+    dy * act'(y) replaces dy, in the same passes."""
     x = _input(x, "x")
     dy = _input(dy, "dy", x.dtype)
     c = x.shape[-1] if x.ndim else 0
     mean = _channel_vector(mean, "mean", x.dtype, c, optional=False)
     var = _channel_vector(var, "var", x.dtype, c, optional=False)
     gamma = _channel_vector(gamma, "gamma", x.dtype, c)
+    activation = _fused(activation)
+    if activation != "linear":
+        if y is None:
+            raise ValueError(f"batchnorm_backward: activation {activation!r} needs the output y")
+        y = _input(y, "y", x.dtype)
     return _core.batchnorm_backward(x, dy, mean, var, gamma, float(epsilon), bool(training),
-                                    dgamma, dbeta, dx)
+                                    dgamma, dbeta, dx, y, activation)
+
+
+# ---------------------------------------------------------------- residual sum, global pooling
+
+def add_act(a, b, activation="linear", out=None, *, param=None):
+    """out = act(a + b) in one pass: a residual block's sum and the activation after
+    it (one of FUSED_ACTIVATIONS), or, linear, the sum of its two paths' gradients.
+    out may be a or b."""
+    a = _input(a, "a")
+    b = _input(b, "b", a.dtype)
+    if b.shape != a.shape:
+        raise ValueError(f"add_act: a and b must have one shape, got {a.shape} and {b.shape}")
+    out = _output(out, "out", a.shape, a.dtype)
+    return _core.add_act(a, b, _fused(activation), out, param)
+
+
+def global_avgpool_forward(x, out=None):
+    """out (N, C) = the mean of x (N, ..., C) over every axis between the first and last."""
+    x = _input(x, "x")
+    if x.ndim < 3:
+        raise ValueError(f"global_avgpool_forward: expected x of shape (N, ..., C), got {x.shape}")
+    out = _output(out, "out", (x.shape[0], x.shape[-1]), x.dtype)
+    return _core.global_avgpool_forward(x, out)
+
+
+def global_avgpool_backward(dy, dx):
+    """dx (N, ..., C; overwritten) = dy (N, C) divided by the number of positions, at each."""
+    if not isinstance(dx, np.ndarray) or not dx.flags.c_contiguous:
+        raise TypeError("dx: expected a C-contiguous numpy.ndarray")
+    dy = _input(dy, "dy", dx.dtype)
+    return _core.global_avgpool_backward(dy, dx)
 
 
 # The elementwise and merge operations of graph models (NumPy in both backends).

@@ -821,20 +821,37 @@ def _check_channel_vector(arr, argname, dtype, c, optional=True):
     return arr
 
 
-def batchnorm_stats(x, mean=None, var=None):
-    """(mean, var): per-channel mean and biased variance (divided by the count) of x (..., C)."""
+def batchnorm_stats(x, mean=None, var=None, *, moving_mean=None, moving_var=None, momentum=0.0):
+    """(mean, var): per-channel mean and biased variance (divided by the count) of x (..., C).
+
+    With moving_mean and moving_var: moving = momentum * moving + (1 - momentum) * batch,
+    in place, unless the variance of finite inputs overflows x's dtype (ValueError)."""
     rows = _as_rows(x)
     c = rows.shape[1]
     mean = _check_out(mean, "mean", (c,), x.dtype)
     var = _check_out(var, "var", (c,), x.dtype)
+    if (moving_mean is None) != (moving_var is None):
+        raise ValueError("batchnorm_stats: give both moving_mean and moving_var, or neither")
     m = rows.mean(axis=0, dtype=np.float64)
     mean[...] = m
-    var[...] = ((rows - m) ** 2).mean(axis=0)
+    with np.errstate(over="ignore"):
+        var[...] = ((rows - m) ** 2).mean(axis=0)
+    if moving_mean is not None:
+        if np.isinf(var).any() and np.isfinite(mean).all():
+            raise ValueError(f"batchnorm_stats: the variance of finite inputs overflows {x.dtype} "
+                             f"(inputs too large in magnitude); scale the inputs or use float64")
+        keep = x.dtype.type(momentum)
+        for moving, batch in ((moving_mean, mean), (moving_var, var)):
+            _check_channel_vector(moving, "moving statistics", x.dtype, c, optional=False)
+            moving *= keep
+            moving += (x.dtype.type(1) - keep) * batch
     return mean, var
 
 
-def batchnorm_apply(x, mean, var, gamma, beta, *, epsilon, out=None):
-    """out = (x - mean) / sqrt(var + epsilon) * gamma + beta; gamma/beta None mean 1/0."""
+def batchnorm_apply(x, mean, var, gamma, beta, *, epsilon, out=None, activation="linear"):
+    """out = act((x - mean) / sqrt(var + epsilon) * gamma + beta); gamma/beta None mean 1/0;
+    activation one of FUSED_ACTIVATIONS."""
+    _check_activation(activation)
     rows = _as_rows(x)
     c = rows.shape[1]
     _check_channel_vector(mean, "mean", x.dtype, c, optional=False)
@@ -848,12 +865,17 @@ def batchnorm_apply(x, mean, var, gamma, beta, *, epsilon, out=None):
     if beta is not None:
         y = y + beta
     out[...] = y
+    if activation != "linear":
+        activation_forward(activation, out, out)
     return out
 
 
 def batchnorm_backward(x, dy, mean, var, gamma, *, epsilon, training, dgamma=None, dbeta=None,
-                       dx=None):
+                       dx=None, y=None, activation="linear"):
     """Gradients of batchnorm_apply; overwrites dgamma/dbeta/dx (each may be None). Returns dx.
+
+    With an activation: of batchnorm_apply(..., activation=...), whose output is y
+    (dy * act'(y) takes the place of dy).
 
     With xhat = (x - mean) / sqrt(var + epsilon) and n rows per channel:
     dgamma = sum(dy * xhat); dbeta = sum(dy);
@@ -869,6 +891,11 @@ def batchnorm_backward(x, dy, mean, var, gamma, *, epsilon, training, dgamma=Non
     _check_channel_vector(mean, "mean", x.dtype, c, optional=False)
     _check_channel_vector(var, "var", x.dtype, c, optional=False)
     _check_channel_vector(gamma, "gamma", x.dtype, c)
+    _check_activation(activation)
+    if activation != "linear":
+        if y is None:
+            raise ValueError(f"batchnorm_backward: activation {activation!r} needs the output y")
+        dy = activation_backward(activation, y, dy)
     g = dy.reshape(-1, c).astype(np.float64)
     inv_std = 1.0 / np.sqrt(var.astype(np.float64) + epsilon)
     xhat = (rows.astype(np.float64) - mean) * inv_std
@@ -891,6 +918,41 @@ def batchnorm_backward(x, dy, mean, var, gamma, *, epsilon, training, dgamma=Non
     return dx
 
 
+# --------------------------------------------------------------------------
+# residual sum (+ activation), global average pooling
+# --------------------------------------------------------------------------
+
+def add_act(a, b, activation="linear", out=None, *, param=None):
+    """out = act(a + b) (activation one of FUSED_ACTIVATIONS)."""
+    _check_activation(activation)
+    _check_float(a, "a")
+    _check_float(b, "b", a.dtype)
+    if b.shape != a.shape:
+        raise ValueError(f"add_act: a and b must have one shape, got {a.shape} and {b.shape}")
+    out = _check_out(out, "out", a.shape, a.dtype)
+    total = a + b
+    return activation_forward(activation, total, out, param=param)
+
+
+def global_avgpool_forward(x, out=None):
+    """out (N, C) = the mean of x (N, ..., C) over the axes between the first and last."""
+    _check_float(x, "x")
+    if x.ndim < 3 or x.size == 0:
+        raise ValueError(f"global_avgpool_forward: expected x of shape (N, ..., C), got {x.shape}")
+    out = _check_out(out, "out", (x.shape[0], x.shape[-1]), x.dtype)
+    out[...] = x.reshape(x.shape[0], -1, x.shape[-1]).mean(axis=1, dtype=np.float64)
+    return out
+
+
+def global_avgpool_backward(dy, dx):
+    """dx (N, ..., C) = dy (N, C) / (positions per sample), at every position."""
+    _check_float(dx, "dx")
+    _check_float(dy, "dy", dx.dtype)
+    if dx.ndim < 3 or dy.shape != (dx.shape[0], dx.shape[-1]):
+        raise ValueError(f"global_avgpool_backward: dy {dy.shape} does not match dx {dx.shape}")
+    positions = dx.size // (dx.shape[0] * dx.shape[-1])
+    dx[...] = (dy / positions)[(slice(None),) + (None,) * (dx.ndim - 2) + (slice(None),)]
+    return dx
 # The elementwise and merge operations of graph models (NumPy in both backends).
 from .graph_ops import (add, add_n, batch_matmul, batch_matmul_backward,  # noqa: E402,F401
                         binary_backward, binary_forward, broadcast_to, concatenate,

@@ -4,11 +4,15 @@
 * ``Conv1D``: input (N, L, C), kernel ``W`` (k, C, filters), output (N, OL, filters);
   computed by the same 2-D kernels as an image of height 1 (reshapes are views).
 
-The backend computes ``act(conv(x, W) + b)`` as im2col + one GEMM with the
-bias and activation fused into its write-back; backward recomputes the
-column matrix into the one workspace the model shares among all its layers
-(retroprop/workspace.py), so a layer keeps only references to its input and
-its output between forward and backward.
+The backend computes ``act(conv(x, W) + b)`` with the bias and activation
+fused into the kernel's write-back, by the algorithm its selector picks for
+the layer's geometry (docs/BACKEND.md, "Convolution algorithms"): im2col +
+one GEMM, direct kernels for few filters, an implicit GEMM, or Winograd
+F(4x4, 3x3) for float32 3x3 stride-1 layers. Backward recomputes what it
+needs (the column matrix, into the one workspace the model shares among all
+its layers, retroprop/workspace.py; or the transformed tiles), so a layer
+keeps only references to its input and its output between forward and
+backward.
 
 Padding: ``"valid"`` (none), ``"same"`` (TensorFlow rule: OUT = ceil(IN / stride),
 pad_total = max((OUT - 1) * stride + dilated_kernel - IN, 0), pad_total // 2

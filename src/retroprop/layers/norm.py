@@ -9,7 +9,9 @@ For each channel c (the ``axis`` of the input; the last one by default, so
   the statistics of the batch, over every axis but ``axis``; var is the
   biased variance (divided by the count). The moving statistics are then
   updated as ``moving = momentum * moving + (1 - momentum) * batch``, with
-  the biased batch variance, as Keras does. (PyTorch's BatchNorm feeds the
+  the biased batch variance, as Keras does (by the statistics kernel, in the
+  same call). A batch whose variance overflows the dtype (finite float32
+  inputs near 1e20) raises ValueError before anything moves. (PyTorch's BatchNorm feeds the
   *unbiased* variance into running_var and names its rate
   ``1 - momentum``; see tests/test_norm.py for the mapping.)
 * inference (``training=False``), or a layer set ``trainable = False``
@@ -25,9 +27,13 @@ training, as in Keras: its variance is 0, so the output is ``beta`` and the
 input gradient 0. (PyTorch raises instead.) This keeps a trailing batch of
 one sample from aborting an epoch.
 
-The statistics, the normalisation and the fused backward are C kernels
-(``backend.batchnorm_stats / batchnorm_apply / batchnorm_backward``). A
-channel axis other than the last is supported by moving it last (a copy).
+The statistics (with the moving averages' update), the normalisation and
+the fused backward are C kernels (``backend.batchnorm_stats /
+batchnorm_apply / batchnorm_backward``); the layer does no arithmetic of its
+own. The kernels also take an activation applied in the same pass
+(``batchnorm_apply(..., activation="relu")``), for a planner that fuses a
+BN + ReLU pair. A channel axis other than the last is supported by moving it
+last (a copy).
 """
 import numpy as np
 
@@ -135,12 +141,15 @@ class BatchNormalization(Layer):
         if self._batch_stats:
             mean = self._buffers.get("batch_mean", (channels,), self.dtype)
             var = self._buffers.get("batch_var", (channels,), self.dtype)
+            # the batch statistics and the moving ones' update, in one kernel call
+            # (nothing moves when the variance overflows: that raises first)
             try:
-                self.backend.batchnorm_stats(xc, mean=mean, var=var)
+                self.backend.batchnorm_stats(xc, mean=mean, var=var,
+                                             moving_mean=self.state["moving_mean"],
+                                             moving_var=self.state["moving_variance"],
+                                             momentum=self.momentum)
             except ValueError as e:
                 raise ValueError(f"{self._describe()}: {e}") from None
-            self._check_batch_variance(mean, var)
-            self._update_moving(mean, var)
         else:
             mean, var = self.state["moving_mean"], self.state["moving_variance"]
         out = self._buffers.get("out", xc.shape, self.dtype)
@@ -149,25 +158,6 @@ class BatchNormalization(Layer):
         self._x = xc
         self._stats = (mean, var)
         return self._from_channels_last(out)
-
-    def _check_batch_variance(self, mean, var):
-        """Refuse a batch whose variance overflowed the dtype while its mean is
-        finite (finite float32 inputs near 1e20): an infinite variance would
-        enter the moving statistics and normalise every later input to beta.
-        Checked before the moving statistics are touched. (The C backend
-        raises this itself; the NumPy reference is checked here.)"""
-        if np.isinf(var).any() and np.isfinite(mean).all():
-            raise ValueError(f"{self._describe()}: the batch variance overflows {self.dtype} "
-                             f"(inputs too large in magnitude); scale the inputs or use "
-                             f"float64")
-
-    def _update_moving(self, mean, var):
-        """moving = momentum * moving + (1 - momentum) * batch, in place (C values)."""
-        m = self.dtype.type(self.momentum)
-        for key, batch in (("moving_mean", mean), ("moving_variance", var)):
-            moving = self.state[key]
-            moving *= m
-            moving += (self.dtype.type(1) - m) * batch
 
     def backward(self, dy, need_dx=True):
         """dgamma = sum dy*xhat, dbeta = sum dy; dx through the batch statistics in training."""

@@ -133,7 +133,8 @@ class AvgPool1D(_Pool):
 
 
 class GlobalAvgPool2D(Layer):
-    """(N, H, W, C) -> (N, C): the mean of each channel over all positions (NumPy)."""
+    """(N, H, W, C) -> (N, C): the mean of each channel over all positions
+    (``backend.global_avgpool_forward / global_avgpool_backward``)."""
 
     def __init__(self, name=None):
         super().__init__(name=name)
@@ -152,7 +153,7 @@ class GlobalAvgPool2D(Layer):
     def forward(self, x, training=False):
         self.check_input(x)
         out = self._buffers.get("out", (x.shape[0], self.input_shape[-1]), self.dtype)
-        np.mean(x, axis=(1, 2), out=out)
+        self.backend.global_avgpool_forward(x, out=out)
         self._batch = x.shape[0]
         return out
 
@@ -163,7 +164,5 @@ class GlobalAvgPool2D(Layer):
         if not need_dx:
             return None
         dx = self._buffers.get("dx", (self._batch,) + self.input_shape, self.dtype)
-        h, w = self.input_shape[:2]
         # Every position contributed 1/(H*W) of the mean.
-        np.divide(dy[:, None, None, :], h * w, out=dx)
-        return dx
+        return self.backend.global_avgpool_backward(dy, dx)

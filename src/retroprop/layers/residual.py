@@ -8,6 +8,8 @@ input to the inner stack's output shape, typically a 1x1 ``Conv2D`` or a
 ``Dense`` projection. ``activation`` (optional) is applied after the sum.
 
 Backward sends dL/d(sum) down both paths and adds the two input gradients.
+The sum and an activation the backend can fuse (relu, ...) run as one C pass
+(``backend.add_act``), as does the final sum of the two gradients.
 
 The block's parameters and state are its children's, exposed under
 "child/name" keys ("conv2d/W", "shortcut/W", ...) as aliases of the same
@@ -16,7 +18,6 @@ arrays, so optimizers, gradient checks, ``get_weights``/``save`` and
 ``trainable = False`` on the block freezes all of it; on a child, that
 child only.
 """
-import numpy as np
 
 from .activation import Activation
 from .base import BufferCache, Layer, default_name, format_shape
@@ -60,6 +61,7 @@ class Residual(Layer):
                                                                       name="activation")
         self._buffers = BufferCache()
         self._batch = None
+        self._fused_out = None   # the sum's activated output, when add_act applied the activation
 
     def _name_children(self, children):
         """Unique names within the block: given ones kept, others "conv2d", "conv2d_1", ..."""
@@ -135,10 +137,14 @@ class Residual(Layer):
             h = layer.forward(h, training=training)
         skip = x if self.shortcut is None else self.shortcut.forward(x, training=training)
         out = self._buffers.get("sum", h.shape, self.dtype)
-        np.add(h, skip, out=out)
         self._batch = x.shape[0]
-        if self._activation is not None:
-            out = self._activation.forward(out, training=training)
+        act = self._activation
+        # The sum and an activation the backend fuses (relu, ...) in one C pass.
+        self._fused_out = out if act is not None and act.activation.fused else None
+        self.backend.add_act(h, skip, "linear" if self._fused_out is None else act.activation.name,
+                             out=out)
+        if act is not None and self._fused_out is None:
+            out = act.forward(out, training=training)
         return out
 
     def backward(self, dy, need_dx=True):
@@ -146,7 +152,11 @@ class Residual(Layer):
         if self._batch is None:
             raise RuntimeError(f"{self._describe()}: backward called before forward")
         self.check_output_grad(dy, self._batch)
-        if self._activation is not None:
+        if self._fused_out is not None:
+            dsum = self._buffers.get("dsum", self._fused_out.shape, self.dtype)
+            dy = self.backend.activation_backward(self._activation.activation.name,
+                                                  self._fused_out, dy, out=dsum)
+        elif self._activation is not None:
             dy = self._activation.backward(dy, need_dx=True)
         g = dy
         last = len(self.inner) - 1
@@ -159,8 +169,7 @@ class Residual(Layer):
         if not need_dx:
             return None
         dx = self._buffers.get("dx", (self._batch,) + self.input_shape, self.dtype)
-        np.add(g, skip, out=dx)
-        return dx
+        return self.backend.add_act(g, skip, "linear", out=dx)
 
     def regularization_loss(self):
         return float(sum(layer.regularization_loss() for layer in self.sublayers()))
